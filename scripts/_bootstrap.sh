@@ -1,0 +1,35 @@
+# Sourced by scripts/up, scripts/test and scripts/airflow: make sure .venv holds the tooling
+# (invoke, nox, this package) and is current with pyproject.toml. Uses uv when it is on PATH,
+# else python3 -m venv + pip (to fetch uv once). Never prompts.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+VENV="$ROOT/.venv"
+PY=${PYTHON:-python3}
+export UV_PYTHON_DOWNLOADS=never  # use this machine's Python; never download one
+
+if ! command -v "$PY" >/dev/null 2>&1; then
+  echo "airflow-stack: $PY not found; install Python >= 3.10 (apt-get install python3 python3-venv, or brew install python)" >&2
+  exit 1
+fi
+if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then
+  echo "airflow-stack: $("$PY" --version 2>&1) is too old; Python >= 3.10 is needed (set PYTHON=/path/to/python3.x)" >&2
+  exit 1
+fi
+
+want=$("$PY" -c 'import hashlib,sys; print(hashlib.sha256(open(sys.argv[1],"rb").read()).hexdigest())' "$ROOT/pyproject.toml")
+if [ ! -x "$VENV/bin/invoke" ] || [ "$(cat "$VENV/.bootstrap-stamp" 2>/dev/null)" != "$want" ]; then
+  echo "airflow-stack: preparing the tooling venv in .venv" >&2
+  if command -v uv >/dev/null 2>&1; then
+    UV=uv
+    [ -x "$VENV/bin/python" ] || uv venv -q --python "$(command -v "$PY")" "$VENV"
+  else
+    [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV" || {
+      echo "airflow-stack: python3 -m venv failed; on Debian/Ubuntu: apt-get install python3-venv" >&2; exit 1; }
+    [ -x "$VENV/bin/uv" ] || "$VENV/bin/pip" install -q --disable-pip-version-check uv
+    UV="$VENV/bin/uv"
+  fi
+  (cd "$ROOT" && "$UV" pip install -q --python "$VENV/bin/python" -e . --group dev)
+  echo "$want" > "$VENV/.bootstrap-stamp"
+fi
+export PATH="$VENV/bin:$PATH"
+cd "$ROOT"

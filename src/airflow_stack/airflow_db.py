@@ -1,0 +1,103 @@
+"""Airflow's schema and admin user: migrated and created once, checked cheaply with psycopg.
+
+``airflow db migrate`` runs only when the schema is absent or the installed Airflow differs from the
+one that last migrated it (a stamp in AIRFLOW_HOME); the admin user is looked up in ``ab_user``
+before ``airflow users create`` is started, so a re-run starts no ``airflow`` process at all.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+from pathlib import Path
+
+import psycopg
+from invoke import Context
+
+from . import airflow_install, supervisor
+from .errors import StackError
+from .secrets import redact
+from .settings import Settings
+
+
+def _stamp_path(settings: Settings) -> Path:
+    return settings.airflow_home / ".airflow-stack-migrated.json"
+
+
+def _db_identity(settings: Settings) -> str:
+    return f"{settings.pg_host}:{settings.pg_port}/{settings.pg_database}"
+
+
+def schema_revision(settings: Settings) -> str | None:
+    """The alembic revision of the metadata DB (None: no Airflow schema there)."""
+    try:
+        with psycopg.connect(**settings.pg_conninfo()) as conn:
+            row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+            return row[0] if row else None
+    except psycopg.errors.UndefinedTable:
+        return None
+    except psycopg.OperationalError as exc:
+        reason = redact(str(exc).strip().splitlines()[-1], settings)
+        raise StackError(f"cannot reach the metadata DB {_db_identity(settings)} ({reason}); "
+                         f"run: invoke setup.postgres") from None
+
+
+def needs_migration(settings: Settings) -> bool:
+    revision = schema_revision(settings)
+    if revision is None:
+        return True
+    try:
+        stamp = json.loads(_stamp_path(settings).read_text())
+    except (FileNotFoundError, ValueError):
+        return True
+    return stamp != {"airflow": airflow_install.installed_version(settings), "db": _db_identity(settings),
+                     "revision": revision}
+
+
+def run_cli(c: Context, settings: Settings, env: dict[str, str], args: str, log_name: str) -> None:
+    """Run ``airflow ARGS`` with the stack's environment, its output appended to logs/<log_name>.log.
+
+    ``args`` may reference environment variables ("$VAR"): the shell expands them, so a secret
+    passed that way never appears in the command string invoke echoes or reports.
+    """
+    settings.log_dir.mkdir(parents=True, exist_ok=True)
+    log = supervisor.log_file(settings, log_name)
+    cmd = f"{shlex.quote(str(airflow_install.airflow_bin(settings)))} {args} >> {shlex.quote(str(log))} 2>&1"
+    result = c.run(cmd, env=env, hide=True, warn=True)
+    if result.failed:
+        last = redact(supervisor.tail(log, 1), settings)
+        raise StackError(f"airflow {args.split()[0]} {args.split()[1] if len(args.split()) > 1 else ''} failed "
+                         f"(exit {result.exited}): {last.strip()} — full log: {log}")
+
+
+def migrate(c: Context, settings: Settings, env: dict[str, str]) -> list[str]:
+    if not needs_migration(settings):
+        return []
+    started = time.monotonic()
+    run_cli(c, settings, env, "db migrate", "setup-airflow")
+    _stamp_path(settings).write_text(json.dumps({
+        "airflow": airflow_install.installed_version(settings), "db": _db_identity(settings),
+        "revision": schema_revision(settings)}))
+    return [f"migrated the Airflow schema in {settings.pg_database} ({time.monotonic() - started:.0f} s)"]
+
+
+def admin_exists(settings: Settings) -> bool:
+    try:
+        with psycopg.connect(**settings.pg_conninfo()) as conn:
+            return conn.execute("SELECT 1 FROM ab_user WHERE username = %s", (settings.admin_user,)).fetchone() \
+                is not None
+    except psycopg.errors.UndefinedTable:
+        return False
+
+
+def ensure_admin(c: Context, settings: Settings, env: dict[str, str]) -> list[str]:
+    if admin_exists(settings):
+        return []
+    env = env | {"_AIRFLOW_WWW_USER_PASSWORD": settings.admin_password}
+    run_cli(c, settings, env,
+            f"users create --role Admin --username {shlex.quote(settings.admin_user)} "
+            f"--firstname Airflow --lastname Admin --email {shlex.quote(settings.admin_user)}@example.invalid "
+            '--password "$_AIRFLOW_WWW_USER_PASSWORD"', "setup-airflow")
+    return [f"created the admin user {settings.admin_user} (password: _AIRFLOW_WWW_USER_PASSWORD in "
+            f"{settings.env_file})"]

@@ -1,0 +1,27 @@
+"""``scripts/airflow ARGS``: the stack's own Airflow CLI, with the environment every process shares."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from . import airflow_config, airflow_install, settings, stack
+from .errors import StackError
+
+
+def main(argv: list[str]) -> int:
+    try:
+        conf = settings.load()
+        binary = airflow_install.airflow_bin(conf)
+        if not binary.exists():
+            raise StackError("Airflow is not installed; run: invoke setup.airflow")
+        env = airflow_config.environment(conf, stack.recorded(conf).get("executor"))
+    except StackError as err:
+        print(f"airflow-stack: {err}", file=sys.stderr)
+        return err.code
+    os.execve(binary, [str(binary), *argv], os.environ | env)
+    return 0  # not reached
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,227 @@
+"""Which machine this is, and how it installs and runs PostgreSQL and Redis.
+
+Three strategies, each a small class whose every command goes through the invoke Context:
+Homebrew (macOS), apt with systemd, and apt without systemd (Debian's ``pg_ctlcluster``, as in
+containers and CI images). Not root means ``sudo`` — non-interactive when nobody can type a
+password, so CI fails fast instead of hanging on a prompt.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from invoke import Context
+
+from .errors import StackError
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """A Debian PostgreSQL cluster, as ``pg_lsclusters`` lists it."""
+
+    version: str
+    name: str
+    port: int
+    online: bool
+
+
+def sudo_prefix(euid: int | None = None, interactive: bool | None = None) -> str:
+    euid = os.geteuid() if euid is None else euid
+    if euid == 0:
+        return ""
+    if interactive is None:
+        interactive = sys.stdin.isatty() and not os.environ.get("CI")
+    return "sudo " if interactive else "sudo -n "
+
+
+class Platform:
+    name = "abstract"
+
+    def __init__(self, sudo: str = "") -> None:
+        self.sudo = sudo
+
+    # PostgreSQL ---------------------------------------------------------------------------
+    def pg_installed(self, c: Context, pg_version: str) -> bool:
+        raise NotImplementedError
+
+    def pg_install(self, c: Context, pg_version: str) -> None:
+        raise NotImplementedError
+
+    def pg_start(self, c: Context, port: int, pg_version: str) -> None:
+        raise NotImplementedError
+
+    def pg_stop(self, c: Context, port: int, pg_version: str) -> None:
+        raise NotImplementedError
+
+    def pg_bin(self, c: Context, tool: str, pg_version: str) -> str:
+        raise NotImplementedError
+
+    def pg_admin_psql(self, c: Context, port: int, pg_version: str) -> str:
+        """A psql command line connected as the local superuser (no password: peer or trust)."""
+        raise NotImplementedError
+
+    # Redis --------------------------------------------------------------------------------
+    def redis_server_bin(self, c: Context) -> str | None:
+        raise NotImplementedError
+
+    def redis_install(self, c: Context) -> None:
+        raise NotImplementedError
+
+    def _run(self, c: Context, cmd: str, what: str, hint: str) -> None:
+        result = c.run(cmd, hide=True, warn=True)
+        if result.failed:
+            detail = (result.stderr or result.stdout).strip().splitlines()
+            raise StackError(f"{what} failed ({detail[-1] if detail else f'exit {result.exited}'}); {hint}")
+
+
+class Homebrew(Platform):
+    name = "brew"
+
+    def __init__(self, sudo: str = "") -> None:
+        super().__init__(sudo="")  # Homebrew refuses to run as root and never needs sudo
+        self._prefixes: dict[str, str] = {}
+
+    def _formula(self, pg_version: str) -> str:
+        return f"postgresql@{pg_version}"
+
+    def _prefix(self, c: Context, formula: str = "") -> str:
+        if formula not in self._prefixes:
+            self._prefixes[formula] = c.run(f"brew --prefix {formula}".strip(), hide=True).stdout.strip()
+        return self._prefixes[formula]
+
+    def pg_installed(self, c: Context, pg_version: str) -> bool:
+        return c.run(f"brew list --versions {self._formula(pg_version)}", hide=True, warn=True).ok
+
+    def pg_install(self, c: Context, pg_version: str) -> None:
+        self._run(c, f"brew install {self._formula(pg_version)}", "brew install",
+                  "run it yourself to see why (brew doctor)")
+
+    def pg_start(self, c: Context, port: int, pg_version: str) -> None:
+        if port != 5432:
+            raise StackError(f"Homebrew's {self._formula(pg_version)} listens on 5432; to use port {port} "
+                             f"start your own server there and pass --host/--port")
+        self._run(c, f"brew services start {self._formula(pg_version)}", "brew services start",
+                  f"see $(brew --prefix)/var/log/{self._formula(pg_version)}.log")
+
+    def pg_stop(self, c: Context, port: int, pg_version: str) -> None:
+        self._run(c, f"brew services stop {self._formula(pg_version)}", "brew services stop", "check brew services")
+
+    def pg_bin(self, c: Context, tool: str, pg_version: str) -> str:
+        # keg-only formula: its binaries are not on PATH
+        return f"{self._prefix(c, self._formula(pg_version))}/bin/{tool}"
+
+    def pg_admin_psql(self, c: Context, port: int, pg_version: str) -> str:
+        # Homebrew's initdb makes the login user the superuser, with trust on local sockets
+        return f"{self.pg_bin(c, 'psql', pg_version)} -X -q -At -v ON_ERROR_STOP=1 -p {port}"
+
+    def redis_server_bin(self, c: Context) -> str | None:
+        if not c.run("brew list --versions redis", hide=True, warn=True).ok:
+            return None
+        return f"{self._prefix(c)}/bin/redis-server"
+
+    def redis_install(self, c: Context) -> None:
+        self._run(c, "brew install redis", "brew install redis", "run it yourself to see why (brew doctor)")
+
+
+class Apt(Platform):
+    """Debian/Ubuntu. Subclasses differ only in how a cluster is started and stopped."""
+
+    name = "apt"
+    _updated = False
+
+    def _apt_install(self, c: Context, package: str) -> None:
+        hint = "run it yourself to see why" if not self.sudo else "run as root or with sudo rights (sudo -v)"
+        if not self._updated:
+            self._run(c, f"{self.sudo}apt-get update -q", "apt-get update", hint)
+            self._updated = True
+        self._run(c, f"{self.sudo}env DEBIAN_FRONTEND=noninteractive apt-get install -y -q {package}",
+                  f"apt-get install {package}", hint)
+
+    def clusters(self, c: Context) -> list[Cluster]:
+        result = c.run("pg_lsclusters -h", hide=True, warn=True)
+        if result.failed:
+            return []
+        found = []
+        for line in result.stdout.splitlines():
+            parts = line.split()
+            if len(parts) >= 4 and parts[2].isdigit():
+                found.append(Cluster(parts[0], parts[1], int(parts[2]), parts[3].startswith("online")))
+        return found
+
+    def cluster_for_port(self, c: Context, port: int) -> Cluster:
+        clusters = self.clusters(c)
+        for cluster in clusters:
+            if cluster.port == port:
+                return cluster
+        listed = ", ".join(f"{k.version}/{k.name} on {k.port}" for k in clusters) or "none"
+        raise StackError(f"no PostgreSQL cluster listens on port {port} (clusters: {listed}); "
+                         f"set STACK_PG_PORT to one of them, or create one: pg_createcluster --port {port} "
+                         f"<version> airflow")
+
+    def pg_installed(self, c: Context, pg_version: str) -> bool:
+        return bool(self.clusters(c))
+
+    def pg_install(self, c: Context, pg_version: str) -> None:
+        self._apt_install(c, "postgresql")
+
+    def pg_bin(self, c: Context, tool: str, pg_version: str) -> str:
+        return tool  # postgresql-common puts wrappers for psql, pg_isready, pg_dump on PATH
+
+    def pg_admin_psql(self, c: Context, port: int, pg_version: str) -> str:
+        # peer authentication: only the postgres OS user is the superuser on the local socket
+        become = "runuser -u postgres --" if not self.sudo else f"{self.sudo}-u postgres"
+        return f"{become} psql -X -q -At -v ON_ERROR_STOP=1 -p {port}"
+
+    def redis_server_bin(self, c: Context) -> str | None:
+        found = c.run("command -v redis-server", hide=True, warn=True)
+        return found.stdout.strip() if found.ok and found.stdout.strip() else None
+
+    def redis_install(self, c: Context) -> None:
+        self._apt_install(c, "redis-server")
+
+
+class AptSystemd(Apt):
+    name = "apt+systemd"
+
+    def pg_start(self, c: Context, port: int, pg_version: str) -> None:
+        cluster = self.cluster_for_port(c, port)
+        self._run(c, f"{self.sudo}systemctl start postgresql@{cluster.version}-{cluster.name}",
+                  "systemctl start", f"see journalctl -u postgresql@{cluster.version}-{cluster.name}")
+
+    def pg_stop(self, c: Context, port: int, pg_version: str) -> None:
+        cluster = self.cluster_for_port(c, port)
+        self._run(c, f"{self.sudo}systemctl stop postgresql@{cluster.version}-{cluster.name}",
+                  "systemctl stop", "check systemctl status postgresql")
+
+
+class AptPgCtlcluster(Apt):
+    name = "apt+pg_ctlcluster"
+
+    def pg_start(self, c: Context, port: int, pg_version: str) -> None:
+        cluster = self.cluster_for_port(c, port)
+        self._run(c, f"{self.sudo}pg_ctlcluster {cluster.version} {cluster.name} start", "pg_ctlcluster start",
+                  f"see /var/log/postgresql/postgresql-{cluster.version}-{cluster.name}.log")
+
+    def pg_stop(self, c: Context, port: int, pg_version: str) -> None:
+        cluster = self.cluster_for_port(c, port)
+        self._run(c, f"{self.sudo}pg_ctlcluster {cluster.version} {cluster.name} stop", "pg_ctlcluster stop",
+                  "check pg_lsclusters")
+
+
+def detect(which=shutil.which, system: str = sys.platform, systemd_dir: Path = Path("/run/systemd/system"),
+           sudo: str | None = None) -> Platform:
+    """Pick the strategy for this machine."""
+    sudo = sudo_prefix() if sudo is None else sudo
+    if system == "darwin" or (which("brew") and not which("apt-get")):
+        if not which("brew"):
+            raise StackError("Homebrew is not installed; install it from brew.sh, then re-run")
+        return Homebrew()
+    if which("apt-get"):
+        # systemd is PID 1 exactly when this directory exists (sd_booted)
+        return AptSystemd(sudo) if systemd_dir.is_dir() else AptPgCtlcluster(sudo)
+    raise StackError("neither Homebrew nor apt-get is on this machine; airflow-stack supports macOS with "
+                     "Homebrew and Debian/Ubuntu: install PostgreSQL and Redis yourself and pass --host/--port")

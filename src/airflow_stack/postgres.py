@@ -1,0 +1,239 @@
+"""PostgreSQL: install and start it through the platform, wait until ready, bootstrap role + DB.
+
+Every SQL statement is composed with ``psycopg.sql`` (identifiers and literals quoted by psycopg,
+never by f-strings). A superuser runs them either over a psycopg connection (``STACK_PG_ADMIN_DSN``,
+for a server we do not run) or through ``psql`` as the local superuser: Debian's only superuser is
+the ``postgres`` OS account over peer authentication, which a psycopg connection from this user
+cannot be, and Homebrew's is the login user.
+"""
+
+from __future__ import annotations
+
+import io
+import shlex
+from dataclasses import dataclass, field
+
+import psycopg
+from invoke import Context
+from psycopg import sql
+
+from . import netutil
+from .errors import StackError
+from .platform import Platform
+from .secrets import redact
+from .settings import Settings
+
+# Settings the Airflow docs recommend for its role; applied with ALTER ROLE ... SET
+ROLE_SETTINGS = {"client_encoding": "utf8", "default_transaction_isolation": "read committed", "timezone": "UTC"}
+READY_TIMEOUT = 30.0
+
+
+# ---- the server ----------------------------------------------------------------------------
+def is_ready(c: Context, platform: Platform, settings: Settings) -> bool:
+    pg_isready = platform.pg_bin(c, "pg_isready", settings.pg_version)
+    return c.run(f"{pg_isready} -q -h {settings.pg_host} -p {settings.pg_port} -t 2", hide=True, warn=True).ok
+
+
+def ensure_server(c: Context, platform: Platform, settings: Settings) -> list[str]:
+    """Install and start the local server when needed; return what was done."""
+    done: list[str] = []
+    if not settings.pg_is_local:
+        return done  # a server we do not run: never install or start anything
+    if not platform.pg_installed(c, settings.pg_version):
+        platform.pg_install(c, settings.pg_version)
+        done.append(f"installed PostgreSQL ({platform.name})")
+    if is_ready(c, platform, settings):
+        return done
+    if netutil.port_open(settings.pg_port):
+        raise StackError(f"port {settings.pg_port} is taken by a program that is not a ready PostgreSQL; "
+                         f"free it or set STACK_PG_PORT to the port of your PostgreSQL")
+    platform.pg_start(c, settings.pg_port, settings.pg_version)
+    done.append(f"started PostgreSQL on port {settings.pg_port}")
+    if not netutil.wait_until(lambda: is_ready(c, platform, settings), READY_TIMEOUT):
+        raise StackError(f"PostgreSQL did not accept connections on {settings.pg_host}:{settings.pg_port} "
+                         f"within {READY_TIMEOUT:.0f} s; see its log (pg_lsclusters / brew services info)")
+    return done
+
+
+# ---- running SQL as a superuser ------------------------------------------------------------
+class Admin:
+    """Runs composed SQL as a superuser, against the ``postgres`` database or a named one."""
+
+    def rows(self, query: sql.Composable, dbname: str = "postgres") -> list[tuple[str, ...]]:
+        raise NotImplementedError
+
+    def execute(self, statements: list[sql.Composable], dbname: str = "postgres") -> None:
+        raise NotImplementedError
+
+
+@dataclass
+class PsqlAdmin(Admin):
+    """The local superuser through psql; SQL goes on stdin, so no secret reaches argv."""
+
+    c: Context
+    psql: str
+    settings: Settings
+    calls: list[str] = field(default_factory=list)
+
+    def _psql(self, script: str, dbname: str, on_stdin: bool = True) -> str:
+        cmd = f"{self.psql} -d {shlex.quote(dbname)}"
+        if on_stdin:  # statements may carry a password: never on a command line
+            result = self.c.run(cmd, in_stream=io.StringIO(script), hide=True, warn=True)
+        else:  # a query without secrets: -c spares invoke's stdin thread (~1 s per call)
+            cmd += f" -c {shlex.quote(script)}"
+            result = self.c.run(cmd, hide=True, warn=True)
+        self.calls.append(cmd)
+        if result.failed:
+            lines = redact(result.stderr or result.stdout, self.settings).strip().splitlines()
+            reason = lines[-1] if lines else f"exit {result.exited}"
+            raise StackError(f"PostgreSQL superuser access failed ({reason}); "
+                             f"check that the local server runs (invoke setup.postgres) and that you are "
+                             f"root or have sudo rights")
+        return result.stdout
+
+    def rows(self, query: sql.Composable, dbname: str = "postgres") -> list[tuple[str, ...]]:
+        out = self._psql(query.as_string(), dbname, on_stdin=False)
+        return [tuple(line.split("|")) for line in out.splitlines() if line]
+
+    def execute(self, statements: list[sql.Composable], dbname: str = "postgres") -> None:
+        self._psql("".join(s.as_string() + ";\n" for s in statements), dbname)
+
+
+@dataclass
+class DsnAdmin(Admin):
+    """A superuser DSN for a server we do not run (``STACK_PG_ADMIN_DSN``)."""
+
+    dsn: str
+
+    def _connect(self, dbname: str) -> psycopg.Connection:
+        try:
+            return psycopg.connect(self.dsn, dbname=dbname, autocommit=True, connect_timeout=5)
+        except psycopg.Error as exc:
+            reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else exc.__class__.__name__
+            raise StackError(f"cannot connect with STACK_PG_ADMIN_DSN ({reason}); "
+                             f"check that DSN's host, user and password") from None
+
+    def rows(self, query: sql.Composable, dbname: str = "postgres") -> list[tuple[str, ...]]:
+        with self._connect(dbname) as conn:
+            return [tuple("" if v is None else str(v) for v in row) for row in conn.execute(query).fetchall()]
+
+    def execute(self, statements: list[sql.Composable], dbname: str = "postgres") -> None:
+        with self._connect(dbname) as conn:
+            for statement in statements:
+                try:
+                    conn.execute(statement)
+                except psycopg.errors.InsufficientPrivilege as exc:
+                    raise StackError(f"the STACK_PG_ADMIN_DSN role may not do this ({exc.diag.message_primary}); "
+                                     f"use a role with CREATEROLE and CREATEDB") from None
+
+
+def admin_for(c: Context, platform: Platform | None, settings: Settings) -> Admin | None:
+    """The superuser access this setup has, or None (a managed server with no admin DSN)."""
+    if settings.pg_admin_dsn:
+        return DsnAdmin(settings.pg_admin_dsn)
+    if settings.pg_is_local and platform is not None:
+        return PsqlAdmin(c, platform.pg_admin_psql(c, settings.pg_port, settings.pg_version), settings)
+    return None
+
+
+# ---- the role and the database -------------------------------------------------------------
+def _no_password_logging() -> sql.Composable:
+    # a server with log_statement=ddl would otherwise write the password to its log
+    return sql.SQL("SET log_statement = 'none'")
+
+
+def role_can_login(settings: Settings) -> tuple[bool, str]:
+    try:
+        with psycopg.connect(**settings.pg_conninfo()):
+            return True, ""
+    except psycopg.Error as exc:
+        text = str(exc).strip().splitlines()
+        return False, redact(text[-1] if text else exc.__class__.__name__, settings)
+
+
+def check_role_can_create(settings: Settings) -> None:
+    """The PG15 trap: the role must be able to CREATE in its database's public schema."""
+    try:
+        with psycopg.connect(**settings.pg_conninfo()) as conn:
+            conn.execute("CREATE TABLE public.airflow_stack_probe (x int)")
+            conn.rollback()  # nothing is left behind
+    except psycopg.errors.InsufficientPrivilege:
+        raise StackError(f"role {settings.pg_user} cannot create tables in {settings.pg_database}.public "
+                         f"(PostgreSQL 15+ revoked that); run invoke setup.postgres with superuser access, "
+                         f"or: GRANT CREATE, USAGE ON SCHEMA public TO {settings.pg_user} (in that DB)") from None
+    except psycopg.OperationalError as exc:
+        raise StackError(f"cannot connect to {settings.pg_host}:{settings.pg_port}/{settings.pg_database} "
+                         f"as {settings.pg_user} ({_reason(exc, settings)}); run: invoke setup.postgres") from None
+
+
+def _reason(exc: Exception, settings: Settings) -> str:
+    lines = str(exc).strip().splitlines()
+    return redact(lines[-1] if lines else exc.__class__.__name__, settings)
+
+
+def bootstrap(admin: Admin | None, settings: Settings) -> list[str]:
+    """Create the role and its database, idempotently; return what changed (empty: nothing)."""
+    if admin is None:
+        ok, reason = role_can_login(settings)
+        if not ok:
+            raise StackError(f"cannot connect to {settings.pg_host}:{settings.pg_port}/{settings.pg_database} as "
+                             f"{settings.pg_user} ({reason}); create that role and database on the server, "
+                             f"or set STACK_PG_ADMIN_DSN to a superuser DSN")
+        check_role_can_create(settings)
+        return []
+
+    role, db = settings.pg_user, settings.pg_database
+    changes: list[str] = []
+    found = admin.rows(sql.SQL("SELECT rolsuper, coalesce(array_to_string(rolconfig, ','), '') "
+                               "FROM pg_roles WHERE rolname = {}").format(role))
+    if found and found[0][0] in ("t", "True"):
+        raise StackError(f"role {role} is a superuser; Airflow should not run as one: "
+                         f"set STACK_PG_USER to another role name")
+    if not found:
+        admin.execute([_no_password_logging(),
+                       sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD {}").format(
+                           sql.Identifier(role), settings.pg_password)])
+        changes.append(f"created role {role}")
+        current = ""
+    else:
+        current = found[0][1]
+        if not role_can_login(settings)[0]:
+            # .env is the source of truth: bring the role's password back in line with it
+            admin.execute([_no_password_logging(),
+                           sql.SQL("ALTER ROLE {} WITH LOGIN PASSWORD {}").format(
+                               sql.Identifier(role), settings.pg_password)])
+            changes.append(f"reset the password of role {role} to the one in {settings.env_file.name}")
+    # PostgreSQL stores some names canonically (timezone -> TimeZone): compare case-insensitively
+    have = dict(item.split("=", 1) for item in current.split(",") if "=" in item)
+    have = {key.lower(): value for key, value in have.items()}
+    missing = [key for key, value in ROLE_SETTINGS.items() if have.get(key) != value]
+    if missing:
+        admin.execute([sql.SQL("ALTER ROLE {} SET {} TO {}").format(
+            sql.Identifier(role), sql.Identifier(key), ROLE_SETTINGS[key]) for key in missing])
+        changes.append(f"set {', '.join(missing)} on role {role}")
+
+    owner = admin.rows(sql.SQL("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = {}").format(db))
+    if not owner:
+        # OWNER, not GRANT ALL: PostgreSQL 15 no longer lets ordinary roles CREATE in public
+        admin.execute([sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(db), sql.Identifier(role))])
+        changes.append(f"created database {db} owned by {role}")
+    elif owner[0][0] != role:
+        # someone else's database: grant what Airflow needs, connected to that database itself
+        admin.execute([sql.SQL("GRANT CONNECT, TEMPORARY ON DATABASE {} TO {}").format(
+                           sql.Identifier(db), sql.Identifier(role)),
+                       sql.SQL("GRANT CREATE, USAGE ON SCHEMA public TO {}").format(sql.Identifier(role))],
+                      dbname=db)
+        changes.append(f"granted {role} CREATE on {db}.public (database owned by {owner[0][0]})")
+    check_role_can_create(settings)
+    return changes
+
+
+def drop(admin: Admin, settings: Settings) -> None:
+    """Drop the database and the role (tests, and `invoke db.drop --yes`)."""
+    admin.execute([sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(settings.pg_database))])
+    admin.execute([sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(settings.pg_user))])
+
+
+def ping(settings: Settings) -> tuple[bool, str]:
+    """Can the Airflow role reach its database? (status, doctor, run preconditions)"""
+    return role_can_login(settings)

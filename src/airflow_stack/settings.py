@@ -1,0 +1,245 @@
+"""Settings: declared once, with defaults, and resolved flag > environment > .env > default.
+
+Every setting has one environment name. Airflow's own name is used where Airflow has one (the
+secrets every Airflow process must share); everything else is ``STACK_*``. Values that are derived
+(the SQLAlchemy URL, the broker URL, the execution-API URL) are properties, never typed by hand.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from dotenv.parser import parse_stream
+
+from .errors import StackError
+
+PROJECT_DIR = Path(__file__).resolve().parents[2]
+ENV_FILE_VAR = "STACK_ENV_FILE"
+
+AIRFLOW_LINES = ("3.3", "2.11")
+EXECUTORS = ("local", "celery")
+SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+
+def _cpu_count() -> int:
+    return os.cpu_count() or 2
+
+
+@dataclass(frozen=True)
+class Spec:
+    """How one setting is named, typed and defaulted."""
+
+    env: str
+    default: Any = None
+    kind: type = str
+    choices: tuple[str, ...] = ()
+    secret: bool = False  # generated at first setup, stored in .env, never printed
+    help: str = ""
+
+
+def _spec(env: str, default: Any = None, **kw: Any) -> Any:
+    return field(default=default, metadata={"spec": Spec(env=env, default=default, **kw)})
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Where everything lives
+    state_dir: Path = _spec("STACK_STATE_DIR", ".stack", kind=Path,
+                            help="all runtime state: pids, logs, Redis data, AIRFLOW_HOME, the Airflow venv")
+    env_file: Path = _spec(ENV_FILE_VAR, ".env", kind=Path, help="the .env file with settings and secrets")
+    dags_folder: Path = _spec("STACK_DAGS_FOLDER", "dags", kind=Path, help="folder the DAG processor reads")
+
+    # Airflow
+    airflow_line: str = _spec("STACK_AIRFLOW_LINE", "3.3", choices=AIRFLOW_LINES,
+                              help="Airflow release line: 3.3 (default) or 2.11")
+    executor: str = _spec("STACK_EXECUTOR", "local", choices=EXECUTORS, help="local or celery")
+    api_host: str = _spec("STACK_API_HOST", "127.0.0.1", help="interface the API server / webserver binds")
+    api_port: int = _spec("STACK_API_PORT", 8080, kind=int, help="API server (3.x) / webserver (2.11) port")
+    scheduler_health_port: int = _spec("STACK_SCHEDULER_HEALTH_PORT", 8974, kind=int,
+                                       help="scheduler health-check server port")
+    worker_log_port: int = _spec("STACK_WORKER_LOG_PORT", 8793, kind=int, help="task log server port")
+    trigger_log_port: int = _spec("STACK_TRIGGER_LOG_PORT", 8794, kind=int, help="triggerer log server port")
+    parallelism: int = _spec("AIRFLOW__CORE__PARALLELISM", max(8, 4 * _cpu_count()), kind=int,
+                             help="task slots per scheduler; the fork LocalExecutor starts them all")
+    load_examples: bool = _spec("STACK_LOAD_EXAMPLES", False, kind=bool, help="load Airflow's example DAGs")
+    admin_user: str = _spec("_AIRFLOW_WWW_USER_USERNAME", "admin", help="the Airflow admin user")
+    admin_password: str = _spec("_AIRFLOW_WWW_USER_PASSWORD", secret=True, help="the Airflow admin's password")
+    fernet_key: str = _spec("AIRFLOW__CORE__FERNET_KEY", secret=True, help="encrypts connections and variables")
+    jwt_secret: str = _spec("AIRFLOW__API_AUTH__JWT_SECRET", secret=True, help="signs task/API tokens (3.x)")
+    api_secret_key: str = _spec("AIRFLOW__API__SECRET_KEY", secret=True, help="signs web sessions")
+    ratelimit_storage_uri: str = _spec("STACK_RATELIMIT_STORAGE_URI", "", secret=True,
+                                       help="Flask-Limiter storage; default: our Redis, DB 1")
+
+    # PostgreSQL
+    pg_host: str = _spec("STACK_PG_HOST", "127.0.0.1",
+                         help="PostgreSQL host; another host than the local one is used as it is")
+    pg_port: int = _spec("STACK_PG_PORT", 5432, kind=int, help="PostgreSQL port")
+    pg_database: str = _spec("STACK_PG_DATABASE", "airflow", help="Airflow's metadata database")
+    pg_user: str = _spec("STACK_PG_USER", "airflow", help="the role that owns it")
+    pg_password: str = _spec("STACK_PG_PASSWORD", secret=True, help="that role's password")
+    pg_sslmode: str = _spec("STACK_PG_SSLMODE", "prefer", choices=SSLMODES, help="libpq sslmode")
+    pg_admin_dsn: str = _spec("STACK_PG_ADMIN_DSN", "", secret=True,
+                              help="superuser DSN for a server we do not run (managed); empty: local superuser")
+    pg_version: str = _spec("STACK_PG_VERSION", "16", help="PostgreSQL major version to install with Homebrew")
+
+    # Redis
+    redis_port: int = _spec("STACK_REDIS_PORT", 6380, kind=int,
+                            help="port of the Redis this project runs (not a user's 6379)")
+    redis_password: str = _spec("STACK_REDIS_PASSWORD", secret=True, help="our Redis's requirepass")
+
+    # ---- derived values -------------------------------------------------------------------
+    @property
+    def run_dir(self) -> Path:
+        return self.state_dir / "run"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+    @property
+    def redis_dir(self) -> Path:
+        return self.state_dir / "redis"
+
+    @property
+    def airflow_home(self) -> Path:
+        return self.state_dir / "airflow"
+
+    @property
+    def airflow_venv(self) -> Path:
+        # one venv per line: switching lines back and forth never reinstalls
+        return self.state_dir / f"venv-airflow-{self.airflow_line}"
+
+    @property
+    def pg_is_local(self) -> bool:
+        return self.pg_host in ("127.0.0.1", "localhost", "::1", "") and not self.pg_admin_dsn
+
+    def pg_conninfo(self, **extra: Any) -> dict[str, Any]:
+        """Keyword arguments for psycopg.connect as the Airflow role."""
+        info = dict(host=self.pg_host, port=self.pg_port, dbname=self.pg_database, user=self.pg_user,
+                    password=self.pg_password, sslmode=self.pg_sslmode, connect_timeout=5)
+        info.update(extra)
+        return info
+
+    @property
+    def sql_alchemy_conn(self) -> str:
+        """``AIRFLOW__DATABASE__SQL_ALCHEMY_CONN``: psycopg 3 through SQLAlchemy."""
+        return (f"postgresql+psycopg://{quote(self.pg_user, safe='')}:{quote(self.pg_password or '', safe='')}"
+                f"@{_url_host(self.pg_host)}:{self.pg_port}/{quote(self.pg_database, safe='')}"
+                f"?sslmode={self.pg_sslmode}")
+
+    def redis_url(self, db: int) -> str:
+        return f"redis://:{quote(self.redis_password or '', safe='')}@127.0.0.1:{self.redis_port}/{db}"
+
+    @property
+    def limiter_storage_uri(self) -> str:
+        return self.ratelimit_storage_uri or self.redis_url(1)
+
+    @property
+    def api_url(self) -> str:
+        host = "127.0.0.1" if self.api_host in ("0.0.0.0", "::", "") else self.api_host
+        return f"http://{_url_host(host)}:{self.api_port}"
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def specs() -> dict[str, Spec]:
+    """Setting name -> its Spec, in declaration order."""
+    return {f.name: f.metadata["spec"] for f in dataclasses.fields(Settings)}
+
+
+def secret_names() -> list[str]:
+    return [name for name, spec in specs().items() if spec.secret]
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """Parse ``.env``; a line that is not KEY=VALUE is an error, never silently skipped."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return {}
+    except (PermissionError, IsADirectoryError, UnicodeDecodeError) as exc:
+        raise StackError(f"cannot read {path} ({exc.__class__.__name__}); "
+                         f"fix its permissions (chmod 600 {path}) or move it away") from None
+    values: dict[str, str] = {}
+    for binding in parse_stream(io.StringIO(text)):
+        if binding.error:
+            raise StackError(f"{path} line {binding.original.line} is not KEY=VALUE: "
+                             f"fix or remove that line")
+        if binding.key is not None:
+            values[binding.key] = binding.value or ""
+    return values
+
+
+def _convert(name: str, spec: Spec, raw: Any, source: str) -> Any:
+    if spec.kind is int:
+        try:
+            value = int(raw)
+        except (TypeError, ValueError):
+            raise StackError(f"{spec.env}={raw!r} ({source}) is not a number; set it to a number") from None
+        if name.endswith("port") and not 1 <= value <= 65535:
+            raise StackError(f"{spec.env}={value} ({source}) is not a port; use 1-65535")
+        if value < 1:
+            raise StackError(f"{spec.env}={value} ({source}) must be at least 1")
+        return value
+    if spec.kind is bool:
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off", ""):
+            return False
+        raise StackError(f"{spec.env}={raw!r} ({source}) is not true/false")
+    if spec.kind is Path:
+        path = Path(str(raw)).expanduser()
+        return path if path.is_absolute() else (PROJECT_DIR / path)
+    value = str(raw)
+    if spec.choices and value not in spec.choices:
+        raise StackError(f"{spec.env}={value!r} ({source}) is not supported; use one of: {', '.join(spec.choices)}")
+    return value
+
+
+def load(overrides: dict[str, Any] | None = None, environ: dict[str, str] | None = None) -> Settings:
+    """Resolve every setting: task flag > environment > .env > default."""
+    environ = dict(os.environ if environ is None else environ)
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    all_specs = specs()
+    env_file = _convert("env_file", all_specs["env_file"],
+                        overrides.get("env_file", environ.get(ENV_FILE_VAR, ".env")), "environment")
+    file_values = read_env_file(env_file)
+    values: dict[str, Any] = {"env_file": env_file}
+    for name, spec in all_specs.items():
+        if name == "env_file":
+            continue
+        if name in overrides:
+            raw, source = overrides[name], "flag"
+        elif spec.env in environ:
+            raw, source = environ[spec.env], "environment"
+        elif spec.env in file_values:
+            raw, source = file_values[spec.env], str(env_file.name)
+        else:
+            raw, source = spec.default, "default"
+        values[name] = None if raw is None else _convert(name, spec, raw, source)
+    return Settings(**values)
+
+
+def check_python_for_line(line: str, version: tuple[int, int] | None = None) -> None:
+    """Each Airflow line supports a range of Pythons; say so before an install fails oddly."""
+    supported = {"3.3": ((3, 10), (3, 14)), "2.11": ((3, 10), (3, 12))}[line]
+    version = version or sys.version_info[:2]
+    if not supported[0] <= version <= supported[1]:
+        low, high = (f"{v[0]}.{v[1]}" for v in supported)
+        raise StackError(f"Airflow {line} supports Python {low}-{high}, this is {version[0]}.{version[1]}; "
+                         f"recreate .venv with a supported python3 (rm -rf .venv; scripts/up)")

@@ -1,0 +1,134 @@
+"""Supervised background processes: start (pid file + log file), is-alive, stop.
+
+A process is ours when its pid file names a live PID whose start time matches the one recorded
+at launch, so a recycled PID is never mistaken for (or signalled as) one of ours. Processes are
+only ever signalled by PID: the one we started, then its process group (the same number).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shlex
+import signal
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+from invoke import Context
+
+from .errors import StackError
+from .netutil import wait_until
+from .settings import Settings
+
+STOP_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class Running:
+    pid: int
+    started: float
+    argv: tuple[str, ...]
+
+
+def pid_file(settings: Settings, name: str) -> Path:
+    return settings.run_dir / f"{name}.pid"
+
+
+def log_file(settings: Settings, name: str) -> Path:
+    return settings.log_dir / f"{name}.log"
+
+
+def _alive(pid: int, started: float) -> bool:
+    try:
+        proc = psutil.Process(pid)
+        # a zombie has exited (nobody reaped it yet); another create time means a recycled PID
+        return proc.status() != psutil.STATUS_ZOMBIE and abs(proc.create_time() - started) < 5
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+def running(settings: Settings, name: str) -> Running | None:
+    """The live process of ``name``, or None (a stale pid file is removed)."""
+    path = pid_file(settings, name)
+    try:
+        data = json.loads(path.read_text())
+        info = Running(int(data["pid"]), float(data["started"]), tuple(data.get("argv", ())))
+    except FileNotFoundError:
+        return None
+    except (ValueError, KeyError, TypeError):
+        path.unlink(missing_ok=True)
+        return None
+    if _alive(info.pid, info.started):
+        return info
+    path.unlink(missing_ok=True)
+    return None
+
+
+def start(c: Context, settings: Settings, name: str, argv: list[str], env: Mapping[str, str]) -> int:
+    """Launch ``argv`` detached, logging to logs/<name>.log; return its PID."""
+    settings.run_dir.mkdir(parents=True, exist_ok=True)
+    settings.log_dir.mkdir(parents=True, exist_ok=True)
+    log = log_file(settings, name)
+    with log.open("a") as fh:
+        fh.write(f"\n==== airflow-stack: starting {name} at {time.strftime('%Y-%m-%d %H:%M:%S')} ====\n")
+    cmd = (f"{shlex.quote(sys.executable)} -m airflow_stack.detach {shlex.quote(str(log))} "
+           f"{shlex.quote(str(pid_file(settings, name)))} -- {shlex.join(argv)}")
+    result = c.run(cmd, env=dict(env), hide=True, warn=True, in_stream=False)
+    if result.failed or not result.stdout.strip().isdigit():
+        raise StackError(f"could not start {name}: {(result.stderr or result.stdout).strip()[:200]}")
+    return int(result.stdout.strip())
+
+
+def _group_alive(pgid: int) -> list[psutil.Process]:
+    members = []
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
+                members.append(proc)
+        except (ProcessLookupError, psutil.NoSuchProcess, PermissionError):
+            continue
+    return members
+
+
+def stop(settings: Settings, name: str, timeout: float = STOP_TIMEOUT, sig: int = signal.SIGTERM) -> str:
+    """Stop ``name``: ``sig`` to its PID, wait up to ``timeout``, then SIGKILL its process group."""
+    info = running(settings, name)
+    if info is None:
+        return "not running"
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(info.pid, sig)
+    graceful = wait_until(lambda: not _alive(info.pid, info.started), timeout)
+    # children the main process left behind (task runners, server workers) share its group id
+    leftovers = _group_alive(info.pid)
+    for proc in leftovers:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.send_signal(signal.SIGTERM if graceful else signal.SIGKILL)
+    if leftovers:
+        _, alive = psutil.wait_procs(leftovers, timeout=10)
+        for proc in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
+    if not graceful:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(info.pid, signal.SIGKILL)
+        wait_until(lambda: not _alive(info.pid, info.started), 10)
+    pid_file(settings, name).unlink(missing_ok=True)
+    return "stopped" if graceful else f"killed after {timeout:.0f} s"
+
+
+def tail(path: Path, lines: int = 15) -> str:
+    """The last lines of a log, for error messages."""
+    try:
+        with path.open("rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - 64 * 1024))
+            text = fh.read().decode(errors="replace")
+    except FileNotFoundError:
+        return "(no log yet)"
+    return "\n".join(text.splitlines()[-lines:])

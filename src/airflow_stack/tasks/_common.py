@@ -1,0 +1,57 @@
+"""What every task shares: settings from flags, one-line errors, quiet progress lines."""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+import redis
+
+from .. import settings as settings_mod
+from ..errors import StackError
+from ..settings import Settings
+
+
+def load(**flags: Any) -> Settings:
+    return settings_mod.load(overrides=flags)
+
+
+def say(*lines: str) -> None:
+    for line in lines:
+        print(line, flush=True)
+
+
+def one_line_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn the service errors a task can meet into one actionable line, never a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except StackError:
+            raise
+        except psycopg.Error as exc:
+            raise StackError(f"PostgreSQL: {_first_line(exc)}; check the server (invoke setup.postgres)") from None
+        except redis.RedisError as exc:
+            raise StackError(f"Redis: {_first_line(exc)}; check our Redis (invoke setup.redis)") from None
+        except KeyboardInterrupt:
+            raise StackError("interrupted", code=130) from None
+
+    return wrapper
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[-1] if text else exc.__class__.__name__
+
+
+class Timer:
+    def __enter__(self) -> Timer:
+        self.start = time.monotonic()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.monotonic() - self.start

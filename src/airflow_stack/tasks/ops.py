@@ -1,0 +1,88 @@
+"""Top-level tasks: up, stop, status, logs, and the stack's own airflow CLI."""
+
+from __future__ import annotations
+
+import shlex
+
+from invoke import Context, task
+
+from .. import airflow_config, airflow_install, components, platform, redis_server, stack, supervisor
+from ..errors import StackError
+from . import run, setup
+from ._common import load, one_line_errors, say
+
+
+@task(help={"executor": "local (default) or celery", "line": "Airflow line: 3.3 (default) or 2.11",
+            "timeout": "seconds to wait for health (default 180)"})
+@one_line_errors
+def up(c: Context, executor: str | None = None, line: str | None = None,
+       timeout: float = stack.HEALTH_TIMEOUT) -> None:
+    """Bring the whole stack up: set up PostgreSQL, Redis and Airflow, then run it (re-run safe)."""
+    settings = load(executor=executor, airflow_line=line)
+    setup.all_(c, line=settings.airflow_line)
+    run.start_stack(c, settings.executor, timeout, settings.airflow_line)
+
+
+@task(help={
+    "component": "stop only this component (default: all of Airflow and our Redis)",
+    "postgres": "also stop the PostgreSQL server (it may serve other databases: off by default)",
+    "timeout": "seconds to wait for a graceful stop before killing (default 30)",
+})
+@one_line_errors
+def stop(c: Context, component: str = "", postgres: bool = False,
+         timeout: float = supervisor.STOP_TIMEOUT) -> None:
+    """Stop the Airflow processes and our Redis (PostgreSQL only with --postgres)."""
+    settings = load()
+    if component == redis_server.NAME:
+        say(f"redis: {redis_server.stop(settings)}")
+        return
+    say(*stack.stop(settings, [component] if component else None, timeout))
+    if component:
+        return
+    say(f"redis: {redis_server.stop(settings)}")
+    if postgres:
+        if not settings.pg_is_local:
+            raise StackError(f"PostgreSQL at {settings.pg_host} is not ours to stop")
+        platform.detect().pg_stop(c, settings.pg_port, settings.pg_version)
+        say("postgresql: stopped")
+
+
+@task(name="status", help={"json": "print JSON instead of a table"})
+@one_line_errors
+def status_(c: Context, json: bool = False) -> None:
+    """Show each component: pid, up/down, health, ports."""
+    rows = stack.status(load())
+    say(stack.status_json(rows) if json else stack.status_table(rows))
+
+
+@task(help={
+    "component": "one component (default: all); 'redis' for our Redis",
+    "follow": "keep printing new lines (tail -F)",
+    "lines": "how many lines to show first (default 50)",
+})
+def logs(c: Context, component: str = "", follow: bool = False, lines: int = 50) -> None:
+    """Show the logs of the stack's processes (all in the state dir's logs/)."""
+    settings = load()
+    line = stack.recorded(settings).get("line", settings.airflow_line)
+    if component == redis_server.NAME:
+        names = [redis_server.NAME]
+    elif component:
+        names = [components.by_name(line, component).name]
+    else:
+        names = [redis_server.NAME, *(comp.name for comp in components.for_line(line))]
+    files = [supervisor.log_file(settings, name) for name in names]
+    existing = [str(f) for f in files if f.exists()]
+    if not existing:
+        raise StackError(f"no logs yet in {settings.log_dir}; start the stack: invoke up")
+    c.run(f"tail -n {int(lines)} {'-F ' if follow else ''}{' '.join(map(shlex.quote, existing))}", pty=False)
+
+
+@task(name="airflow", help={"args": "arguments for the airflow CLI, e.g. 'dags list'"})
+@one_line_errors
+def airflow_cli(c: Context, args: str = "version") -> None:
+    """Run the stack's own Airflow CLI with its environment (see also scripts/airflow)."""
+    settings = load()
+    if not airflow_install.airflow_bin(settings).exists():
+        raise StackError("Airflow is not installed; run: invoke setup.airflow")
+    env = airflow_config.environment(settings, stack.recorded(settings).get("executor"))
+    c.run(f"{shlex.quote(str(airflow_install.airflow_bin(settings)))} {args}", env=env, pty=False)

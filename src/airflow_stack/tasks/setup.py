@@ -1,0 +1,92 @@
+"""invoke setup[.postgres|.redis|.airflow|.constraints]: install and configure, idempotently."""
+
+from __future__ import annotations
+
+from invoke import Context, task
+
+from .. import airflow_config, airflow_db, airflow_install, platform, postgres, redis_server, secrets
+from ..errors import StackError
+from ..settings import check_python_for_line
+from ._common import Timer, load, one_line_errors, say
+
+
+def _report(what: str, changes: list[str], seconds: float, nothing: str) -> None:
+    if changes:
+        say(*(f"{what}: {change}" for change in changes), f"{what}: done in {seconds:.1f} s")
+    else:
+        say(f"{what}: {nothing} ({seconds:.1f} s)")
+
+
+@task(name="postgres", help={
+    "host": "use an existing server at this host (nothing is installed or started)",
+    "port": "PostgreSQL port (default 5432, STACK_PG_PORT)",
+    "sslmode": "libpq sslmode for the Airflow role's connections (STACK_PG_SSLMODE)",
+})
+@one_line_errors
+def postgres_(c: Context, host: str | None = None, port: int | None = None, sslmode: str | None = None) -> None:
+    """Install and start PostgreSQL if needed; create Airflow's role and database (PG15-safe)."""
+    with Timer() as t:
+        settings, added = secrets.ensure_env_file(load(pg_host=host, pg_port=port, pg_sslmode=sslmode))
+        settings = load(pg_host=host, pg_port=port, pg_sslmode=sslmode)
+        plat = platform.detect() if settings.pg_is_local else None
+        changes = [f"generated {name} into {settings.env_file}" for name in added]
+        if plat is not None:
+            changes += postgres.ensure_server(c, plat, settings)
+        changes += postgres.bootstrap(postgres.admin_for(c, plat, settings), settings)
+    _report("postgres", changes, t.seconds,
+            f"already set up: role {settings.pg_user} owns {settings.pg_database} on "
+            f"{settings.pg_host}:{settings.pg_port}")
+
+
+@task(help={"port": "port of our Redis (default 6380, STACK_REDIS_PORT)"})
+@one_line_errors
+def redis(c: Context, port: int | None = None) -> None:
+    """Install redis-server if needed and run our own password-protected Redis on loopback."""
+    with Timer() as t:
+        settings, added = secrets.ensure_env_file(load(redis_port=port))
+        settings = load(redis_port=port)
+        changes = [f"generated {name} into {settings.env_file}" for name in added]
+        changes += redis_server.ensure(c, platform.detect(), settings)
+    _report("redis", changes, t.seconds, f"already running on 127.0.0.1:{settings.redis_port}")
+
+
+@task(help={"line": "Airflow line: 3.3 (default) or 2.11 (STACK_AIRFLOW_LINE)"})
+@one_line_errors
+def airflow(c: Context, line: str | None = None) -> None:
+    """Install Airflow in its own venv, write its config, migrate the schema, create the admin."""
+    with Timer() as t:
+        settings = load(airflow_line=line)
+        check_python_for_line(settings.airflow_line)
+        settings, added = secrets.ensure_env_file(settings)
+        settings = load(airflow_line=line)
+        changes = [f"generated {name} into {settings.env_file}" for name in added]
+        changes += airflow_install.ensure(c, settings)
+        env = airflow_config.environment(settings)
+        changes += [f"wrote {name}" for name in airflow_config.write_config(settings, env)]
+        changes += airflow_db.migrate(c, settings, env)
+        changes += airflow_db.ensure_admin(c, settings, env)
+    version = airflow_install.installed_version(settings)
+    _report("airflow", changes, t.seconds, f"Airflow {version} already installed, migrated, admin present")
+
+
+@task(help={
+    "line": "Airflow line to resolve: 3.3 or 2.11 (default: both)",
+    "version": "Airflow release to pin, e.g. 3.3.2 (default: the line's current pin)",
+})
+@one_line_errors
+def constraints(c: Context, line: str | None = None, version: str | None = None) -> None:
+    """Regenerate config/constraints/airflow-<line>.txt (our own pins; celery<5.7)."""
+    lines = [line] if line else list(airflow_install.DEFAULT_VERSIONS)
+    for one in lines:
+        if one not in airflow_install.DEFAULT_VERSIONS:
+            raise StackError(f"unknown Airflow line {one!r}; use 3.3 or 2.11")
+        path = airflow_install.regenerate_constraints(c, one, version)
+        say(f"constraints: wrote {path} (apache-airflow=={airflow_install.pinned_version(one)})")
+
+
+@task(name="all", default=True, help={"line": "Airflow line: 3.3 (default) or 2.11"})
+def all_(c: Context, line: str | None = None) -> None:
+    """Set up everything: PostgreSQL, our Redis, and Airflow."""
+    postgres_(c)
+    redis(c)
+    airflow(c, line=line)

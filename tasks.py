@@ -1,0 +1,10 @@
+"""airflow-stack's invoke tasks. This file only assembles the namespaces; the logic lives in
+src/airflow_stack/. Run `invoke --list` for the tasks, `invoke --help TASK` for their options."""
+
+from invoke import Collection
+
+from airflow_stack.tasks import db, ops, run, setup
+
+ns = Collection(setup, run, db)
+for top_level in (ops.up, ops.stop, ops.status_, ops.logs, ops.airflow_cli):
+    ns.add_task(top_level)

@@ -1,0 +1,169 @@
+"""A stack of our own for the integration tests: temporary state dir and .env, free ports below the
+ephemeral range, its own PostgreSQL role and database (dropped at the end), its own Redis.
+
+Every task runs as a user runs it (``python -m invoke ...`` in the repo), and every output is checked
+for the stack's secrets as it arrives.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from airflow_stack import settings as settings_mod
+from airflow_stack.netutil import port_bindable
+
+REPO = Path(__file__).resolve().parents[2]
+LINE = os.environ.get("STACK_TEST_AIRFLOW_LINE", "3.3")
+TEST_DAGS = Path(__file__).parent / "dags"
+
+
+def free_ports(count: int, low: int = 20000, high: int = 32000) -> list[int]:
+    """Ports nobody holds, below the kernel's ephemeral range (no TIME_WAIT collisions)."""
+    rng = random.Random()
+    found: list[int] = []
+    while len(found) < count:
+        port = rng.randrange(low, high)
+        if port not in found and port_bindable(port, "0.0.0.0") and port_bindable(port, "127.0.0.1"):
+            found.append(port)
+    return found
+
+
+@dataclass
+class Stack:
+    state_dir: Path
+    env: dict[str, str]
+    outputs: list[str] = field(default_factory=list)
+
+    def settings(self) -> settings_mod.Settings:
+        return settings_mod.load(environ=self.env)
+
+    def secrets(self) -> list[str]:
+        values = settings_mod.read_env_file(Path(self.env["STACK_ENV_FILE"]))
+        names = {spec.env for spec in settings_mod.specs().values() if spec.secret}
+        return [v for k, v in values.items() if k in names and len(v) >= 8]
+
+    def inv(self, *args: str, check: bool = True, timeout: float = 900, env: dict[str, str] | None = None
+            ) -> subprocess.CompletedProcess[str]:
+        """Run ``invoke ARGS`` as a user would; fail the test if a secret shows in its output."""
+        proc = subprocess.run([sys.executable, "-m", "invoke", *args], cwd=REPO, env=self.env | (env or {}),
+                              capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        out = proc.stdout + proc.stderr
+        self.outputs.append(out)
+        for secret in self.secrets():
+            assert secret not in out, f"a secret from .env appeared in the output of invoke {' '.join(args)}"
+        if check:
+            assert proc.returncode == 0, f"invoke {' '.join(args)} exited {proc.returncode}:\n{out[-3000:]}"
+        return proc
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    state = tmp_path_factory.mktemp("stack")
+    dags = state / "dags"  # a copy: tests add DAG files without touching the repo
+    shutil.copytree(TEST_DAGS, dags)
+    api, health, worker_log, trigger_log, redis_port = free_ports(5)
+    name = f"ast_test_{os.getpid()}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("STACK_", "AIRFLOW", "_AIRFLOW"))}
+    env |= {
+        "CI": "true",
+        "STACK_ENV_FILE": str(state / ".env"),
+        "STACK_STATE_DIR": str(state),
+        "STACK_AIRFLOW_LINE": LINE,
+        "STACK_DAGS_FOLDER": str(dags),
+        "STACK_API_PORT": str(api),
+        "STACK_SCHEDULER_HEALTH_PORT": str(health),
+        "STACK_WORKER_LOG_PORT": str(worker_log),
+        "STACK_TRIGGER_LOG_PORT": str(trigger_log),
+        "STACK_REDIS_PORT": str(redis_port),
+        "STACK_PG_DATABASE": name,
+        "STACK_PG_USER": name,
+    }
+    stack = Stack(state, env)
+    try:
+        yield stack
+    finally:
+        stack.inv("stop", "--timeout", "20", check=False)
+        if (state / ".env").exists():
+            stack.inv("db.drop", "--yes", check=False)
+        leftovers = [p for p in psutil.process_iter(["cmdline"])
+                     if str(state) in " ".join(p.info["cmdline"] or [])]
+        for proc in leftovers:  # by PID, and only the ones that name our state dir
+            proc.kill()
+        assert not leftovers, f"processes survived invoke stop: {[p.pid for p in leftovers]}"
+
+
+@pytest.fixture(scope="session")
+def services(stack: Stack) -> dict[str, subprocess.CompletedProcess[str]]:
+    """PostgreSQL (role + DB) and our Redis, set up from nothing; the first runs' outputs."""
+    return {"postgres": stack.inv("setup.postgres"), "redis": stack.inv("setup.redis")}
+
+
+@pytest.fixture(scope="session")
+def airflow_up(stack: Stack, services: dict) -> dict[str, float]:
+    """The whole stack through `invoke up`, timed."""
+    began = time.monotonic()
+    stack.inv("up")
+    return {"up_seconds": time.monotonic() - began}
+
+
+class AirflowAPI:
+    """The REST API of either line: 3.x (JWT from /auth/token, /api/v2), 2.11 (basic auth, /api/v1)."""
+
+    def __init__(self, settings: settings_mod.Settings) -> None:
+        self.line = settings.airflow_line
+        self.base = settings.api_url
+        self.client = httpx.Client(base_url=self.base, timeout=30)
+        if self.line == "2.11":
+            self.client.auth = (settings.admin_user, settings.admin_password)
+            self.prefix = "/api/v1"
+        else:
+            token = self.client.post("/auth/token", json={"username": settings.admin_user,
+                                                          "password": settings.admin_password})
+            token.raise_for_status()
+            self.client.headers["Authorization"] = f"Bearer {token.json()['access_token']}"
+            self.prefix = "/api/v2"
+
+    def wait_for_dag(self, dag_id: str, timeout: float = 60) -> float:
+        began = time.monotonic()
+        while time.monotonic() - began < timeout:
+            if self.client.get(f"{self.prefix}/dags/{dag_id}").status_code == 200:
+                return time.monotonic() - began
+            time.sleep(0.5)
+        raise AssertionError(f"DAG {dag_id} did not appear through the API within {timeout} s")
+
+    def unpause(self, dag_id: str) -> None:
+        resp = self.client.patch(f"{self.prefix}/dags/{dag_id}", json={"is_paused": False})
+        assert resp.status_code == 200, resp.text
+
+    def trigger(self, dag_id: str) -> str:
+        body = {} if self.line == "2.11" else {"logical_date": None}
+        resp = self.client.post(f"{self.prefix}/dags/{dag_id}/dagRuns", json=body)
+        assert resp.status_code == 200, resp.text
+        return resp.json()["dag_run_id"]
+
+    def wait_for_run(self, dag_id: str, run_id: str, timeout: float = 180) -> str:
+        began = time.monotonic()
+        state = "unknown"
+        while time.monotonic() - began < timeout:
+            state = self.client.get(f"{self.prefix}/dags/{dag_id}/dagRuns/{run_id}").json()["state"]
+            if state in ("success", "failed"):
+                return state
+            time.sleep(0.5)
+        return state
+
+
+@pytest.fixture(scope="session")
+def api(stack: Stack, airflow_up: dict) -> AirflowAPI:
+    return AirflowAPI(stack.settings())

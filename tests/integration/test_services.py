@@ -1,0 +1,100 @@
+"""PostgreSQL and our Redis, set up from nothing by `invoke setup.postgres` / `setup.redis`."""
+
+from __future__ import annotations
+
+import stat
+import uuid
+from pathlib import Path
+
+import psutil
+import psycopg
+import pytest
+import redis
+
+from airflow_stack import supervisor
+
+pytestmark = pytest.mark.integration
+
+
+def test_first_setup_creates_role_database_and_redis(services):
+    pg, rd = services["postgres"].stdout, services["redis"].stdout
+    assert "created role" in pg and "created database" in pg
+    assert "started Redis" in rd
+
+
+def test_second_setup_changes_nothing(stack, services):
+    pg = stack.inv("setup.postgres").stdout
+    assert "already set up" in pg and "created" not in pg
+    rd = stack.inv("setup.redis").stdout
+    assert "already running" in rd and "started" not in rd
+
+
+def test_env_file_is_private_and_holds_generated_secrets(stack, services):
+    env_file = Path(stack.env["STACK_ENV_FILE"])
+    assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
+    text = env_file.read_text()
+    for key in ("STACK_PG_PASSWORD=", "STACK_REDIS_PASSWORD=", "AIRFLOW__CORE__FERNET_KEY="):
+        assert key in text
+
+
+def test_role_can_create_tables_in_public_schema(stack, services):
+    # the PostgreSQL 15 trap: GRANT ALL ON DATABASE no longer allows this
+    with psycopg.connect(**stack.settings().pg_conninfo()) as conn:
+        conn.execute("CREATE TABLE public.created_by_role (x int)")
+        conn.execute("INSERT INTO public.created_by_role VALUES (1)")
+        assert conn.execute("SELECT count(*) FROM public.created_by_role").fetchone()[0] == 1
+        conn.execute("DROP TABLE public.created_by_role")
+
+
+def test_role_is_not_superuser_and_has_airflow_settings(stack, services):
+    with psycopg.connect(**stack.settings().pg_conninfo()) as conn:
+        flags = conn.execute("SELECT rolsuper, rolcreaterole, rolcreatedb FROM pg_roles "
+                             "WHERE rolname = current_user").fetchone()
+        assert flags == (False, False, False)
+        assert conn.execute("SHOW timezone").fetchone()[0] == "UTC"
+        assert conn.execute("SHOW default_transaction_isolation").fetchone()[0] == "read committed"
+        assert conn.execute("SHOW client_encoding").fetchone()[0] == "UTF8"
+        owner = conn.execute("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = current_database()")
+        assert owner.fetchone()[0] == stack.settings().pg_user
+
+
+def test_setup_resyncs_a_changed_role_password(stack, services):
+    settings = stack.settings()
+    with psycopg.connect(**settings.pg_conninfo()) as conn:
+        conn.execute(psycopg.sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+            psycopg.sql.Identifier(settings.pg_user), uuid.uuid4().hex))
+        conn.commit()
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(**settings.pg_conninfo()).close()
+    out = stack.inv("setup.postgres").stdout
+    assert "reset the password" in out
+    psycopg.connect(**settings.pg_conninfo()).close()
+
+
+def test_redis_refuses_clients_without_the_password(stack, services):
+    port = stack.settings().redis_port
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis(port=port, socket_timeout=5).ping()
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis(port=port, password="wrong-password", socket_timeout=5).ping()
+    assert redis.Redis(port=port, password=stack.settings().redis_password).ping() is True
+
+
+def test_redis_listens_on_loopback_only(stack, services):
+    settings = stack.settings()
+    proc = supervisor.running(settings, "redis")
+    listening = {conn.laddr.ip for conn in psutil.Process(proc.pid).net_connections(kind="inet")
+                 if conn.status == psutil.CONN_LISTEN}
+    assert listening and listening <= {"127.0.0.1", "::1"}
+
+
+def test_redis_keeps_a_key_across_a_restart(stack, services):
+    settings = stack.settings()
+    client = redis.Redis(port=settings.redis_port, password=settings.redis_password)
+    client.set("airflow-stack-test", "kept")
+    first_pid = supervisor.running(settings, "redis").pid
+    assert "redis: stopped" in stack.inv("stop", "-c", "redis").stdout
+    assert supervisor.running(settings, "redis") is None
+    assert "started Redis" in stack.inv("setup.redis").stdout
+    assert supervisor.running(settings, "redis").pid != first_pid
+    assert client.get("airflow-stack-test") == b"kept"

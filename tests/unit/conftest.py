@@ -1,0 +1,26 @@
+"""Unit tests: no services. Settings come from a temporary .env and a clean environment."""
+
+from __future__ import annotations
+
+import pytest
+
+from airflow_stack import settings as settings_mod
+
+
+@pytest.fixture
+def env(tmp_path) -> dict[str, str]:
+    """A clean environment whose .env and state dir live in tmp_path."""
+    return {"STACK_ENV_FILE": str(tmp_path / ".env"), "STACK_STATE_DIR": str(tmp_path / "state")}
+
+
+@pytest.fixture
+def settings(env, tmp_path) -> settings_mod.Settings:
+    (tmp_path / ".env").write_text(
+        "STACK_PG_PASSWORD=pg-secret-value-1\nSTACK_REDIS_PASSWORD=redis-secret-value-2\n"
+        "_AIRFLOW_WWW_USER_PASSWORD=admin-secret-value-3\nAIRFLOW__CORE__FERNET_KEY=fernet-secret-value-4\n"
+        "AIRFLOW__API_AUTH__JWT_SECRET=jwt-secret-value-5\nAIRFLOW__API__SECRET_KEY=api-secret-value-6\n")
+    return settings_mod.load(environ=env)
+
+
+SECRETS = ["pg-secret-value-1", "redis-secret-value-2", "admin-secret-value-3", "fernet-secret-value-4",
+           "jwt-secret-value-5", "api-secret-value-6"]

@@ -1,0 +1,87 @@
+"""The environment every Airflow process shares, airflow.cfg and webserver_config.py."""
+
+from __future__ import annotations
+
+import ast
+
+import pytest
+
+from airflow_stack import airflow_config, components
+
+from .conftest import SECRETS
+
+
+def test_3x_environment(settings):
+    env = airflow_config.environment(settings.replace(api_port=18080), "local")
+    assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
+    assert env["AIRFLOW__CORE__AUTH_MANAGER"].endswith("FabAuthManager")
+    assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://127.0.0.1:18080/execution/"
+    assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg://airflow:")
+    assert env["AIRFLOW__CORE__LOAD_EXAMPLES"] == "False"
+    assert env["AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL"] == "5"
+    assert env["AIRFLOW__API_AUTH__JWT_SECRET"] == "jwt-secret-value-5"
+    assert env["STACK_RATELIMIT_STORAGE_URI"] == "redis://:redis-secret-value-2@127.0.0.1:6380/1"
+    assert not any(key.startswith("AIRFLOW__WEBSERVER__") for key in env)
+
+
+def test_211_environment(settings):
+    env = airflow_config.environment(settings.replace(airflow_line="2.11", api_port=18081), "local")
+    assert env["AIRFLOW__WEBSERVER__WEB_SERVER_PORT"] == "18081"
+    assert env["AIRFLOW__WEBSERVER__SECRET_KEY"] == "api-secret-value-6"
+    assert "basic_auth" in env["AIRFLOW__API__AUTH_BACKENDS"]
+    assert env["AIRFLOW__SCHEDULER__DAG_DIR_LIST_INTERVAL"] == "5"
+    assert "AIRFLOW__CORE__AUTH_MANAGER" not in env
+
+
+def test_every_component_gets_the_same_secrets(settings):
+    for line in ("3.3", "2.11"):
+        s = settings.replace(airflow_line=line)
+        local, celery = airflow_config.environment(s, "local"), airflow_config.environment(s, "celery")
+        shared = {k for k in airflow_config.SECRET_KEYS if k in local}
+        assert shared and all(local[k] == celery[k] for k in shared)
+        assert len(components.for_line(line)) >= 3  # one environment is handed to all of them
+
+
+def test_celery_result_backend_uses_db_plus_postgresql(settings):
+    env = airflow_config.environment(settings, "celery")
+    assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+    assert env["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql://airflow:")
+    assert env["AIRFLOW__CELERY__BROKER_URL"] == "redis://:redis-secret-value-2@127.0.0.1:6380/0"
+
+
+def test_airflow_cfg_holds_no_secret(settings):
+    for line in ("3.3", "2.11"):
+        cfg = airflow_config.render_airflow_cfg(airflow_config.environment(settings.replace(airflow_line=line)))
+        assert "[core]" in cfg and "executor = LocalExecutor" in cfg
+        assert not any(secret in cfg for secret in SECRETS)
+        assert "sql_alchemy_conn" not in cfg and "sqlite" not in cfg
+        assert "[flask_limiter]" not in cfg  # has no effect; the limiter is set in webserver_config.py
+
+
+def test_missing_secrets_say_run_setup(settings):
+    with pytest.raises(Exception, match="run: invoke setup"):
+        airflow_config.environment(settings.replace(jwt_secret=None))
+
+
+def test_webserver_config_sets_the_limiter_storage_uri_from_the_environment():
+    text = airflow_config.render_webserver_config()
+    tree = ast.parse(text)
+    assigned = {t.id for node in ast.walk(tree) if isinstance(node, ast.Assign) for t in node.targets
+                if isinstance(t, ast.Name)}
+    assert {"RATELIMIT_STORAGE_URI", "AUTH_TYPE"} <= assigned
+    assert "RATELIMIT_STORAGE_URL" not in assigned  # the key Flask-Limiter >= 3 ignores
+
+
+def test_webserver_config_resolves_to_the_uri(monkeypatch):
+    monkeypatch.setenv("STACK_RATELIMIT_STORAGE_URI", "memcached://127.0.0.1:11211")
+    namespace: dict = {}
+    code = airflow_config.render_webserver_config().replace("from flask_appbuilder.const import AUTH_DB",
+                                                            "AUTH_DB = 1")
+    exec(compile(code, "webserver_config.py", "exec"), namespace)
+    assert namespace["RATELIMIT_STORAGE_URI"] == "memcached://127.0.0.1:11211"
+
+
+def test_write_config_is_idempotent(settings):
+    env = airflow_config.environment(settings)
+    assert airflow_config.write_config(settings, env) == ["airflow.cfg", "webserver_config.py"]
+    assert airflow_config.write_config(settings, env) == []

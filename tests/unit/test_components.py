@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+import pytest
+
+from airflow_stack import components
+from airflow_stack.errors import StackError
+
+
+def test_3x_runs_four_components_with_a_separate_dag_processor():
+    names = [c.name for c in components.for_line("3.3", "local")]
+    assert names == ["scheduler", "dag-processor", "triggerer", "api-server"]
+    assert components.web("3.3").probe.path == "/api/v2/monitor/health"
+
+
+def test_211_runs_the_webserver_and_parses_dags_in_the_scheduler():
+    names = [c.name for c in components.for_line("2.11", "local")]
+    assert names == ["scheduler", "triggerer", "webserver"]
+    assert components.web("2.11").command("/venv/bin/airflow") == ["/venv/bin/airflow", "webserver"]
+    assert components.web("2.11").probe.path == "/health"
+
+
+def test_each_component_has_a_probe_and_known_ports(settings):
+    for line in components.TABLE:
+        for comp in components.for_line(line):
+            assert comp.probe.kind in ("http", "job")
+            for name, port in comp.listen_ports(settings):
+                assert isinstance(port, int) and name.endswith("port")
+            assert comp.probe.describe(settings)
+
+
+def test_unknown_component_names_the_valid_ones():
+    with pytest.raises(StackError, match="use one of: scheduler, triggerer, webserver"):
+        components.by_name("2.11", "dag-processor")

@@ -1,0 +1,187 @@
+"""Each platform path issues the right commands, driven through invoke's MockContext."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from invoke import MockContext, Result
+
+from airflow_stack import platform, postgres
+from airflow_stack.errors import StackError
+
+OK, FAIL = Result(""), Result("", exited=1)
+DOWN = Result("15 main 5432 down postgres /var/lib/postgresql/15/main /var/log/postgresql/x.log\n")
+
+
+def ctx(mapping: dict) -> MockContext:
+    return MockContext(run={re.compile(k) if k.startswith("^") else k: v for k, v in mapping.items()}, repeat=True)
+
+
+@pytest.fixture
+def ready_after_start(monkeypatch):
+    """The server is down until something starts it; no real port is looked at."""
+    state = {"started": False}
+    monkeypatch.setattr(postgres, "is_ready", lambda c, p, s: state["started"])
+    monkeypatch.setattr(postgres.netutil, "port_open", lambda *a, **k: False)
+    return state
+
+
+def on_command(c: MockContext, needle: str, action) -> None:
+    """Call ``action`` when a command containing ``needle`` runs (e.g. the server becomes ready)."""
+    real = c.run._mock_wraps
+
+    def run(cmd, **kw):
+        if needle in cmd:
+            action()
+        return real(cmd, **kw)
+
+    c.run.side_effect = run
+
+
+def commands(c: MockContext) -> list[str]:
+    return [call.args[0] for call in c.run.call_args_list]
+
+
+# ---- Homebrew ------------------------------------------------------------------------------
+def test_brew_installs_and_starts_postgres_when_missing(settings, ready_after_start):
+    c = ctx({"brew list --versions postgresql@16": FAIL, "brew install postgresql@16": OK,
+             "brew services start postgresql@16": OK})
+    on_command(c, "brew services start", lambda: ready_after_start.update(started=True))
+    done = postgres.ensure_server(c, platform.Homebrew(), settings)
+    assert commands(c) == ["brew list --versions postgresql@16", "brew install postgresql@16",
+                           "brew services start postgresql@16"]
+    assert done == ["installed PostgreSQL (brew)", "started PostgreSQL on port 5432"]
+
+
+def test_brew_already_installed_and_running_does_nothing(settings, monkeypatch):
+    monkeypatch.setattr(postgres, "is_ready", lambda c, p, s: True)
+    c = ctx({"brew list --versions postgresql@16": Result("postgresql@16 16.4\n")})
+    assert postgres.ensure_server(c, platform.Homebrew(), settings) == []
+    assert commands(c) == ["brew list --versions postgresql@16"]
+
+
+def test_brew_superuser_is_the_login_user_through_the_keg_psql(settings):
+    c = ctx({"brew --prefix postgresql@16": Result("/opt/homebrew/opt/postgresql@16\n")})
+    psql = platform.Homebrew().pg_admin_psql(c, 5432, "16")
+    assert psql.startswith("/opt/homebrew/opt/postgresql@16/bin/psql ") and "sudo" not in psql
+
+
+def test_brew_redis_install(settings):
+    c = ctx({"brew list --versions redis": FAIL, "brew install redis": OK})
+    brew = platform.Homebrew()
+    assert brew.redis_server_bin(c) is None
+    brew.redis_install(c)
+    c.run.assert_any_call("brew install redis", hide=True, warn=True)
+
+
+# ---- apt -----------------------------------------------------------------------------------
+def _apt_run(strategy: platform.Apt, settings, ready_after_start, mapping: dict) -> MockContext:
+    c = ctx(mapping)
+    on_command(c, "start", lambda: ready_after_start.update(started=True))
+    postgres.ensure_server(c, strategy, settings)
+    return c
+
+
+def test_apt_systemd_as_root_starts_the_cluster_unit(settings, ready_after_start):
+    c = _apt_run(platform.AptSystemd(""), settings, ready_after_start,
+                 {"pg_lsclusters -h": DOWN, "systemctl start postgresql@15-main": OK})
+    assert "systemctl start postgresql@15-main" in commands(c)
+    assert not any("apt-get" in cmd or "sudo" in cmd for cmd in commands(c))
+
+
+def test_apt_systemd_not_root_uses_sudo(settings, ready_after_start):
+    c = _apt_run(platform.AptSystemd("sudo -n "), settings, ready_after_start,
+                 {"pg_lsclusters -h": DOWN, "sudo -n systemctl start postgresql@15-main": OK})
+    assert "sudo -n systemctl start postgresql@15-main" in commands(c)
+
+
+def test_apt_without_systemd_uses_pg_ctlcluster(settings, ready_after_start):
+    c = _apt_run(platform.AptPgCtlcluster(""), settings, ready_after_start,
+                 {"pg_lsclusters -h": DOWN, "pg_ctlcluster 15 main start": OK})
+    assert commands(c)[-1] == "pg_ctlcluster 15 main start"
+
+
+def test_apt_without_systemd_not_root_uses_sudo(settings, ready_after_start):
+    c = _apt_run(platform.AptPgCtlcluster("sudo -n "), settings, ready_after_start,
+                 {"pg_lsclusters -h": DOWN, "sudo -n pg_ctlcluster 15 main start": OK})
+    assert commands(c) == ["pg_lsclusters -h", "pg_lsclusters -h", "sudo -n pg_ctlcluster 15 main start"]
+
+
+def test_apt_install_path_runs_update_then_install(settings):
+    c = ctx({"pg_lsclusters -h": FAIL, "sudo -n apt-get update -q": OK,
+             "sudo -n env DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql": OK})
+    apt = platform.AptPgCtlcluster("sudo -n ")
+    assert not apt.pg_installed(c, "16")
+    apt.pg_install(c, "16")
+    assert commands(c)[1:] == ["sudo -n apt-get update -q",
+                               "sudo -n env DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql"]
+
+
+def test_apt_failed_sudo_is_one_actionable_line(settings):
+    c = ctx({"sudo -n apt-get update -q": Result("", stderr="sudo: a password is required\n", exited=1)})
+    with pytest.raises(StackError, match=r"apt-get update failed \(sudo: a password is required\); run as root"):
+        platform.AptPgCtlcluster("sudo -n ").pg_install(c, "16")
+
+
+def test_apt_no_cluster_on_the_port(settings):
+    c = ctx({"pg_lsclusters -h": DOWN})
+    with pytest.raises(StackError, match="no PostgreSQL cluster listens on port 5433"):
+        platform.AptPgCtlcluster("").pg_start(c, 5433, "16")
+
+
+def test_apt_superuser_is_the_postgres_account(settings):
+    c = ctx({})
+    assert platform.AptPgCtlcluster("").pg_admin_psql(c, 5432, "16").startswith("runuser -u postgres -- psql ")
+    assert platform.AptSystemd("sudo -n ").pg_admin_psql(c, 5432, "16").startswith("sudo -n -u postgres psql ")
+
+
+def test_apt_redis_installed_is_not_reinstalled():
+    c = ctx({"command -v redis-server": Result("/usr/bin/redis-server\n")})
+    assert platform.AptPgCtlcluster("").redis_server_bin(c) == "/usr/bin/redis-server"
+    assert commands(c) == ["command -v redis-server"]
+
+
+def test_apt_redis_missing_is_installed():
+    c = ctx({"command -v redis-server": FAIL, "apt-get update -q": OK,
+             "env DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server": OK})
+    apt = platform.AptPgCtlcluster("")
+    assert apt.redis_server_bin(c) is None
+    apt.redis_install(c)
+    assert commands(c)[-1] == "env DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server"
+
+
+def test_a_remote_server_is_never_installed_or_started(env):
+    from airflow_stack import settings as settings_mod
+
+    s = settings_mod.load(environ=env | {"STACK_PG_HOST": "db.example.internal"})
+    c = ctx({})
+    assert postgres.ensure_server(c, platform.AptPgCtlcluster(""), s) == []
+    assert commands(c) == []
+
+
+# ---- detection -----------------------------------------------------------------------------
+def which_of(*present: str):
+    return lambda name: f"/usr/bin/{name}" if name in present else None
+
+
+def test_detect(tmp_path):
+    systemd = tmp_path / "systemd"
+    systemd.mkdir()
+    assert isinstance(platform.detect(which_of("brew"), "darwin", systemd, ""), platform.Homebrew)
+    assert isinstance(platform.detect(which_of("apt-get"), "linux", systemd, ""), platform.AptSystemd)
+    assert isinstance(platform.detect(which_of("apt-get"), "linux", tmp_path / "none", ""), platform.AptPgCtlcluster)
+
+
+def test_detect_neither_brew_nor_apt():
+    with pytest.raises(StackError, match="neither Homebrew nor apt-get"):
+        platform.detect(which_of(), "linux", Path("/nonexistent"), "")
+    with pytest.raises(StackError, match=r"install it from brew\.sh"):
+        platform.detect(which_of(), "darwin", Path("/nonexistent"), "")
+
+
+def test_sudo_prefix():
+    assert platform.sudo_prefix(euid=0) == ""
+    assert platform.sudo_prefix(euid=1000, interactive=True) == "sudo "
+    assert platform.sudo_prefix(euid=1000, interactive=False) == "sudo -n "

@@ -1,0 +1,120 @@
+"""Bootstrap logic against a recording Admin: the statements, their quoting, and idempotence."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from invoke import MockContext, Result
+
+from airflow_stack import postgres
+from airflow_stack.errors import StackError
+
+
+class RecordingAdmin(postgres.Admin):
+    def __init__(self, role=None, owner=None):
+        self.role, self.owner = role, owner  # role: (rolsuper, rolconfig) or None
+        self.executed: list[tuple[str, str]] = []
+
+    def rows(self, query, dbname="postgres"):
+        text = query.as_string()
+        if "FROM pg_roles" in text:
+            return [self.role] if self.role else []
+        if "FROM pg_database" in text:
+            return [(self.owner,)] if self.owner else []
+        raise AssertionError(text)
+
+    def execute(self, statements, dbname="postgres"):
+        self.executed += [(s.as_string(), dbname) for s in statements]
+
+
+@pytest.fixture(autouse=True)
+def role_works(monkeypatch):
+    monkeypatch.setattr(postgres, "check_role_can_create", lambda s: None)
+    monkeypatch.setattr(postgres, "role_can_login", lambda s: (True, ""))
+
+
+ALL_SET = "client_encoding=utf8,default_transaction_isolation=read committed,TimeZone=UTC"
+
+
+def test_fresh_server_gets_role_then_database_owned_by_it(settings):
+    admin = RecordingAdmin()
+    changes = postgres.bootstrap(admin, settings)
+    sql = [s for s, _ in admin.executed]
+    assert "SET log_statement = 'none'" in sql
+    create_role = next(s for s in sql if s.startswith("CREATE ROLE"))
+    assert create_role.startswith('CREATE ROLE "airflow" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD')
+    assert 'CREATE DATABASE "airflow" OWNER "airflow"' in sql
+    assert not any("GRANT ALL" in s for s in sql)
+    assert any("SET \"timezone\" TO 'UTC'" in s for s in sql)
+    assert changes[0] == "created role airflow" and "created database airflow owned by airflow" in changes
+
+
+def test_second_run_executes_nothing(settings):
+    admin = RecordingAdmin(role=("f", ALL_SET), owner="airflow")
+    assert postgres.bootstrap(admin, settings) == []
+    assert admin.executed == []
+
+
+def test_changed_password_is_resynced_from_env_file(settings, monkeypatch):
+    monkeypatch.setattr(postgres, "role_can_login", lambda s: (False, "password authentication failed"))
+    admin = RecordingAdmin(role=("f", ALL_SET), owner="airflow")
+    changes = postgres.bootstrap(admin, settings)
+    assert [s for s, _ in admin.executed][1].startswith('ALTER ROLE "airflow" WITH LOGIN PASSWORD')
+    assert changes == ["reset the password of role airflow to the one in .env"]
+
+
+def test_superuser_role_is_refused(settings):
+    with pytest.raises(StackError, match="is a superuser"):
+        postgres.bootstrap(RecordingAdmin(role=("t", "")), settings)
+
+
+def test_database_owned_by_someone_else_gets_schema_grants_in_that_database(settings):
+    admin = RecordingAdmin(role=("f", ALL_SET), owner="postgres")
+    postgres.bootstrap(admin, settings)
+    assert ('GRANT CREATE, USAGE ON SCHEMA public TO "airflow"', "airflow") in admin.executed
+
+
+def test_identifiers_and_literals_are_quoted_by_psycopg(settings):
+    odd = settings.replace(pg_user='air"flow', pg_database="air flow", pg_password="it's")
+    admin = RecordingAdmin()
+    postgres.bootstrap(admin, odd)
+    sql = " ".join(s for s, _ in admin.executed)
+    assert 'CREATE ROLE "air""flow"' in sql and "PASSWORD 'it''s'" in sql
+    assert 'CREATE DATABASE "air flow" OWNER "air""flow"' in sql
+
+
+def test_no_superuser_access_uses_an_existing_role(env):
+    from airflow_stack import settings as settings_mod
+
+    remote = settings_mod.load(environ=env | {"STACK_PG_HOST": "db.example.internal", "STACK_PG_PASSWORD": "x"})
+    assert postgres.admin_for(MockContext(), None, remote) is None
+    assert postgres.bootstrap(None, remote) == []
+
+
+def test_no_superuser_access_and_no_role_says_what_to_do(env, monkeypatch):
+    from airflow_stack import settings as settings_mod
+
+    monkeypatch.setattr(postgres, "role_can_login", lambda s: (False, "role does not exist"))
+    remote = settings_mod.load(environ=env | {"STACK_PG_HOST": "db.example.internal", "STACK_PG_PASSWORD": "x"})
+    with pytest.raises(StackError, match="create that role and database on the server, or set STACK_PG_ADMIN_DSN"):
+        postgres.bootstrap(None, remote)
+
+
+def test_psql_admin_sends_secrets_on_stdin_never_on_the_command_line(settings):
+    c = MockContext(run=Result(""), repeat=True)
+    admin = postgres.PsqlAdmin(c, "runuser -u postgres -- psql -X -q -At -v ON_ERROR_STOP=1 -p 5432", settings)
+    admin.execute([postgres.sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+        postgres.sql.Identifier("airflow"), settings.pg_password)])
+    call = c.run.call_args
+    assert settings.pg_password not in call.args[0]
+    stdin = call.kwargs["in_stream"]
+    assert isinstance(stdin, io.StringIO) and settings.pg_password in stdin.getvalue()
+
+
+def test_psql_admin_failure_is_one_redacted_line(settings):
+    failing = Result("", stderr=f"ERROR:  oops {settings.pg_password}\n", exited=3)
+    admin = postgres.PsqlAdmin(MockContext(run=failing), "psql", settings)
+    with pytest.raises(StackError) as err:
+        admin.execute([postgres.sql.SQL("SELECT 1")])
+    assert settings.pg_password not in str(err.value) and "\n" not in str(err.value)

@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import pytest
+
+from airflow_stack import settings as settings_mod
+from airflow_stack.errors import StackError
+
+
+def test_defaults_without_env_file(env):
+    s = settings_mod.load(environ=env)
+    assert (s.airflow_line, s.executor, s.pg_port, s.redis_port, s.api_port) == ("3.3", "local", 5432, 6380, 8080)
+    assert s.state_dir.is_absolute() and s.pg_password is None
+
+
+def test_precedence_flag_over_environment_over_env_file_over_default(env, tmp_path):
+    (tmp_path / ".env").write_text("STACK_REDIS_PORT=7001\nSTACK_API_PORT=7002\nSTACK_PG_PORT=7003\n")
+    s = settings_mod.load(overrides={"redis_port": 9001}, environ=env | {"STACK_REDIS_PORT": "8001",
+                                                                          "STACK_API_PORT": "8002"})
+    assert s.redis_port == 9001  # flag
+    assert s.api_port == 8002  # environment
+    assert s.pg_port == 7003  # .env
+    assert s.scheduler_health_port == 8974  # default
+
+
+def test_none_flag_means_not_given(env):
+    assert settings_mod.load(overrides={"redis_port": None}, environ=env).redis_port == 6380
+
+
+def test_derived_sqlalchemy_url_quotes_the_password(env):
+    s = settings_mod.load(environ=env | {"STACK_PG_PASSWORD": "p@ss/w:rd"})
+    assert s.sql_alchemy_conn == "postgresql+psycopg://airflow:p%40ss%2Fw%3Ard@127.0.0.1:5432/airflow?sslmode=prefer"
+
+
+def test_malformed_env_line_is_an_error_naming_the_line(env, tmp_path):
+    (tmp_path / ".env").write_text("STACK_API_PORT=1\nnot an assignment\n")
+    with pytest.raises(StackError, match=r"line 2 is not KEY=VALUE"):
+        settings_mod.load(environ=env)
+
+
+@pytest.mark.parametrize("value, message", [("abc", "not a number"), ("70000", "not a port"), ("0", "not a port")])
+def test_bad_port_values(env, value, message):
+    with pytest.raises(StackError, match=message):
+        settings_mod.load(environ=env | {"STACK_REDIS_PORT": value})
+
+
+def test_unknown_choice(env):
+    with pytest.raises(StackError, match=r"use one of: 3\.3, 2\.11"):
+        settings_mod.load(environ=env | {"STACK_AIRFLOW_LINE": "2.10"})
+
+
+def test_booleans(env):
+    assert settings_mod.load(environ=env | {"STACK_LOAD_EXAMPLES": "yes"}).load_examples is True
+    with pytest.raises(StackError, match="true/false"):
+        settings_mod.load(environ=env | {"STACK_LOAD_EXAMPLES": "maybe"})
+
+
+def test_unreadable_env_file(env, tmp_path):
+    (tmp_path / ".env").mkdir()
+    with pytest.raises(StackError, match="cannot read"):
+        settings_mod.load(environ=env)
+
+
+@pytest.mark.parametrize("line, version, ok", [("3.3", (3, 14), True), ("2.11", (3, 12), True),
+                                               ("2.11", (3, 13), False), ("3.3", (3, 9), False)])
+def test_python_support_per_line(line, version, ok):
+    if ok:
+        settings_mod.check_python_for_line(line, version)
+    else:
+        with pytest.raises(StackError, match=f"Airflow {line} supports Python"):
+            settings_mod.check_python_for_line(line, version)
