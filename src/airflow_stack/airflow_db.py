@@ -7,7 +7,9 @@ before ``airflow users create`` is started, so a re-run starts no ``airflow`` pr
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shlex
 import time
 from pathlib import Path
@@ -17,7 +19,7 @@ from invoke import Context
 
 from . import airflow_install, supervisor
 from .errors import StackError
-from .secrets import redact
+from .secrets import redact, write_private
 from .settings import Settings
 
 
@@ -91,13 +93,47 @@ def admin_exists(settings: Settings) -> bool:
         return False
 
 
+def _admin_stamp_path(settings: Settings) -> Path:
+    return settings.airflow_home / ".airflow-stack-admin.json"
+
+
+def _password_digest(settings: Settings, salt: bytes) -> str:
+    # salted and slow: the stamp must not make a user-chosen password easier to guess
+    key = f"{_db_identity(settings)}|{settings.admin_user}|{settings.admin_password}".encode()
+    return hashlib.pbkdf2_hmac("sha256", key, salt, 200_000).hex()
+
+
+def _admin_in_sync(settings: Settings) -> bool:
+    try:
+        stamp = json.loads(_admin_stamp_path(settings).read_text())
+        return stamp["digest"] == _password_digest(settings, bytes.fromhex(stamp["salt"]))
+    except (FileNotFoundError, ValueError, KeyError):
+        return False
+
+
+def _stamp_admin(settings: Settings) -> None:
+    salt = os.urandom(16)
+    write_private(_admin_stamp_path(settings),
+                  json.dumps({"salt": salt.hex(), "digest": _password_digest(settings, salt)}))
+
+
 def ensure_admin(c: Context, settings: Settings, env: dict[str, str]) -> list[str]:
-    if admin_exists(settings):
+    """Create the admin once; when it exists with a password other than .env's, reset it to .env's."""
+    exists = admin_exists(settings)
+    if exists and _admin_in_sync(settings):
         return []
     env = env | {"_AIRFLOW_WWW_USER_PASSWORD": settings.admin_password}
-    run_cli(c, settings, env,
-            f"users create --role Admin --username {shlex.quote(settings.admin_user)} "
-            f"--firstname Airflow --lastname Admin --email {shlex.quote(settings.admin_user)}@example.invalid "
-            '--password "$_AIRFLOW_WWW_USER_PASSWORD"', "setup-airflow")
-    return [f"created the admin user {settings.admin_user} (password: _AIRFLOW_WWW_USER_PASSWORD in "
-            f"{settings.env_file})"]
+    user = shlex.quote(settings.admin_user)
+    if exists:
+        # e.g. a second clone of this repo, or a new password in .env
+        run_cli(c, settings, env, f'users reset-password --username {user} --password "$_AIRFLOW_WWW_USER_PASSWORD"',
+                "setup-airflow")
+        change = f"set the password of Airflow user {settings.admin_user} to the one in {settings.env_file}"
+    else:
+        run_cli(c, settings, env,
+                f"users create --role Admin --username {user} --firstname Airflow --lastname Admin "
+                f'--email {user}@example.invalid --password "$_AIRFLOW_WWW_USER_PASSWORD"', "setup-airflow")
+        change = (f"created the admin user {settings.admin_user} (password: _AIRFLOW_WWW_USER_PASSWORD in "
+                  f"{settings.env_file})")
+    _stamp_admin(settings)
+    return [change]

@@ -129,8 +129,12 @@ class Settings:
 
     @property
     def sql_alchemy_conn(self) -> str:
-        """``AIRFLOW__DATABASE__SQL_ALCHEMY_CONN``: psycopg 3 through SQLAlchemy."""
-        return (f"postgresql+psycopg://{quote(self.pg_user, safe='')}:{quote(self.pg_password or '', safe='')}"
+        """``AIRFLOW__DATABASE__SQL_ALCHEMY_CONN``.
+
+        psycopg 3 on 3.x; 2.11 pins SQLAlchemy 1.4, which has no psycopg 3 dialect, so psycopg2 there.
+        """
+        driver = "psycopg2" if self.airflow_line == "2.11" else "psycopg"
+        return (f"postgresql+{driver}://{quote(self.pg_user, safe='')}:{quote(self.pg_password or '', safe='')}"
                 f"@{_url_host(self.pg_host)}:{self.pg_port}/{quote(self.pg_database, safe='')}"
                 f"?sslmode={self.pg_sslmode}")
 

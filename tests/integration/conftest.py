@@ -135,6 +135,11 @@ class AirflowAPI:
             self.client.headers["Authorization"] = f"Bearer {token.json()['access_token']}"
             self.prefix = "/api/v2"
 
+    def dag_count(self) -> int:
+        resp = self.client.get(f"{self.prefix}/dags")
+        assert resp.status_code == 200, resp.status_code
+        return resp.json()["total_entries"]
+
     def wait_for_dag(self, dag_id: str, timeout: float = 60) -> float:
         began = time.monotonic()
         while time.monotonic() - began < timeout:

@@ -8,6 +8,8 @@ import json
 import re
 import socket
 import time
+import uuid
+from pathlib import Path
 
 import httpx
 import psycopg
@@ -16,6 +18,7 @@ import redis
 
 from airflow_stack import components, supervisor
 
+from .conftest import AirflowAPI
 from .test_bad_input import assert_one_line_error
 
 pytestmark = pytest.mark.integration
@@ -118,6 +121,17 @@ def test_run_refuses_missing_services_and_folders(stack, airflow_up, tmp_path):
     assert all(row["healthy"] for row in status(stack).values())
 
 
+def test_setup_resets_the_admin_password_to_the_one_in_env(stack, airflow_up):
+    env_file = Path(stack.env["STACK_ENV_FILE"])
+    old = stack.settings().admin_password
+    env_file.write_text(env_file.read_text().replace(f"_AIRFLOW_WWW_USER_PASSWORD={old}\n",
+                                                     f"_AIRFLOW_WWW_USER_PASSWORD={uuid.uuid4().hex}\n"))
+    assert stack.settings().admin_password != old
+    assert "set the password of Airflow user" in stack.inv("setup.airflow").stdout
+    assert AirflowAPI(stack.settings()).dag_count() >= 1  # the new password logs in
+    assert "already installed, migrated, admin present" in stack.inv("setup.airflow").stdout
+
+
 def _login_page(client: httpx.Client, line: str) -> tuple[str, str]:
     path = "/login/" if line == "2.11" else "/auth/login/"
     page = client.get(path)
@@ -131,7 +145,10 @@ def test_ui_home_shows_no_production_warnings(stack, airflow_up):
     settings = stack.settings()
     if settings.airflow_line != "2.11":
         pytest.skip("the 3.x UI has no such banners (it is a React app); see the login-limit test")
-    with httpx.Client(base_url=settings.api_url, timeout=30) as client:
+    # from another loopback address: logins are limited per client address, and this successful
+    # one must not count against the limit test below
+    transport = httpx.HTTPTransport(local_address="127.0.0.5")
+    with httpx.Client(base_url=settings.api_url, timeout=30, transport=transport) as client:
         path, token = _login_page(client, settings.airflow_line)
         resp = client.post(path, data={"username": settings.admin_user, "password": settings.admin_password,
                                        "csrf_token": token})

@@ -31,10 +31,11 @@ def test_start_records_pid_and_logs_and_stop_removes_them(settings, started):
     pid = started("sleeper", [sys.executable, "-c", "import time; print('hello', flush=True); time.sleep(60)"])
     info = supervisor.running(settings, "sleeper")
     assert info and info.pid == pid and os.getpgid(pid) == pid  # its own process group
+    log = supervisor.log_file(settings, "sleeper")
+    assert wait_until(lambda: "hello" in log.read_text(), 10)
     assert supervisor.stop(settings, "sleeper", timeout=5) == "stopped"
     assert supervisor.running(settings, "sleeper") is None
     assert not supervisor.pid_file(settings, "sleeper").exists()
-    assert "hello" in supervisor.log_file(settings, "sleeper").read_text()
 
 
 def test_a_process_that_ignores_sigterm_is_killed_after_the_bound(settings, started):
