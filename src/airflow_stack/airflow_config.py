@@ -8,6 +8,7 @@ is what runs.
 
 from __future__ import annotations
 
+import shlex
 from urllib.parse import quote
 
 from .errors import StackError
@@ -71,6 +72,8 @@ def environment(settings: Settings, executor: str | None = None) -> dict[str, st
             # the REST API with user/password (basic auth) as well as browser sessions
             "AIRFLOW__API__AUTH_BACKENDS": "airflow.api.auth.backend.basic_auth,airflow.api.auth.backend.session",
             "AIRFLOW__SCHEDULER__DAG_DIR_LIST_INTERVAL": str(DAG_DIR_REFRESH_SECONDS),
+            # gunicorn >= 24 opens a control socket in ~/.gunicorn by default: two stacks would share it
+            "GUNICORN_CMD_ARGS": f"--control-socket {shlex.quote(str(settings.run_dir / 'gunicorn.ctl'))}",
         }
     else:
         env |= {

@@ -124,15 +124,22 @@ def ensure_admin(c: Context, settings: Settings, env: dict[str, str]) -> list[st
         return []
     env = env | {"_AIRFLOW_WWW_USER_PASSWORD": settings.admin_password}
     user = shlex.quote(settings.admin_user)
+    create = (f"users create --role Admin --username {user} --firstname Airflow --lastname Admin "
+              f'--email {user}@example.invalid --password "$_AIRFLOW_WWW_USER_PASSWORD"')
     if exists:
         # e.g. a second clone of this repo, or a new password in .env
-        run_cli(c, settings, env, f'users reset-password --username {user} --password "$_AIRFLOW_WWW_USER_PASSWORD"',
-                "setup-airflow")
+        if settings.airflow_line == "2.11":
+            # 2.11's `users reset-password` fails outside an app context ("sqlalchemy extension was not
+            # registered"): re-create the user instead
+            run_cli(c, settings, env, f"users delete --username {user}", "setup-airflow")
+            run_cli(c, settings, env, create, "setup-airflow")
+        else:
+            run_cli(c, settings, env,
+                    f'users reset-password --username {user} --password "$_AIRFLOW_WWW_USER_PASSWORD"',
+                    "setup-airflow")
         change = f"set the password of Airflow user {settings.admin_user} to the one in {settings.env_file}"
     else:
-        run_cli(c, settings, env,
-                f"users create --role Admin --username {user} --firstname Airflow --lastname Admin "
-                f'--email {user}@example.invalid --password "$_AIRFLOW_WWW_USER_PASSWORD"', "setup-airflow")
+        run_cli(c, settings, env, create, "setup-airflow")
         change = (f"created the admin user {settings.admin_user} (password: _AIRFLOW_WWW_USER_PASSWORD in "
                   f"{settings.env_file})")
     _stamp_admin(settings)

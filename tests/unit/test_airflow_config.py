@@ -31,6 +31,7 @@ def test_211_environment(settings):
     assert "basic_auth" in env["AIRFLOW__API__AUTH_BACKENDS"]
     assert env["AIRFLOW__SCHEDULER__DAG_DIR_LIST_INTERVAL"] == "5"
     assert "AIRFLOW__CORE__AUTH_MANAGER" not in env
+    assert env["GUNICORN_CMD_ARGS"] == f"--control-socket {settings.run_dir / 'gunicorn.ctl'}"
 
 
 def test_every_component_gets_the_same_secrets(settings):
