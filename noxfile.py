@@ -11,6 +11,7 @@ nox.options.sessions = ["lint", "tests", "integration"]
 
 PYPROJECT = nox.project.load_toml("pyproject.toml")
 LINES = ["3.3", "2.11"]
+EXECUTORS = ["local", "celery"]
 
 
 def install(session: nox.Session, *groups: str) -> None:
@@ -33,9 +34,14 @@ def tests(session: nox.Session) -> None:
 
 
 @nox.session
-@nox.parametrize("line", [nox.param(line, id=line) for line in LINES])
-def integration(session: nox.Session, line: str) -> None:
+@nox.parametrize("line", LINES)
+@nox.parametrize("executor", EXECUTORS)
+def integration(session: nox.Session, executor: str, line: str) -> None:
     """Integration tests against real PostgreSQL, Redis and Airflow, in their own state dir and ports."""
     install(session, "test")
-    session.run("pytest", "tests/integration", "-m", "integration", *session.posargs,
-                env={"STACK_TEST_AIRFLOW_LINE": line})
+    if executor == "local":  # the services and bad-input tests need to run once per line only
+        args = ["tests/integration", "-m", "integration and not celery"]
+    else:
+        args = ["tests/integration/test_airflow.py", "tests/integration/test_celery.py", "-m", "integration"]
+    session.run("pytest", *args, *session.posargs,
+                env={"STACK_TEST_AIRFLOW_LINE": line, "STACK_TEST_EXECUTOR": executor})

@@ -57,6 +57,15 @@ def environment(settings: Settings, executor: str | None = None) -> dict[str, st
         "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT": str(settings.scheduler_health_port),
         "AIRFLOW__CELERY__BROKER_URL": settings.redis_url(0),
         "AIRFLOW__CELERY__RESULT_BACKEND": result_backend(settings),
+        "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(settings.worker_concurrency),
+        # a task is acknowledged when it ends, one at a time per slot: a killed worker's task goes back
+        # to the queue instead of being lost, and no worker hoards tasks another could run
+        "AIRFLOW__CELERY__TASK_ACKS_LATE": "True",
+        "AIRFLOW__CELERY__WORKER_PREFETCH_MULTIPLIER": "1",
+        # with late acks Redis re-delivers a task still running after this long: keep it above the longest
+        "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT": str(settings.celery_visibility_timeout),
+        "AIRFLOW__CELERY__FLOWER_HOST": "127.0.0.1",
+        "AIRFLOW__CELERY__FLOWER_PORT": str(settings.flower_port),
         # read by webserver_config.py: login rate limits live in Redis, shared by every web worker
         "STACK_RATELIMIT_STORAGE_URI": settings.limiter_storage_uri,
     }
@@ -70,7 +79,8 @@ def environment(settings: Settings, executor: str | None = None) -> dict[str, st
             "AIRFLOW__WEBSERVER__CONFIG_FILE": webserver_config,
             "AIRFLOW__WEBSERVER__WORKERS": "2",
             # the REST API with user/password (basic auth) as well as browser sessions
-            "AIRFLOW__API__AUTH_BACKENDS": "airflow.api.auth.backend.basic_auth,airflow.api.auth.backend.session",
+            "AIRFLOW__API__AUTH_BACKENDS": ("airflow.providers.fab.auth_manager.api.auth.backend.basic_auth,"
+                                            "airflow.providers.fab.auth_manager.api.auth.backend.session"),
             "AIRFLOW__SCHEDULER__DAG_DIR_LIST_INTERVAL": str(DAG_DIR_REFRESH_SECONDS),
             # gunicorn >= 24 opens a control socket in ~/.gunicorn by default: two stacks would share it
             "GUNICORN_CMD_ARGS": f"--control-socket {shlex.quote(str(settings.run_dir / 'gunicorn.ctl'))}",

@@ -125,7 +125,7 @@ def ensure_admin(c: Context, settings: Settings, env: dict[str, str]) -> list[st
     env = env | {"_AIRFLOW_WWW_USER_PASSWORD": settings.admin_password}
     user = shlex.quote(settings.admin_user)
     create = (f"users create --role Admin --username {user} --firstname Airflow --lastname Admin "
-              f'--email {user}@example.invalid --password "$_AIRFLOW_WWW_USER_PASSWORD"')
+              f'--email {user}@example.invalid --password="$_AIRFLOW_WWW_USER_PASSWORD"')
     if exists:
         # e.g. a second clone of this repo, or a new password in .env
         if settings.airflow_line == "2.11":
@@ -135,7 +135,7 @@ def ensure_admin(c: Context, settings: Settings, env: dict[str, str]) -> list[st
             run_cli(c, settings, env, create, "setup-airflow")
         else:
             run_cli(c, settings, env,
-                    f'users reset-password --username {user} --password "$_AIRFLOW_WWW_USER_PASSWORD"',
+                    f'users reset-password --username {user} --password="$_AIRFLOW_WWW_USER_PASSWORD"',
                     "setup-airflow")
         change = f"set the password of Airflow user {settings.admin_user} to the one in {settings.env_file}"
     else:

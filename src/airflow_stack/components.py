@@ -6,6 +6,7 @@ Airflow processes. A probe is data (kind + target); health.py knows how to check
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .errors import StackError
@@ -20,6 +21,7 @@ class Probe:
     is set, that key's ``status`` is "healthy".
     kind ``job``: a ``job`` row of ``job_type`` in the metadata DB, running, started after the
     process, with a heartbeat fresher than the health threshold (read with psycopg: no CLI).
+    kind ``celery``: the worker answers a ping through Celery's control API (over the broker).
     """
 
     kind: str
@@ -31,6 +33,8 @@ class Probe:
     def describe(self, settings: Settings) -> str:
         if self.kind == "http":
             return f"GET http://127.0.0.1:{getattr(settings, self.port_setting)}{self.path}"
+        if self.kind == "celery":
+            return "celery control ping over the broker"
         return f"{self.job_type} heartbeat in the job table"
 
 
@@ -41,43 +45,75 @@ class Component:
     probe: Probe
     ports: tuple[str, ...] = ()  # settings names of the ports it listens on
     executors: tuple[str, ...] = ("local", "celery")
+    local_ports: tuple[str, ...] = ()  # ports it listens on only with the LocalExecutor
+    optional: bool = False  # started only when asked for (flower)
+    options: Callable[[Settings], tuple[str, ...]] | None = None  # flags that depend on settings
 
-    def command(self, airflow_bin: str) -> list[str]:
-        return [airflow_bin, *self.argv]
+    def command(self, airflow_bin: str, settings: Settings | None = None) -> list[str]:
+        extra = self.options(settings) if self.options and settings else ()
+        return [airflow_bin, *self.argv, *extra]
 
-    def listen_ports(self, settings: Settings) -> list[tuple[str, int]]:
-        return [(p, getattr(settings, p)) for p in self.ports]
+    def listen_ports(self, settings: Settings, executor: str = "local") -> list[tuple[str, int]]:
+        names = self.ports + (self.local_ports if executor == "local" else ())
+        return [(p, getattr(settings, p)) for p in names]
 
 
-SCHEDULER_PROBE = Probe("http", port_setting="scheduler_health_port", path="/health")
+# with the LocalExecutor the scheduler's task processes run here, so the scheduler serves their logs
+SCHEDULER = Component("scheduler", ("scheduler",), Probe("http", port_setting="scheduler_health_port",
+                                                          path="/health"),
+                      ports=("scheduler_health_port",), local_ports=("worker_log_port",))
+TRIGGERER = Component("triggerer", ("triggerer",), Probe("job", job_type="TriggererJob"), ports=("trigger_log_port",))
+# the default Celery worker; run.worker adds more (worker-NAME) with the same command and probe
+DEFAULT_QUEUE = "default"  # Airflow's [operators] default_queue
+WORKER = Component("worker", ("celery", "worker"), Probe("celery"), ports=("worker_log_port",), executors=("celery",),
+                   options=lambda s: ("--queues", DEFAULT_QUEUE, "--concurrency", str(s.worker_concurrency),
+                                      "--celery-hostname", "worker@%h"))
+FLOWER = Component("flower", ("celery", "flower"), Probe("http", port_setting="flower_port", path="/healthcheck"),
+                   ports=("flower_port",), executors=("celery",), optional=True)
 
 TABLE: dict[str, tuple[Component, ...]] = {
     "3.3": (
-        Component("scheduler", ("scheduler",), SCHEDULER_PROBE,
-                  # with LocalExecutor the scheduler also serves task logs
-                  ports=("scheduler_health_port", "worker_log_port")),
+        SCHEDULER,
         Component("dag-processor", ("dag-processor",), Probe("job", job_type="DagProcessorJob")),
-        Component("triggerer", ("triggerer",), Probe("job", job_type="TriggererJob"), ports=("trigger_log_port",)),
+        TRIGGERER,
         Component("api-server", ("api-server",),
                   Probe("http", port_setting="api_port", path="/api/v2/monitor/health", json_key="metadatabase"),
                   ports=("api_port",)),
+        WORKER,
+        FLOWER,
     ),
     "2.11": (
-        Component("scheduler", ("scheduler",), SCHEDULER_PROBE, ports=("scheduler_health_port", "worker_log_port")),
-        Component("triggerer", ("triggerer",), Probe("job", job_type="TriggererJob"), ports=("trigger_log_port",)),
+        SCHEDULER,
+        TRIGGERER,
         Component("webserver", ("webserver",),
                   Probe("http", port_setting="api_port", path="/health", json_key="metadatabase"),
                   ports=("api_port",)),
+        WORKER,
+        FLOWER,
     ),
 }
+WORKER_PREFIX = "worker-"
 
 
-def for_line(line: str, executor: str | None = None) -> tuple[Component, ...]:
-    """The components of ``line``; with ``executor``, only those that executor needs."""
+def for_line(line: str, executor: str | None = None, extras: tuple[str, ...] = ()) -> tuple[Component, ...]:
+    """The components of ``line``; with ``executor``, those it runs (optional ones only when in ``extras``)."""
     components = TABLE[line]
     if executor is None:
         return components
-    return tuple(c for c in components if executor in c.executors)
+    return tuple(c for c in components if executor in c.executors and (not c.optional or c.name in extras))
+
+
+def worker_command(airflow_bin: str, name: str, queues: str, concurrency: int, serve_logs: bool) -> list[str]:
+    """An additional Celery worker: its own queues, concurrency and Celery node name (NAME@host)."""
+    argv = [airflow_bin, *WORKER.argv, "--queues", queues, "--concurrency", str(concurrency),
+            "--celery-hostname", f"{name}@%h"]
+    # a second worker on one machine cannot serve logs on the same port; its log files are local anyway
+    return argv if serve_logs else [*argv, "--skip-serve-logs"]
+
+
+def celery_node_name(component_name: str) -> str:
+    """The Celery node-name prefix (before @host) of a worker component."""
+    return component_name[len(WORKER_PREFIX):] if component_name.startswith(WORKER_PREFIX) else "worker"
 
 
 def by_name(line: str, name: str) -> Component:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
+import socket
 import urllib.error
 import urllib.request
 
 import psycopg
 
-from .components import Probe
+from .components import Probe, celery_node_name
 from .settings import Settings
 
 # Airflow's own threshold for a heartbeat to count as healthy ([scheduler] *_health_check_threshold)
@@ -24,13 +26,46 @@ def http_get(url: str, timeout: float = 3.0) -> tuple[int, bytes]:
         return exc.code, exc.read()
 
 
-def check(probe: Probe, settings: Settings, started: float | None = None) -> tuple[bool, str]:
+def check(probe: Probe, settings: Settings, started: float | None = None, name: str = "") -> tuple[bool, str]:
     """(healthy, one-line detail)."""
     if probe.kind == "http":
         return _check_http(probe, settings)
     if probe.kind == "job":
         return _check_job(probe, settings, started)
+    if probe.kind == "celery":
+        return _check_celery(name, settings)
     raise ValueError(f"unknown probe kind {probe.kind}")
+
+
+@functools.lru_cache(maxsize=4)
+def _celery_app(broker_url: str):
+    from celery import Celery
+
+    app = Celery("airflow-stack-probe", broker=broker_url, set_as_current=False)
+    # a probe must answer quickly, also when Redis is down
+    app.conf.update(broker_connection_timeout=2, broker_connection_retry=False,
+                    broker_connection_retry_on_startup=False, broker_connection_max_retries=1)
+    return app
+
+
+def celery_ping(settings: Settings, nodes: list[str], timeout: float = 1.5) -> dict[str, bool]:
+    """Ping Celery nodes (NAME@host) through the broker; node -> answered."""
+    app = _celery_app(settings.redis_url(0))
+    try:
+        replies = app.control.ping(destination=nodes, timeout=timeout, limit=len(nodes))
+    except Exception as exc:  # kombu raises several transport-specific errors
+        raise ConnectionError(f"broker unreachable ({exc.__class__.__name__})") from None
+    answered = {node for reply in replies for node in reply}
+    return {node: node in answered for node in nodes}
+
+
+def _check_celery(name: str, settings: Settings) -> tuple[bool, str]:
+    node = f"{celery_node_name(name)}@{socket.gethostname()}"
+    try:
+        ok = celery_ping(settings, [node])[node]
+    except ConnectionError as exc:
+        return False, str(exc)
+    return ok, f"{node} answers ping" if ok else f"{node} does not answer ping"
 
 
 def _check_http(probe: Probe, settings: Settings) -> tuple[bool, str]:

@@ -8,7 +8,9 @@ password, so CI fails fast instead of hanging on a prompt.
 
 from __future__ import annotations
 
+import io
 import os
+import shlex
 import shutil
 import sys
 from dataclasses import dataclass
@@ -57,6 +59,24 @@ class Platform:
     def pg_stop(self, c: Context, port: int, pg_version: str) -> None:
         raise NotImplementedError
 
+    def pg_restart(self, c: Context, port: int, pg_version: str) -> None:
+        raise NotImplementedError
+
+    def append_line(self, c: Context, path: str, line: str) -> None:
+        """Append a line to a server file (pg_hba.conf), with the rights that file needs."""
+        self._run(c, f"{self.sudo}tee -a {shlex.quote(path)}", f"appending to {path}",
+                  "run as root or with sudo rights", in_stream=io.StringIO(line + "\n"))
+
+    def write_file(self, c: Context, path: str, text: str) -> None:
+        """Replace a server file's content (pg_hba.conf) atomically, keeping its owner and mode.
+
+        A copy (cp -p) takes the new text and is renamed over the file: a reload that comes in
+        between sees the old file or the new one, never a truncated one.
+        """
+        script = 'tmp="$1.airflow-stack.tmp" && cp -p "$1" "$tmp" && cat > "$tmp" && mv -f "$tmp" "$1"'
+        self._run(c, f"{self.sudo}sh -c {shlex.quote(script)} sh {shlex.quote(path)}", f"writing {path}",
+                  "run as root or with sudo rights", in_stream=io.StringIO(text))
+
     def pg_bin(self, c: Context, tool: str, pg_version: str) -> str:
         raise NotImplementedError
 
@@ -71,8 +91,8 @@ class Platform:
     def redis_install(self, c: Context) -> None:
         raise NotImplementedError
 
-    def _run(self, c: Context, cmd: str, what: str, hint: str) -> None:
-        result = c.run(cmd, hide=True, warn=True)
+    def _run(self, c: Context, cmd: str, what: str, hint: str, **kwargs: object) -> None:
+        result = c.run(cmd, hide=True, warn=True, **kwargs)
         if result.failed:
             detail = (result.stderr or result.stdout).strip().splitlines()
             raise StackError(f"{what} failed ({detail[-1] if detail else f'exit {result.exited}'}); {hint}")
@@ -109,6 +129,10 @@ class Homebrew(Platform):
 
     def pg_stop(self, c: Context, port: int, pg_version: str) -> None:
         self._run(c, f"brew services stop {self._formula(pg_version)}", "brew services stop", "check brew services")
+
+    def pg_restart(self, c: Context, port: int, pg_version: str) -> None:
+        self._run(c, f"brew services restart {self._formula(pg_version)}", "brew services restart",
+                  "check brew services")
 
     def pg_bin(self, c: Context, tool: str, pg_version: str) -> str:
         # keg-only formula: its binaries are not on PATH
@@ -197,6 +221,11 @@ class AptSystemd(Apt):
         self._run(c, f"{self.sudo}systemctl stop postgresql@{cluster.version}-{cluster.name}",
                   "systemctl stop", "check systemctl status postgresql")
 
+    def pg_restart(self, c: Context, port: int, pg_version: str) -> None:
+        cluster = self.cluster_for_port(c, port)
+        self._run(c, f"{self.sudo}systemctl restart postgresql@{cluster.version}-{cluster.name}",
+                  "systemctl restart", f"see journalctl -u postgresql@{cluster.version}-{cluster.name}")
+
 
 class AptPgCtlcluster(Apt):
     name = "apt+pg_ctlcluster"
@@ -210,6 +239,12 @@ class AptPgCtlcluster(Apt):
         cluster = self.cluster_for_port(c, port)
         self._run(c, f"{self.sudo}pg_ctlcluster {cluster.version} {cluster.name} stop", "pg_ctlcluster stop",
                   "check pg_lsclusters")
+
+    def pg_restart(self, c: Context, port: int, pg_version: str) -> None:
+        cluster = self.cluster_for_port(c, port)
+        self._run(c, f"{self.sudo}pg_ctlcluster {cluster.version} {cluster.name} restart",
+                  "pg_ctlcluster restart",
+                  f"see /var/log/postgresql/postgresql-{cluster.version}-{cluster.name}.log")
 
 
 def detect(which=shutil.which, system: str = sys.platform, systemd_dir: Path = Path("/run/systemd/system"),

@@ -10,6 +10,7 @@ cannot be, and Homebrew's is the login user.
 from __future__ import annotations
 
 import io
+import ipaddress
 import shlex
 from dataclasses import dataclass, field
 
@@ -65,6 +66,10 @@ class Admin:
     def execute(self, statements: list[sql.Composable], dbname: str = "postgres") -> None:
         raise NotImplementedError
 
+    def value(self, query: sql.Composable, dbname: str = "postgres") -> str:
+        """One value, kept whole (it may span lines, e.g. a file's content)."""
+        raise NotImplementedError
+
 
 @dataclass
 class PsqlAdmin(Admin):
@@ -98,6 +103,10 @@ class PsqlAdmin(Admin):
     def execute(self, statements: list[sql.Composable], dbname: str = "postgres") -> None:
         self._psql("".join(s.as_string() + ";\n" for s in statements), dbname)
 
+    def value(self, query: sql.Composable, dbname: str = "postgres") -> str:
+        out = self._psql(query.as_string(), dbname, on_stdin=False)
+        return out[:-1] if out.endswith("\n") else out
+
 
 @dataclass
 class DsnAdmin(Admin):
@@ -116,6 +125,11 @@ class DsnAdmin(Admin):
     def rows(self, query: sql.Composable, dbname: str = "postgres") -> list[tuple[str, ...]]:
         with self._connect(dbname) as conn:
             return [tuple("" if v is None else str(v) for v in row) for row in conn.execute(query).fetchall()]
+
+    def value(self, query: sql.Composable, dbname: str = "postgres") -> str:
+        with self._connect(dbname) as conn:
+            row = conn.execute(query).fetchone()
+            return "" if row is None or row[0] is None else str(row[0])
 
     def execute(self, statements: list[sql.Composable], dbname: str = "postgres") -> None:
         with self._connect(dbname) as conn:
@@ -237,3 +251,60 @@ def drop(admin: Admin, settings: Settings) -> None:
 def ping(settings: Settings) -> tuple[bool, str]:
     """Can the Airflow role reach its database? (status, doctor, run preconditions)"""
     return role_can_login(settings)
+
+
+# ---- letting workers on other machines in (opt-in) -------------------------------------------
+def hba_marker(settings: Settings) -> str:
+    return f"# airflow-stack {settings.pg_database} {settings.pg_user}"
+
+
+def _merge_addresses(current: str, wanted: str) -> str:
+    have = [a.strip() for a in current.split(",") if a.strip()]
+    if "*" in have:
+        return current
+    add = [a.strip() for a in wanted.split(",") if a.strip()]
+    if "*" in add:
+        return "*"
+    return ",".join(have + [a for a in add if a not in have])
+
+
+def allow_remote(c: Context, platform: Platform, admin: Admin, settings: Settings, listen: str | None,
+                 allow_from: str | None) -> list[str]:
+    """Let PostgreSQL listen on more addresses and admit the Airflow role from a network (scram)."""
+    changes: list[str] = []
+    if allow_from:
+        try:
+            network = ipaddress.ip_network(allow_from, strict=False)
+        except ValueError:
+            raise StackError(f"--allow-from {allow_from!r} is not a network; give e.g. 10.0.0.0/24 or "
+                             f"192.168.1.7/32") from None
+        hba = admin.value(sql.SQL("SHOW hba_file"))
+        text = admin.value(sql.SQL("SELECT pg_read_file({})").format(hba))
+        line = f"host {settings.pg_database} {settings.pg_user} {network} scram-sha-256 {hba_marker(settings)}"
+        if line not in text.splitlines():
+            platform.append_line(c, hba, line)
+            admin.execute([sql.SQL("SELECT pg_reload_conf()")])
+            changes.append(f"admitted {settings.pg_user} to {settings.pg_database} from {network} (pg_hba, scram)")
+    if listen:
+        current = admin.value(sql.SQL("SHOW listen_addresses"))
+        merged = _merge_addresses(current, listen)
+        if merged != current:
+            admin.execute([sql.SQL("ALTER SYSTEM SET listen_addresses = {}").format(merged)])
+            platform.pg_restart(c, settings.pg_port, settings.pg_version)  # only a restart applies it
+            if not netutil.wait_until(lambda: is_ready(c, platform, settings), READY_TIMEOUT):
+                raise StackError(f"PostgreSQL did not come back within {READY_TIMEOUT:.0f} s after the restart "
+                                 f"for listen_addresses; see its log")
+            changes.append(f"PostgreSQL now listens on {merged} (restarted once to apply it)")
+    return changes
+
+
+def forget_remote(c: Context, platform: Platform, admin: Admin, settings: Settings) -> bool:
+    """Remove the pg_hba lines allow_remote added for this role and database."""
+    hba = admin.value(sql.SQL("SHOW hba_file"))
+    text = admin.value(sql.SQL("SELECT pg_read_file({})").format(hba))
+    kept = [line for line in text.splitlines() if not line.endswith(hba_marker(settings))]
+    if len(kept) == len(text.splitlines()):
+        return False
+    platform.write_file(c, hba, "\n".join(kept) + "\n")
+    admin.execute([sql.SQL("SELECT pg_reload_conf()")])
+    return True

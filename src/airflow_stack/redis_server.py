@@ -27,10 +27,10 @@ def conf_path(settings: Settings) -> Path:
     return settings.redis_dir / "redis.conf"
 
 
-def render_conf(settings: Settings, bind: str = "127.0.0.1 -::1") -> str:
+def render_conf(settings: Settings) -> str:
     return TEMPLATE.read_text().format(
         port=settings.redis_port,
-        bind=bind,
+        bind=settings.redis_bind,
         password=settings.redis_password,
         dir=settings.redis_dir,
     )
@@ -38,7 +38,7 @@ def render_conf(settings: Settings, bind: str = "127.0.0.1 -::1") -> str:
 
 def client(settings: Settings, password: str | None = "use-settings", db: int = 0) -> redis.Redis:
     pw = settings.redis_password if password == "use-settings" else password
-    return redis.Redis(host="127.0.0.1", port=settings.redis_port, password=pw, db=db,
+    return redis.Redis(host=settings.redis_host, port=settings.redis_port, password=pw, db=db,
                        socket_connect_timeout=2, socket_timeout=5)
 
 
@@ -47,9 +47,11 @@ def ping(settings: Settings) -> tuple[bool, str]:
         client(settings).ping()
         return True, ""
     except redis.AuthenticationError:
-        return False, f"Redis on port {settings.redis_port} refused the password in {settings.env_file.name}"
+        return False, (f"Redis at {settings.redis_host}:{settings.redis_port} refused the password "
+                       f"(STACK_REDIS_PASSWORD in {settings.env_file.name})")
     except redis.RedisError as exc:
-        return False, f"Redis on port {settings.redis_port} is not answering ({exc.__class__.__name__})"
+        return False, (f"Redis at {settings.redis_host}:{settings.redis_port} is not answering "
+                       f"({exc.__class__.__name__})")
 
 
 def ensure(c: Context, platform: Platform, settings: Settings) -> list[str]:

@@ -19,8 +19,10 @@ from .settings import Settings
 
 
 def _password() -> str:
-    # URL-safe alphabet: the value goes into connection URLs (still quoted) and shell env files
-    return secrets.token_urlsafe(24)
+    # URL-safe alphabet: the value goes into connection URLs (still quoted) and shell env files;
+    # a leading "-" would read as an option to many CLIs, so never start with one
+    value = secrets.token_urlsafe(24)
+    return value if not value.startswith("-") else "p" + value[1:]
 
 
 def _fernet_key() -> str:
@@ -106,3 +108,19 @@ def redact(text: str, settings: Settings) -> str:
         if value and len(value) >= 6:
             text = text.replace(value, "***")
     return text
+
+
+def set_env_value(path: Path, key: str, value: str) -> bool:
+    """Set KEY=value in .env (replacing that key's line, or appending); True when it changed."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    new = f"{key}={value}" if " " not in value else f'{key}="{value}"'
+    for i, line in enumerate(lines):
+        if line.split("=", 1)[0].strip() == key:
+            if line == new:
+                return False
+            lines[i] = new
+            break
+    else:
+        lines.append(new)
+    write_private(path, "\n".join(lines) + "\n")
+    return True

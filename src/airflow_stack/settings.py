@@ -93,6 +93,18 @@ class Settings:
     redis_port: int = _spec("STACK_REDIS_PORT", 6380, kind=int,
                             help="port of the Redis this project runs (not a user's 6379)")
     redis_password: str = _spec("STACK_REDIS_PASSWORD", secret=True, help="our Redis's requirepass")
+    redis_host: str = _spec("STACK_REDIS_HOST", "127.0.0.1",
+                            help="where Airflow reaches our Redis (a worker machine: the stack's address)")
+    redis_bind: str = _spec("STACK_REDIS_BIND", "127.0.0.1 -::1",
+                            help="interfaces our Redis listens on; opt in to more for workers elsewhere")
+
+    # Celery
+    worker_concurrency: int = _spec("AIRFLOW__CELERY__WORKER_CONCURRENCY", max(8, 2 * _cpu_count()), kind=int,
+                                    help="task slots per Celery worker")
+    celery_visibility_timeout: int = _spec(
+        "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT", 86400, kind=int,
+        help="seconds before Redis re-delivers an unacknowledged task (acks are late): above your longest task")
+    flower_port: int = _spec("STACK_FLOWER_PORT", 5555, kind=int, help="Flower (run.celery --flower) port")
 
     # ---- derived values -------------------------------------------------------------------
     @property
@@ -139,7 +151,8 @@ class Settings:
                 f"?sslmode={self.pg_sslmode}")
 
     def redis_url(self, db: int) -> str:
-        return f"redis://:{quote(self.redis_password or '', safe='')}@127.0.0.1:{self.redis_port}/{db}"
+        return (f"redis://:{quote(self.redis_password or '', safe='')}@{_url_host(self.redis_host)}"
+                f":{self.redis_port}/{db}")
 
     @property
     def limiter_storage_uri(self) -> str:

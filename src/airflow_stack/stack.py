@@ -1,4 +1,8 @@
-"""Run, stop and inspect the Airflow processes of components.TABLE, supervised by supervisor.py."""
+"""Run, stop and inspect the Airflow processes of components.TABLE, supervised by supervisor.py.
+
+Additional Celery workers (``invoke run.worker``) are instances of the table's ``worker`` component,
+named ``worker-NAME``; their pid files are how status, stop and logs find them.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import psycopg
 from invoke import Context
 
 from . import (
@@ -21,8 +26,9 @@ from . import (
     redis_server,
     supervisor,
 )
+from .components import Component
 from .errors import StackError
-from .settings import Settings
+from .settings import Settings, specs
 
 HEALTH_TIMEOUT = 180.0
 
@@ -39,27 +45,49 @@ def recorded(settings: Settings) -> dict[str, str]:
         return {}
 
 
+def _line(settings: Settings) -> str:
+    return recorded(settings).get("line", settings.airflow_line)
+
+
+def extra_workers(settings: Settings) -> list[str]:
+    """Names (worker-NAME) of the additional workers this state dir has pid files for."""
+    if not settings.run_dir.is_dir():
+        return []
+    return sorted(p.stem for p in settings.run_dir.glob(f"{components.WORKER_PREFIX}*.pid"))
+
+
+def instances(settings: Settings, line: str | None = None) -> list[tuple[str, Component]]:
+    """Every process this state dir may run: (name, its component in the table)."""
+    line = line or _line(settings)
+    found = [(comp.name, comp) for comp in components.for_line(line)]
+    return found + [(name, components.WORKER) for name in extra_workers(settings)]
+
+
 def running_components(settings: Settings) -> dict[str, supervisor.Running]:
-    line = recorded(settings).get("line", settings.airflow_line)
     found = {}
-    for comp in components.for_line(line):
-        proc = supervisor.running(settings, comp.name)
+    for name, _ in instances(settings):
+        proc = supervisor.running(settings, name)
         if proc:
-            found[comp.name] = proc
+            found[name] = proc
     return found
+
+
+def require_services(settings: Settings, pg_fix: str, redis_fix: str) -> None:
+    """PostgreSQL (as Airflow's role) and our Redis must answer; else say what fixes it."""
+    ok, reason = postgres.ping(settings)
+    if not ok:
+        raise StackError(f"cannot reach PostgreSQL at {settings.pg_host}:{settings.pg_port} as {settings.pg_user} "
+                         f"({reason}); {pg_fix}")
+    ok, reason = redis_server.ping(settings)
+    if not ok:
+        raise StackError(f"{reason}; {redis_fix}")
 
 
 def preflight(settings: Settings) -> None:
     """Everything a start needs, each missing piece named with the task that provides it."""
     if not settings.dags_folder.is_dir():
         raise StackError(f"DAG folder {settings.dags_folder} does not exist; create it or set STACK_DAGS_FOLDER")
-    ok, reason = postgres.ping(settings)
-    if not ok:
-        raise StackError(f"PostgreSQL is not reachable as {settings.pg_user}@{settings.pg_host}:{settings.pg_port} "
-                         f"({reason}); run: invoke setup.postgres")
-    ok, reason = redis_server.ping(settings)
-    if not ok:
-        raise StackError(f"{reason}; run: invoke setup.redis")
+    require_services(settings, "run: invoke setup.postgres", "run: invoke setup.redis")
     if not airflow_install.is_current(settings):
         raise StackError(f"Airflow {settings.airflow_line} is not installed (or its constraints changed); "
                          f"run: invoke setup.airflow")
@@ -68,14 +96,30 @@ def preflight(settings: Settings) -> None:
                          f"run: invoke setup.airflow")
 
 
-def _check_ports(settings: Settings, to_start: list[components.Component]) -> None:
+# what every Airflow process must share with the stack's machine (airflow-facts: shared secrets)
+SHARED_SECRETS = ("pg_password", "redis_password", "fernet_key", "jwt_secret", "api_secret_key")
+
+
+def check_worker_machine(settings: Settings) -> None:
+    """What a worker needs from the stack's machine, each gap named with what to copy or run."""
+    missing = [specs()[name].env for name in SHARED_SECRETS if not getattr(settings, name)]
+    if missing:
+        raise StackError(f"this machine lacks {', '.join(missing)}: copy the stack machine's .env here "
+                         f"(every Airflow process must share them), then set STACK_PG_HOST, STACK_REDIS_HOST "
+                         f"and STACK_API_HOST to that machine's address")
+    require_services(settings,
+                     "allow this machine there: invoke setup.postgres --listen ... --allow-from ...",
+                     "on the stack's machine run invoke setup.redis (with --bind for other machines), "
+                     "and check STACK_REDIS_HOST / STACK_REDIS_PASSWORD here")
+
+
+def check_ports(settings: Settings, to_start: list[Component], executor: str) -> None:
     for comp in to_start:
-        for setting, port in comp.listen_ports(settings):
+        for setting, port in comp.listen_ports(settings, executor):
             host = settings.api_host if setting == "api_port" else "0.0.0.0"
             if not netutil.port_bindable(port, host):
-                env = f"STACK_{setting.upper()}"
                 raise StackError(f"port {port} ({comp.name}) is in use by another program; "
-                                 f"set {env} to a free port")
+                                 f"set STACK_{setting.upper()} to a free port")
 
 
 @dataclass
@@ -86,37 +130,36 @@ class StartReport:
 
 
 def start(c: Context, settings: Settings, executor: str, timeout: float = HEALTH_TIMEOUT,
-          only: list[str] | None = None) -> StartReport:
+          extras: tuple[str, ...] = ()) -> StartReport:
     """Start whatever of the executor's components is not running, then wait until all are healthy."""
     rec = recorded(settings)
     live = running_components(settings)
     if live and rec and (rec.get("executor"), rec.get("line")) != (executor, settings.airflow_line):
         raise StackError(f"the stack runs Airflow {rec.get('line')} with the {rec.get('executor')} executor; "
-                         f"stop it first (invoke stop), then start it as {executor}")
+                         f"stop it first (invoke stop), or switch with: invoke up --executor {executor}")
     preflight(settings)
-    wanted = [comp for comp in components.for_line(settings.airflow_line, executor)
-              if only is None or comp.name in only]
+    wanted = list(components.for_line(settings.airflow_line, executor, extras))
     to_start = [comp for comp in wanted if comp.name not in live]
     report = StartReport(already=[comp.name for comp in wanted if comp.name in live])
     env = airflow_config.environment(settings, executor)
     airflow_config.write_config(settings, env)
     began = time.monotonic()
     if to_start:
-        _check_ports(settings, to_start)
+        check_ports(settings, to_start, executor)
         settings.run_dir.mkdir(parents=True, exist_ok=True)
         _state_path(settings).write_text(json.dumps({"executor": executor, "line": settings.airflow_line}))
         airflow = str(airflow_install.airflow_bin(settings))
         for comp in to_start:
-            supervisor.start(c, settings, comp.name, comp.command(airflow), env)
+            supervisor.start(c, settings, comp.name, comp.command(airflow, settings), env)
             report.started.append(comp.name)
-    wait_healthy(settings, wanted, timeout)
+    wait_healthy(settings, [(comp.name, comp) for comp in wanted], timeout)
     report.seconds = time.monotonic() - began
     return report
 
 
-def wait_healthy(settings: Settings, wanted: list[components.Component], timeout: float) -> None:
+def wait_healthy(settings: Settings, wanted: list[tuple[str, Component]], timeout: float) -> None:
     deadline = time.monotonic() + timeout
-    pending = {comp.name: comp for comp in wanted}
+    pending = dict(wanted)
     details: dict[str, str] = {}
     interval = 0.5
     while pending:
@@ -126,7 +169,7 @@ def wait_healthy(settings: Settings, wanted: list[components.Component], timeout
                 log = supervisor.log_file(settings, name)
                 _print_log_tail(name, log)
                 raise StackError(f"{name} exited during start-up; see {log} (last lines above)")
-            ok, details[name] = health.check(comp.probe, settings, proc.started)
+            ok, details[name] = health.check(comp.probe, settings, proc.started, name)
             if ok:
                 del pending[name]
         if not pending:
@@ -135,9 +178,8 @@ def wait_healthy(settings: Settings, wanted: list[components.Component], timeout
             for name, comp in pending.items():
                 _print_log_tail(name, supervisor.log_file(settings, name),
                                 f"probe: {comp.probe.describe(settings)} -> {details.get(name)}")
-            names = ", ".join(pending)
-            raise StackError(f"{names} did not report healthy within {timeout:.0f} s (probe and last log lines "
-                             f"above); fix the cause, then run invoke up again")
+            raise StackError(f"{', '.join(pending)} did not report healthy within {timeout:.0f} s (probe and "
+                             f"last log lines above); fix the cause, then run invoke up again")
         time.sleep(interval)
         interval = min(interval * 1.3, 2.0)
 
@@ -147,18 +189,42 @@ def _print_log_tail(name: str, log: Path, headline: str = "") -> None:
     print(supervisor.tail(log, 12), file=sys.stderr)
 
 
+def start_worker(c: Context, settings: Settings, name: str, queues: str, concurrency: int,
+                 timeout: float = HEALTH_TIMEOUT) -> tuple[str, bool]:
+    """Start an additional Celery worker ``worker-NAME``; (its name, whether it was already running)."""
+    instance = f"{components.WORKER_PREFIX}{name}"
+    if supervisor.running(settings, instance):
+        return instance, True
+    env = airflow_config.environment(settings, "celery")
+    airflow_config.write_config(settings, env)
+    # the first worker on a machine serves task logs on the log port; others find it taken
+    serve_logs = netutil.port_bindable(settings.worker_log_port, "0.0.0.0")
+    argv = components.worker_command(str(airflow_install.airflow_bin(settings)), name, queues, concurrency,
+                                     serve_logs)
+    supervisor.start(c, settings, instance, argv, env)
+    wait_healthy(settings, [(instance, components.WORKER)], timeout)
+    return instance, False
+
+
 def stop(settings: Settings, names: list[str] | None = None, timeout: float = supervisor.STOP_TIMEOUT) -> list[str]:
-    """Stop Airflow components (all, or ``names``), last started first; return one line per component."""
-    line = recorded(settings).get("line", settings.airflow_line)
-    table = components.for_line(line)
+    """Stop Airflow processes (all, or ``names``), last started first; one line per process.
+
+    A Celery worker gets SIGTERM, its warm shutdown: it takes no new task and finishes the running
+    ones within ``timeout``; the scheduler requeues what a killed worker leaves behind.
+    """
+    known = dict(instances(settings))
     if names:
-        table = tuple(components.by_name(line, name) for name in names)
-    lines = []
-    for comp in reversed(table):
-        lines.append(f"{comp.name}: {supervisor.stop(settings, comp.name, timeout)}")
+        for name in names:
+            if name not in known:
+                components.by_name(_line(settings), name)  # raises with the valid names
+        selected = [(name, known[name]) for name in names]
+    else:
+        selected = list(known.items())
+    lines = [f"{name}: {supervisor.stop(settings, name, timeout)}" for name, _ in reversed(selected)
+             if names or supervisor.running(settings, name)]
     if not running_components(settings):
         _state_path(settings).unlink(missing_ok=True)
-    return lines
+    return lines or ["airflow: nothing was running"]
 
 
 @dataclass
@@ -169,6 +235,14 @@ class Row:
     healthy: bool
     detail: str
     ports: list[int]
+
+
+def _queues_in_use(settings: Settings) -> set[str] | None:
+    try:
+        with psycopg.connect(**settings.pg_conninfo(connect_timeout=3)) as conn:
+            return {row[0] for row in conn.execute("SELECT DISTINCT queue FROM task_instance").fetchall()}
+    except psycopg.Error:
+        return None
 
 
 def status(settings: Settings) -> list[Row]:
@@ -183,13 +257,25 @@ def status(settings: Settings) -> list[Row]:
     r_ok, r_detail = redis_server.ping(settings) if redis_proc else (False, "not running")
     rows.append(Row("redis", redis_proc.pid if redis_proc else None, redis_proc is not None, r_ok,
                     r_detail or "PONG", [settings.redis_port]))
-    for comp in components.for_line(line, executor):
-        proc = supervisor.running(settings, comp.name)
+    wanted = [(comp.name, comp) for comp in components.for_line(line, executor)]
+    wanted += [(name, comp) for name, comp in instances(settings, line)
+               if (name, comp) not in wanted and supervisor.running(settings, name)]
+    in_use = None
+    for name, comp in wanted:
+        ports = [p for _, p in comp.listen_ports(settings, executor)]
+        proc = supervisor.running(settings, name)
         if proc is None:
-            rows.append(Row(comp.name, None, False, False, "not running", [p for _, p in comp.listen_ports(settings)]))
+            rows.append(Row(name, None, False, False, "not running", ports))
             continue
-        ok, detail = health.check(comp.probe, settings, proc.started)
-        rows.append(Row(comp.name, proc.pid, True, ok, detail, [p for _, p in comp.listen_ports(settings)]))
+        ok, detail = health.check(comp.probe, settings, proc.started, name)
+        if name.startswith(components.WORKER_PREFIX):
+            ports = []  # extra workers serve no logs when the main one does
+            queues = proc.argv[proc.argv.index("--queues") + 1].split(",") if "--queues" in proc.argv else []
+            in_use = _queues_in_use(settings) if in_use is None else in_use
+            unused = [q for q in queues if in_use is not None and q not in in_use and q != components.DEFAULT_QUEUE]
+            if unused and len(unused) == len(queues):
+                detail += f"; no task has used its queues ({','.join(queues)}) yet"
+        rows.append(Row(name, proc.pid, True, ok, detail, ports))
     return rows
 
 

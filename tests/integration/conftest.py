@@ -26,6 +26,9 @@ from airflow_stack.netutil import port_bindable
 
 REPO = Path(__file__).resolve().parents[2]
 LINE = os.environ.get("STACK_TEST_AIRFLOW_LINE", "3.3")
+EXECUTOR = os.environ.get("STACK_TEST_EXECUTOR", "local")
+# the loopback address a "worker on another machine" reaches the stack through
+REMOTE_ADDRESS = "127.0.0.2"
 TEST_DAGS = Path(__file__).parent / "dags"
 
 
@@ -81,6 +84,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "STACK_ENV_FILE": str(state / ".env"),
         "STACK_STATE_DIR": str(state),
         "STACK_AIRFLOW_LINE": LINE,
+        "STACK_EXECUTOR": EXECUTOR,
         "STACK_DAGS_FOLDER": str(dags),
         "STACK_API_PORT": str(api),
         "STACK_SCHEDULER_HEALTH_PORT": str(health),
@@ -90,6 +94,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "STACK_PG_DATABASE": name,
         "STACK_PG_USER": name,
     }
+    if EXECUTOR == "celery":
+        env |= {
+            # workers "on other machines" reach the API server through another loopback address
+            "STACK_API_HOST": "0.0.0.0",
+            # a killed worker's task is failed (then retried) after 20 s without heartbeat, not 300 s
+            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "20",
+            "AIRFLOW__SCHEDULER__SCHEDULER_ZOMBIE_TASK_THRESHOLD": "20",
+        }
     stack = Stack(state, env)
     try:
         yield stack
@@ -112,9 +124,13 @@ def services(stack: Stack) -> dict[str, subprocess.CompletedProcess[str]]:
 
 @pytest.fixture(scope="session")
 def airflow_up(stack: Stack, services: dict) -> dict[str, float]:
-    """The whole stack through `invoke up`, timed."""
+    """The whole stack through `invoke up --executor EXECUTOR`, timed."""
+    if EXECUTOR == "celery":
+        # the opt-in flags that let workers on other machines in (here: through 127.0.0.2)
+        stack.inv("setup.redis", "--bind", f"127.0.0.1 {REMOTE_ADDRESS} -::1")
+        stack.inv("setup.postgres", "--listen", f"localhost,{REMOTE_ADDRESS}", "--allow-from", f"{REMOTE_ADDRESS}/32")
     began = time.monotonic()
-    stack.inv("up")
+    stack.inv("up", "--executor", EXECUTOR)
     return {"up_seconds": time.monotonic() - began}
 
 
@@ -143,7 +159,9 @@ class AirflowAPI:
     def wait_for_dag(self, dag_id: str, timeout: float = 60) -> float:
         began = time.monotonic()
         while time.monotonic() - began < timeout:
-            if self.client.get(f"{self.prefix}/dags/{dag_id}").status_code == 200:
+            status = self.client.get(f"{self.prefix}/dags/{dag_id}").status_code
+            assert status not in (401, 403), f"the API refused our credentials ({status})"
+            if status == 200:
                 return time.monotonic() - began
             time.sleep(0.5)
         raise AssertionError(f"DAG {dag_id} did not appear through the API within {timeout} s")
@@ -169,6 +187,7 @@ class AirflowAPI:
         return state
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def api(stack: Stack, airflow_up: dict) -> AirflowAPI:
+    """Logged in with the admin password .env holds now (a test changes it)."""
     return AirflowAPI(stack.settings())

@@ -18,7 +18,7 @@ import redis
 
 from airflow_stack import components, supervisor
 
-from .conftest import AirflowAPI
+from .conftest import EXECUTOR, AirflowAPI
 from .test_bad_input import assert_one_line_error
 
 pytestmark = pytest.mark.integration
@@ -30,10 +30,10 @@ def status(stack) -> dict[str, dict]:
 
 
 def test_up_brings_every_component_to_healthy(stack, airflow_up):
-    print(f"\n[figure] invoke up from nothing (Airflow {stack.settings().airflow_line}): "
+    print(f"\n[figure] invoke up --executor {EXECUTOR} from nothing (Airflow {stack.settings().airflow_line}): "
           f"{airflow_up['up_seconds']:.1f} s")
     rows = status(stack)
-    expected = {c.name for c in components.for_line(stack.settings().airflow_line, "local")}
+    expected = {c.name for c in components.for_line(stack.settings().airflow_line, EXECUTOR)}
     assert expected <= set(rows)
     for name in [*expected, "postgresql", "redis"]:
         assert rows[name]["up"] and rows[name]["healthy"], rows[name]
@@ -48,12 +48,12 @@ def test_up_again_does_nothing(stack, airflow_up):
         assert "already" in line or line.startswith("run: Airflow UI"), out
 
 
-def test_no_sqlite_anywhere_and_executor_is_local(stack, airflow_up):
+def test_no_sqlite_anywhere_and_the_executor_is_ours(stack, airflow_up):
     home = stack.settings().airflow_home
     assert not [p for p in home.rglob("*") if p.suffix in (".db", ".sqlite", ".sqlite3")]
     assert "sqlite" not in (home / "airflow.cfg").read_text()
     out = stack.inv("airflow", "--args", "config get-value core executor").stdout
-    assert out.strip().splitlines()[-1] == "LocalExecutor"
+    assert out.strip().splitlines()[-1] == {"local": "LocalExecutor", "celery": "CeleryExecutor"}[EXECUTOR]
     # the running scheduler heartbeats into our PostgreSQL database
     with psycopg.connect(**stack.settings().pg_conninfo()) as conn:
         alive = conn.execute("SELECT count(*) FROM job WHERE job_type = 'SchedulerJob' AND state = 'running' "
@@ -69,7 +69,7 @@ def test_eight_sleeps_run_in_parallel(stack, api):
     run_id = api.trigger(dag_id)
     state = api.wait_for_run(dag_id, run_id)
     wall = time.monotonic() - began
-    print(f"\n[figure] 8 x sleep(5), trigger -> {state}: {wall:.1f} s")
+    print(f"\n[figure] 8 x sleep(5) on {EXECUTOR}, trigger -> {state}: {wall:.1f} s")
     assert state == "success"
     with psycopg.connect(**stack.settings().pg_conninfo()) as conn:
         rows = conn.execute("SELECT task_id, state, start_date, end_date FROM task_instance "
@@ -91,14 +91,14 @@ def test_new_dag_file_becomes_triggerable(stack, api):
 def test_restarts_only_what_is_down_and_refuses_a_taken_port(stack, airflow_up):
     settings = stack.settings()
     pids = {c.name: supervisor.running(settings, c.name).pid
-            for c in components.for_line(settings.airflow_line, "local")}
+            for c in components.for_line(settings.airflow_line, EXECUTOR)}
     assert "triggerer: stopped" in stack.inv("stop", "-c", "triggerer").stdout
     holder = socket.socket()
     holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     holder.bind(("0.0.0.0", settings.trigger_log_port))
     holder.listen()
     try:
-        proc = stack.inv("run.local", check=False)
+        proc = stack.inv(f"run.{EXECUTOR}", check=False)
         assert_one_line_error(proc, str(settings.trigger_log_port), "STACK_TRIGGER_LOG_PORT")
     finally:
         holder.close()
@@ -116,8 +116,11 @@ def test_run_refuses_missing_services_and_folders(stack, airflow_up, tmp_path):
         ({"STACK_REDIS_PORT": "1"}, "invoke setup.redis"),
     ]
     for env, needle in cases:
-        proc = stack.inv("run.local", check=False, env=env)
+        proc = stack.inv(f"run.{EXECUTOR}", check=False, env=env)
         assert_one_line_error(proc, needle)
+    # the other executor while this one runs: refused, nothing stopped
+    other = "local" if EXECUTOR == "celery" else "celery"
+    assert_one_line_error(stack.inv(f"run.{other}", check=False), "stop it first")
     assert all(row["healthy"] for row in status(stack).values())
 
 
@@ -177,7 +180,7 @@ def test_login_attempts_are_limited_in_redis_across_restarts(stack, airflow_up):
     assert all(code in (200, 302, 401) for code in codes[:5]) and codes[5] == 429, codes
     assert [k for k in limiter.keys("LIMITS*")], "no Flask-Limiter key in our Redis"
     stack.inv("stop", "-c", web)
-    stack.inv("run.local")
+    stack.inv(f"run.{EXECUTOR}")
     with httpx.Client(base_url=settings.api_url, timeout=30) as client:
         path, token = _login_page(client, settings.airflow_line)
         after = client.post(path, data={"username": settings.admin_user, "password": "wrong",

@@ -9,6 +9,8 @@ from airflow_stack.errors import StackError
 def test_3x_runs_four_components_with_a_separate_dag_processor():
     names = [c.name for c in components.for_line("3.3", "local")]
     assert names == ["scheduler", "dag-processor", "triggerer", "api-server"]
+    assert [c.name for c in components.for_line("3.3", "celery")] == [*names, "worker"]
+    assert [c.name for c in components.for_line("3.3", "celery", ("flower",))] == [*names, "worker", "flower"]
     assert components.web("3.3").probe.path == "/api/v2/monitor/health"
 
 
@@ -22,7 +24,7 @@ def test_211_runs_the_webserver_and_parses_dags_in_the_scheduler():
 def test_each_component_has_a_probe_and_known_ports(settings):
     for line in components.TABLE:
         for comp in components.for_line(line):
-            assert comp.probe.kind in ("http", "job")
+            assert comp.probe.kind in ("http", "job", "celery")
             for name, port in comp.listen_ports(settings):
                 assert isinstance(port, int) and name.endswith("port")
             assert comp.probe.describe(settings)
@@ -31,3 +33,20 @@ def test_each_component_has_a_probe_and_known_ports(settings):
 def test_unknown_component_names_the_valid_ones():
     with pytest.raises(StackError, match="use one of: scheduler, triggerer, webserver"):
         components.by_name("2.11", "dag-processor")
+
+
+def test_the_scheduler_serves_task_logs_only_with_the_local_executor(settings):
+    assert ("worker_log_port", 8793) in components.SCHEDULER.listen_ports(settings, "local")
+    assert ("worker_log_port", 8793) not in components.SCHEDULER.listen_ports(settings, "celery")
+    assert ("worker_log_port", 8793) in components.WORKER.listen_ports(settings, "celery")
+
+
+def test_worker_commands(settings):
+    main = components.WORKER.command("/v/bin/airflow", settings.replace(worker_concurrency=12))
+    assert main == ["/v/bin/airflow", "celery", "worker", "--queues", "default", "--concurrency", "12",
+                    "--celery-hostname", "worker@%h"]
+    extra = components.worker_command("/v/bin/airflow", "w2", "default,other", 4, serve_logs=False)
+    assert extra == ["/v/bin/airflow", "celery", "worker", "--queues", "default,other", "--concurrency", "4",
+                     "--celery-hostname", "w2@%h", "--skip-serve-logs"]
+    assert components.celery_node_name("worker") == "worker"
+    assert components.celery_node_name("worker-w2") == "w2"

@@ -185,3 +185,20 @@ def test_sudo_prefix():
     assert platform.sudo_prefix(euid=0) == ""
     assert platform.sudo_prefix(euid=1000, interactive=True) == "sudo "
     assert platform.sudo_prefix(euid=1000, interactive=False) == "sudo -n "
+
+
+def test_restart_per_platform():
+    c = ctx({"pg_lsclusters -h": DOWN, "pg_ctlcluster 15 main restart": OK,
+             "sudo -n systemctl restart postgresql@15-main": OK, "brew services restart postgresql@16": OK})
+    platform.AptPgCtlcluster("").pg_restart(c, 5432, "16")
+    platform.AptSystemd("sudo -n ").pg_restart(c, 5432, "16")
+    platform.Homebrew().pg_restart(c, 5432, "16")
+    assert [cmd for cmd in commands(c) if "restart" in cmd] == [
+        "pg_ctlcluster 15 main restart", "sudo -n systemctl restart postgresql@15-main",
+        "brew services restart postgresql@16"]
+
+
+def test_server_files_are_written_through_tee_with_sudo():
+    c = ctx({"sudo -n tee -a /etc/postgresql/15/main/pg_hba.conf": OK})
+    platform.AptSystemd("sudo -n ").append_line(c, "/etc/postgresql/15/main/pg_hba.conf", "host a b 10.0.0.0/8 x")
+    assert c.run.call_args.kwargs["in_stream"].getvalue() == "host a b 10.0.0.0/8 x\n"

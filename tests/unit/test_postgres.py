@@ -118,3 +118,69 @@ def test_psql_admin_failure_is_one_redacted_line(settings):
     with pytest.raises(StackError) as err:
         admin.execute([postgres.sql.SQL("SELECT 1")])
     assert settings.pg_password not in str(err.value) and "\n" not in str(err.value)
+
+
+class RemoteAdmin(RecordingAdmin):
+    def __init__(self, listen="localhost", hba="local all all peer\n"):
+        super().__init__(role=("f", ALL_SET), owner="airflow")
+        self.listen, self.hba = listen, hba
+
+    def value(self, query, dbname="postgres"):
+        text = query.as_string()
+        if text == "SHOW hba_file":
+            return "/etc/postgresql/15/main/pg_hba.conf"
+        if text.startswith("SELECT pg_read_file"):
+            return self.hba
+        if text == "SHOW listen_addresses":
+            return self.listen
+        raise AssertionError(text)
+
+
+class FakePlatform:
+    def __init__(self):
+        self.appended, self.restarted, self.written = [], 0, None
+
+    def append_line(self, c, path, line):
+        self.appended.append((path, line))
+
+    def pg_restart(self, c, port, version):
+        self.restarted += 1
+
+    def write_file(self, c, path, text):
+        self.written = (path, text)
+
+
+def test_allow_remote_adds_a_tagged_scram_line_and_listen_address(settings, monkeypatch):
+    monkeypatch.setattr(postgres, "is_ready", lambda c, p, s: True)
+    admin, plat = RemoteAdmin(), FakePlatform()
+    changes = postgres.allow_remote(None, plat, admin, settings, "localhost,127.0.0.2", "127.0.0.2/32")
+    assert plat.appended == [("/etc/postgresql/15/main/pg_hba.conf",
+                              "host airflow airflow 127.0.0.2/32 scram-sha-256 # airflow-stack airflow airflow")]
+    assert ("ALTER SYSTEM SET listen_addresses = 'localhost,127.0.0.2'", "postgres") in admin.executed
+    assert plat.restarted == 1 and len(changes) == 2
+
+
+def test_allow_remote_twice_changes_nothing(settings):
+    line = "host airflow airflow 127.0.0.2/32 scram-sha-256 # airflow-stack airflow airflow"
+    admin, plat = RemoteAdmin(listen="localhost,127.0.0.2", hba=f"local all all peer\n{line}\n"), FakePlatform()
+    assert postgres.allow_remote(None, plat, admin, settings, "127.0.0.2", "127.0.0.2/32") == []
+    assert plat.appended == [] and plat.restarted == 0 and admin.executed == []
+
+
+def test_allow_remote_rejects_a_bad_network(settings):
+    with pytest.raises(StackError, match="is not a network"):
+        postgres.allow_remote(None, FakePlatform(), RemoteAdmin(), settings, None, "10.0.0.300/8")
+
+
+def test_listen_everywhere_absorbs_the_rest():
+    assert postgres._merge_addresses("localhost", "*") == "*"
+    assert postgres._merge_addresses("*", "10.0.0.5") == "*"
+    assert postgres._merge_addresses("localhost", "localhost, 10.0.0.5") == "localhost,10.0.0.5"
+
+
+def test_forget_remote_removes_only_our_lines(settings):
+    ours = "host airflow airflow 127.0.0.2/32 scram-sha-256 # airflow-stack airflow airflow"
+    theirs = "host other other 10.0.0.0/8 scram-sha-256"
+    admin, plat = RemoteAdmin(hba=f"local all all peer\n{ours}\n{theirs}\n"), FakePlatform()
+    assert postgres.forget_remote(None, plat, admin, settings)
+    assert plat.written == ("/etc/postgresql/15/main/pg_hba.conf", f"local all all peer\n{theirs}\n")

@@ -59,3 +59,19 @@ def test_write_private_is_0600(tmp_path):
     path = tmp_path / "redis.conf"
     secrets.write_private(path, "requirepass x\n")
     assert stat.S_IMODE(path.stat().st_mode) == 0o600 and path.read_text() == "requirepass x\n"
+
+
+def test_set_env_value_replaces_or_appends_and_stays_private(tmp_path):
+    path = tmp_path / ".env"
+    path.write_text("A=1\nSTACK_REDIS_BIND=127.0.0.1\nB=2\n")
+    assert secrets.set_env_value(path, "STACK_REDIS_BIND", "0.0.0.0 ::")
+    assert path.read_text() == 'A=1\nSTACK_REDIS_BIND="0.0.0.0 ::"\nB=2\n'
+    assert not secrets.set_env_value(path, "STACK_REDIS_BIND", "0.0.0.0 ::")
+    assert secrets.set_env_value(path, "C", "3") and path.read_text().endswith("C=3\n")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert settings_mod.read_env_file(path)["STACK_REDIS_BIND"] == "0.0.0.0 ::"
+
+
+def test_generated_passwords_never_start_with_a_dash(monkeypatch):
+    monkeypatch.setattr(secrets.secrets, "token_urlsafe", lambda n: "-abc_def")
+    assert secrets._password() == "pabc_def"

@@ -24,6 +24,8 @@ def drop(c: Context, yes: bool = False) -> None:
     if admin is None:
         raise StackError("no superuser access to this server; set STACK_PG_ADMIN_DSN")
     postgres.drop(admin, settings)
+    if plat is not None and postgres.forget_remote(c, plat, admin, settings):
+        say(f"db: removed the pg_hba entries for {settings.pg_user}")
     # the schema stamp described a database that no longer exists
     (settings.airflow_home / ".airflow-stack-migrated.json").unlink(missing_ok=True)
     say(f"db: dropped database {settings.pg_database} and role {settings.pg_user}")

@@ -20,6 +20,11 @@ def up(c: Context, executor: str | None = None, line: str | None = None,
     """Bring the whole stack up: set up PostgreSQL, Redis and Airflow, then run it (re-run safe)."""
     settings = load(executor=executor, airflow_line=line)
     setup.all_(c, line=settings.airflow_line)
+    rec = stack.recorded(settings)
+    if stack.running_components(settings) and rec.get("executor") not in (None, settings.executor):
+        # an explicit switch: same database and DAG history, other executor
+        say(f"up: switching from the {rec['executor']} to the {settings.executor} executor",
+            *stack.stop(settings))
     run.start_stack(c, settings.executor, timeout, settings.airflow_line)
 
 

@@ -1,16 +1,20 @@
-"""invoke run.local / run.celery: start the Airflow processes, supervised, and wait until healthy."""
+"""invoke run.local / run.celery / run.worker: start Airflow processes, supervised, until healthy."""
 
 from __future__ import annotations
 
+import re
+
 from invoke import Context, task
 
-from .. import stack
+from .. import airflow_install, secrets, stack
+from ..errors import StackError
 from ._common import load, one_line_errors, say
 
 
-def start_stack(c: Context, executor: str, timeout: float, line: str | None = None) -> None:
+def start_stack(c: Context, executor: str, timeout: float, line: str | None = None,
+                extras: tuple[str, ...] = ()) -> None:
     settings = load(executor=executor, airflow_line=line)
-    report = stack.start(c, settings, executor, timeout=timeout)
+    report = stack.start(c, settings, executor, timeout=timeout, extras=extras)
     web = "api-server" if settings.airflow_line != "2.11" else "webserver"
     if not report.started:
         say(f"run: already running ({', '.join(report.already)}), Airflow {settings.airflow_line}, {executor}")
@@ -18,6 +22,8 @@ def start_stack(c: Context, executor: str, timeout: float, line: str | None = No
         say(f"run: started {', '.join(report.started)}; all healthy in {report.seconds:.1f} s")
     say(f"run: Airflow UI and API ({web}) at {settings.api_url}/ ; user {settings.admin_user}, "
         f"password: _AIRFLOW_WWW_USER_PASSWORD in {settings.env_file}")
+    if "flower" in extras:
+        say(f"run: Flower at http://127.0.0.1:{settings.flower_port}/")
 
 
 @task(help={"timeout": "seconds to wait for every component to be healthy (default 180)",
@@ -26,3 +32,38 @@ def start_stack(c: Context, executor: str, timeout: float, line: str | None = No
 def local(c: Context, timeout: float = stack.HEALTH_TIMEOUT, line: str | None = None) -> None:
     """Run Airflow with the LocalExecutor: scheduler, dag-processor, triggerer, API server."""
     start_stack(c, "local", timeout, line)
+
+
+@task(help={"timeout": "seconds to wait for every component to be healthy (default 180)",
+            "line": "Airflow line: 3.3 (default) or 2.11",
+            "flower": "also run Flower, Celery's monitoring UI, on STACK_FLOWER_PORT (loopback)"})
+@one_line_errors
+def celery(c: Context, timeout: float = stack.HEALTH_TIMEOUT, line: str | None = None, flower: bool = False) -> None:
+    """Run Airflow with the CeleryExecutor: the Local set plus one Celery worker (Redis broker)."""
+    start_stack(c, "celery", timeout, line, extras=("flower",) if flower else ())
+
+
+@task(help={
+    "queues": "comma-separated Celery queues it consumes (default: default)",
+    "concurrency": "task slots (default AIRFLOW__CELERY__WORKER_CONCURRENCY)",
+    "name": "worker name, unique on this machine; its Celery node is NAME@host (default w2)",
+    "timeout": "seconds to wait until it answers a ping (default 180)",
+})
+@one_line_errors
+def worker(c: Context, queues: str = "default", concurrency: int | None = None, name: str = "w2",
+           timeout: float = stack.HEALTH_TIMEOUT) -> None:
+    """Add a Celery worker, here or on another machine that has the stack's .env."""
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise StackError(f"worker name {name!r} may only use letters, digits, '.', '_' and '-'")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+(,[A-Za-z0-9_.-]+)*", queues):
+        raise StackError(f"queues {queues!r}: give a comma-separated list of names, e.g. --queues default,gpu")
+    settings = load()
+    stack.check_worker_machine(settings)
+    secrets.secure_mode(settings.env_file)
+    airflow_install.ensure(c, settings)  # a fresh worker machine gets Airflow here
+    instance, already = stack.start_worker(c, settings, name, queues, concurrency or settings.worker_concurrency,
+                                           timeout)
+    if already:
+        say(f"run: worker {instance} already running")
+    else:
+        say(f"run: started {instance} (queues {queues}); it answers ping as {name}@<this host>")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from invoke import Context, task
 
 from .. import airflow_config, airflow_db, airflow_install, platform, postgres, redis_server, secrets
@@ -21,9 +23,12 @@ def _report(what: str, changes: list[str], seconds: float, nothing: str) -> None
     "host": "use an existing server at this host (nothing is installed or started)",
     "port": "PostgreSQL port (default 5432, STACK_PG_PORT)",
     "sslmode": "libpq sslmode for the Airflow role's connections (STACK_PG_SSLMODE)",
+    "listen": "opt in: also listen on these addresses, e.g. '*' (for Celery workers on other machines)",
+    "allow_from": "opt in: admit the Airflow role from this network with scram, e.g. 10.0.0.0/24",
 })
 @one_line_errors
-def postgres_(c: Context, host: str | None = None, port: int | None = None, sslmode: str | None = None) -> None:
+def postgres_(c: Context, host: str | None = None, port: int | None = None, sslmode: str | None = None,
+              listen: str | None = None, allow_from: str | None = None) -> None:
     """Install and start PostgreSQL if needed; create Airflow's role and database (PG15-safe)."""
     with Timer() as t:
         settings, added = secrets.ensure_env_file(load(pg_host=host, pg_port=port, pg_sslmode=sslmode))
@@ -32,20 +37,33 @@ def postgres_(c: Context, host: str | None = None, port: int | None = None, sslm
         changes = [f"generated {name} into {settings.env_file}" for name in added]
         if plat is not None:
             changes += postgres.ensure_server(c, plat, settings)
-        changes += postgres.bootstrap(postgres.admin_for(c, plat, settings), settings)
+        admin = postgres.admin_for(c, plat, settings)
+        changes += postgres.bootstrap(admin, settings)
+        if listen or allow_from:
+            if admin is None or plat is None:
+                raise StackError("--listen/--allow-from configure a server this machine runs; for another "
+                                 "server change its listen_addresses and pg_hba.conf there")
+            changes += postgres.allow_remote(c, plat, admin, settings, listen, allow_from)
     _report("postgres", changes, t.seconds,
             f"already set up: role {settings.pg_user} owns {settings.pg_database} on "
             f"{settings.pg_host}:{settings.pg_port}")
 
 
-@task(help={"port": "port of our Redis (default 6380, STACK_REDIS_PORT)"})
+@task(help={"port": "port of our Redis (default 6380, STACK_REDIS_PORT)",
+            "bind": "opt in: interfaces to listen on, e.g. '0.0.0.0 ::' for Celery workers on other machines "
+                    "(kept in .env as STACK_REDIS_BIND; the password still applies)"})
 @one_line_errors
-def redis(c: Context, port: int | None = None) -> None:
+def redis(c: Context, port: int | None = None, bind: str | None = None) -> None:
     """Install redis-server if needed and run our own password-protected Redis on loopback."""
     with Timer() as t:
         settings, added = secrets.ensure_env_file(load(redis_port=port))
-        settings = load(redis_port=port)
         changes = [f"generated {name} into {settings.env_file}" for name in added]
+        if bind is not None:
+            if not bind.strip() or any(not re.fullmatch(r"-?[0-9A-Fa-f:.*]+", a) for a in bind.split()):
+                raise StackError(f"--bind {bind!r}: give space-separated IP addresses, e.g. '127.0.0.1 10.0.0.5'")
+            if secrets.set_env_value(settings.env_file, "STACK_REDIS_BIND", bind):
+                changes.append(f"STACK_REDIS_BIND={bind} kept in {settings.env_file}")
+        settings = load(redis_port=port)
         changes += redis_server.ensure(c, platform.detect(), settings)
     _report("redis", changes, t.seconds, f"already running on 127.0.0.1:{settings.redis_port}")
 

@@ -1,0 +1,155 @@
+"""CeleryExecutor: a password-protected broker, workers routed by queue, one joining "from another
+machine" (its own state dir, hostname and address), and a worker killed under a running task."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import psutil
+import psycopg
+import pytest
+import redis
+
+from airflow_stack import supervisor
+
+from .conftest import REMOTE_ADDRESS, REPO, free_ports
+from .test_bad_input import assert_one_line_error
+
+pytestmark = [pytest.mark.integration, pytest.mark.celery]
+REMOTE_HOSTNAME = "worker-b"
+
+
+def rows(stack, env=None, runner=None) -> dict[str, dict]:
+    out = (runner or stack.inv)("status", "--json", **({"env": env} if env else {})).stdout
+    return {row["name"]: row for row in json.loads(out)}
+
+
+def test_the_worker_answers_a_ping_through_the_broker(stack, airflow_up):
+    worker = rows(stack)["worker"]
+    assert worker["up"] and worker["healthy"] and "answers ping" in worker["detail"], worker
+
+
+def test_the_broker_refuses_clients_without_the_password(stack, airflow_up):
+    settings = stack.settings()
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis(port=settings.redis_port, db=0, socket_timeout=5).llen("default")
+    proc = stack.inv("run.worker", "--name", "intruder", check=False, env={"STACK_REDIS_PASSWORD": "wrong-password"})
+    assert_one_line_error(proc, "refused the password")
+    assert supervisor.running(settings, "worker-intruder") is None
+
+
+def test_a_worker_without_the_shared_secrets_is_told_what_to_copy(stack, airflow_up, tmp_path):
+    (tmp_path / ".env").write_text(f"STACK_PG_PASSWORD={stack.settings().pg_password}\n")
+    proc = stack.inv("run.worker", "--name", "stranger", check=False,
+                     env={"STACK_ENV_FILE": str(tmp_path / ".env"), "STACK_STATE_DIR": str(tmp_path)})
+    err = assert_one_line_error(proc, "AIRFLOW__CORE__FERNET_KEY", "copy the stack machine's .env")
+    assert "STACK_PG_PASSWORD" not in err  # it has that one
+
+
+@pytest.fixture(scope="module")
+def remote(stack, airflow_up, tmp_path_factory):
+    """A worker "on another machine": its own state dir and .env copy, its own hostname (a UTS
+    namespace) and name resolution (a private /etc/hosts), reaching PostgreSQL, Redis and the API
+    server through 127.0.0.2 only, as the pg_hba entry and Redis bind opted in for."""
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("needs root and unshare(1) to give the remote worker its own hostname")
+    home = tmp_path_factory.mktemp("remote-machine")
+    shutil.copy(stack.env["STACK_ENV_FILE"], home / ".env")
+    (home / "hosts").write_text(f"127.0.0.1 localhost\n"
+                                f"{REMOTE_ADDRESS} {REMOTE_HOSTNAME}.stack.test {REMOTE_HOSTNAME}\n")
+    env = stack.env | {
+        "STACK_ENV_FILE": str(home / ".env"), "STACK_STATE_DIR": str(home),
+        "STACK_PG_HOST": REMOTE_ADDRESS, "STACK_REDIS_HOST": REMOTE_ADDRESS, "STACK_API_HOST": REMOTE_ADDRESS,
+        "STACK_WORKER_LOG_PORT": str(free_ports(1)[0]),
+    }
+
+    def on_remote(*args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess[str]:
+        wrapper = ["unshare", "--uts", "--mount", "--propagation", "private", "sh", "-c",
+                   f'mount --bind "$0" /etc/hosts && hostname {REMOTE_HOSTNAME} && exec "$@"', str(home / "hosts")]
+        proc = subprocess.run([*wrapper, sys.executable, "-m", "invoke", *args], cwd=REPO,
+                              env=remote_env | (env or {}), capture_output=True, text=True, timeout=900,
+                              stdin=subprocess.DEVNULL)
+        for secret in stack.secrets():
+            assert secret not in proc.stdout + proc.stderr
+        if check:
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc
+
+    remote_env = env
+    began = time.monotonic()
+    out = on_remote("run.worker", "--name", "b", "--queues", "other").stdout
+    print(f"\n[figure] remote worker joined in {time.monotonic() - began:.1f} s (its own Airflow venv included)")
+    assert "started worker-b" in out
+    yield on_remote
+    on_remote("stop", check=False)
+
+
+def test_a_worker_on_another_machine_joins_and_says_its_queue_is_unused(remote):
+    status = rows(None, runner=remote)
+    assert status["worker-b"]["healthy"], status["worker-b"]
+    assert "no task has used its queues (other) yet" in status["worker-b"]["detail"]
+
+
+def test_each_task_runs_on_a_worker_of_its_queue(stack, api, remote):
+    api.wait_for_dag("queue_routing")
+    api.unpause("queue_routing")
+    run_id = api.trigger("queue_routing")
+    assert api.wait_for_run("queue_routing", run_id) == "success"
+    with psycopg.connect(**stack.settings().pg_conninfo()) as conn:
+        hosts = dict(conn.execute("SELECT task_id, hostname FROM task_instance WHERE dag_id = 'queue_routing' "
+                                  "AND run_id = %s", (run_id,)).fetchall())
+    print(f"\n[figure] queue routing: {hosts}")
+    assert hosts["on_other"].startswith(REMOTE_HOSTNAME)
+    # Airflow's fqdn helper avoids socket.getfqdn's "localhost" answer: compare the short host name
+    assert hosts["on_default"].split(".")[0] == socket.gethostname().split(".")[0]
+
+
+def _task_instance(settings, run_id: str):
+    with psycopg.connect(**settings.pg_conninfo()) as conn:
+        return conn.execute("SELECT state, pid, try_number, hostname FROM task_instance "
+                            "WHERE dag_id = 'killed_worker' AND run_id = %s", (run_id,)).fetchone()
+
+
+def test_a_task_whose_worker_is_killed_is_retried_on_another_worker(stack, api, remote):
+    settings = stack.settings()
+    assert "started worker-c" in stack.inv("run.worker", "--name", "c", "--queues", "default").stdout
+    api.wait_for_dag("killed_worker")
+    api.unpause("killed_worker")
+    began = time.monotonic()
+    run_id = api.trigger("killed_worker")
+    row = None
+    while time.monotonic() - began < 120:
+        row = _task_instance(settings, run_id)
+        if row and row[0] == "running" and row[1]:
+            break
+        time.sleep(0.5)
+    assert row and row[0] == "running" and row[1], f"the task never ran: {row}"
+    time.sleep(2)  # well inside its 15 s
+    task_process = psutil.Process(row[1])
+    ancestors = {p.pid for p in task_process.parents()}
+    victims = [name for name in ("worker", "worker-c") if (p := supervisor.running(settings, name))
+               and p.pid in ancestors]
+    assert victims, "the running task belongs to none of our local workers"
+    victim = psutil.Process(supervisor.running(settings, victims[0]).pid)
+    doomed = [victim, *victim.children(recursive=True)]
+    for proc in doomed:  # the whole worker dies at once, as with a machine failure
+        proc.kill()
+    psutil.wait_procs(doomed, timeout=10)
+    killed_at = time.monotonic()
+    state = api.wait_for_run("killed_worker", run_id, timeout=240)
+    final = _task_instance(settings, run_id)
+    print(f"\n[figure] killed {victims[0]} {killed_at - began:.1f} s after trigger; run {state} "
+          f"{time.monotonic() - killed_at:.1f} s later, try {final[2]}")
+    assert state == "success" and final[0] == "success" and final[2] >= 2
+    assert supervisor.running(settings, victims[0]) is None
+    survivor = "worker-c" if victims[0] == "worker" else "worker"
+    assert supervisor.running(settings, survivor) is not None
+    with psycopg.connect(**settings.pg_conninfo()) as conn:
+        stuck = conn.execute("SELECT count(*) FROM task_instance WHERE state IN ('queued', 'running')").fetchone()
+    assert stuck[0] == 0
