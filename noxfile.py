@@ -42,6 +42,7 @@ def integration(session: nox.Session, executor: str, line: str) -> None:
     if executor == "local":  # the services and bad-input tests need to run once per line only
         args = ["tests/integration", "-m", "integration and not celery"]
     else:
-        args = ["tests/integration/test_airflow.py", "tests/integration/test_celery.py", "-m", "integration"]
+        args = ["tests/integration/test_airflow.py", "tests/integration/test_celery.py",
+                "tests/integration/test_doctor.py", "-m", "integration"]
     session.run("pytest", *args, *session.posargs,
                 env={"STACK_TEST_AIRFLOW_LINE": line, "STACK_TEST_EXECUTOR": executor})

@@ -9,10 +9,28 @@ is not used: it has open bugs around pid files and logs (#50038, #36541, #38108)
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
 import time
+
+from .airflow_config import SECRET_KEYS
+
+
+def fingerprint(environ: dict[str, str]) -> dict[str, str]:
+    """The settings a process was started with, for doctor: secrets as a hash (and URL scheme) only."""
+    kept = {}
+    for key, value in environ.items():
+        if not key.startswith(("AIRFLOW__", "STACK_", "AIRFLOW_HOME")):
+            continue
+        if key in SECRET_KEYS or key.endswith(("PASSWORD", "_DSN")):
+            digest = hashlib.sha256(value.encode()).hexdigest()[:16]
+            scheme = value.split("://", 1)[0] + "://" if "://" in value else ""
+            kept[key] = f"{scheme}sha256:{digest}"
+        else:
+            kept[key] = value
+    return kept
 
 
 def main(argv: list[str]) -> int:
@@ -37,7 +55,7 @@ def main(argv: list[str]) -> int:
             os._exit(127)
     tmp = pidfile + ".tmp"
     with open(tmp, "w") as fh:
-        json.dump({"pid": pid, "started": time.time(), "argv": program}, fh)
+        json.dump({"pid": pid, "started": time.time(), "argv": program, "env": fingerprint(dict(os.environ))}, fh)
     os.replace(tmp, pidfile)
     print(pid)
     return 0

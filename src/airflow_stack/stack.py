@@ -12,6 +12,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import psutil
 import psycopg
 from invoke import Context
 
@@ -145,6 +146,8 @@ def start(c: Context, settings: Settings, executor: str, timeout: float = HEALTH
     airflow_config.write_config(settings, env)
     began = time.monotonic()
     if to_start:
+        for comp in to_start:  # what a killed component left behind would hold its ports
+            supervisor.reap_orphans(settings, comp.name)
         check_ports(settings, to_start, executor)
         settings.run_dir.mkdir(parents=True, exist_ok=True)
         _state_path(settings).write_text(json.dumps({"executor": executor, "line": settings.airflow_line}))
@@ -220,8 +223,8 @@ def stop(settings: Settings, names: list[str] | None = None, timeout: float = su
         selected = [(name, known[name]) for name in names]
     else:
         selected = list(known.items())
-    lines = [f"{name}: {supervisor.stop(settings, name, timeout)}" for name, _ in reversed(selected)
-             if names or supervisor.running(settings, name)]
+    results = [(name, supervisor.stop(settings, name, timeout)) for name, _ in reversed(selected)]
+    lines = [f"{name}: {result}" for name, result in results if names or result != "not running"]
     if not running_components(settings):
         _state_path(settings).unlink(missing_ok=True)
     return lines or ["airflow: nothing was running"]
@@ -235,6 +238,28 @@ class Row:
     healthy: bool
     detail: str
     ports: list[int]
+    memory_mib: float | None = None  # PSS where the kernel gives it (else RSS), process and children
+    cpu_seconds: float | None = None  # user + system CPU time so far, process and children
+
+
+def usage(pid: int) -> tuple[float, float] | None:
+    """(memory MiB, CPU seconds) of a process tree: PSS counts shared pages once across the tree."""
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return None
+    memory = cpu = 0.0
+    for proc in procs:
+        try:
+            with proc.oneshot():
+                info = proc.memory_full_info() if hasattr(proc, "memory_full_info") else proc.memory_info()
+                memory += getattr(info, "pss", 0) or info.rss
+                times = proc.cpu_times()
+                cpu += times.user + times.system
+        except psutil.Error:
+            continue
+    return memory / (1 << 20), cpu
 
 
 def _queues_in_use(settings: Settings) -> set[str] | None:
@@ -255,8 +280,9 @@ def status(settings: Settings) -> list[Row]:
                     [settings.pg_port]))
     redis_proc = supervisor.running(settings, redis_server.NAME)
     r_ok, r_detail = redis_server.ping(settings) if redis_proc else (False, "not running")
+    redis_usage = (usage(redis_proc.pid) if redis_proc else None) or (None, None)
     rows.append(Row("redis", redis_proc.pid if redis_proc else None, redis_proc is not None, r_ok,
-                    r_detail or "PONG", [settings.redis_port]))
+                    r_detail or "PONG", [settings.redis_port], *redis_usage))
     wanted = [(comp.name, comp) for comp in components.for_line(line, executor)]
     wanted += [(name, comp) for name, comp in instances(settings, line)
                if (name, comp) not in wanted and supervisor.running(settings, name)]
@@ -275,7 +301,7 @@ def status(settings: Settings) -> list[Row]:
             unused = [q for q in queues if in_use is not None and q not in in_use and q != components.DEFAULT_QUEUE]
             if unused and len(unused) == len(queues):
                 detail += f"; no task has used its queues ({','.join(queues)}) yet"
-        rows.append(Row(name, proc.pid, True, ok, detail, ports))
+        rows.append(Row(name, proc.pid, True, ok, detail, ports, *(usage(proc.pid) or (None, None))))
     return rows
 
 
@@ -284,10 +310,19 @@ def status_json(rows: list[Row]) -> str:
 
 
 def status_table(rows: list[Row]) -> str:
-    out = [f"{'COMPONENT':<15} {'PID':>7}  {'STATE':<5} {'HEALTH':<10} {'PORTS':<12} DETAIL"]
+    out = [f"{'COMPONENT':<15} {'PID':>7}  {'STATE':<5} {'HEALTH':<10} {'MEM MiB':>8} {'CPU s':>7}  "
+           f"{'PORTS':<12} DETAIL"]
     for r in rows:
         state = "up" if r.up else "down"
         healthy = "healthy" if r.healthy else ("-" if not r.up else "unhealthy")
         ports = ",".join(map(str, r.ports))
-        out.append(f"{r.name:<15} {r.pid or '-':>7}  {state:<5} {healthy:<10} {ports:<12} {r.detail}")
+        mem = f"{r.memory_mib:.0f}" if r.memory_mib is not None else "-"
+        cpu = f"{r.cpu_seconds:.1f}" if r.cpu_seconds is not None else "-"
+        out.append(f"{r.name:<15} {r.pid or '-':>7}  {state:<5} {healthy:<10} {mem:>8} {cpu:>7}  "
+                   f"{ports:<12} {r.detail}")
+    measured = [r for r in rows if r.memory_mib is not None]
+    if measured:
+        total_mem = sum(r.memory_mib or 0 for r in measured)
+        total_cpu = sum(r.cpu_seconds or 0 for r in measured)
+        out.append(f"{'total (ours)':<15} {'':>7}  {'':<5} {'':<10} {total_mem:>8.0f} {total_cpu:>7.1f}")
     return "\n".join(out)

@@ -15,7 +15,7 @@ import signal
 import sys
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
@@ -33,6 +33,7 @@ class Running:
     pid: int
     started: float
     argv: tuple[str, ...]
+    env: dict[str, str] = field(default_factory=dict, hash=False, compare=False)  # detach.fingerprint
 
 
 def pid_file(settings: Settings, name: str) -> Path:
@@ -57,7 +58,7 @@ def running(settings: Settings, name: str) -> Running | None:
     path = pid_file(settings, name)
     try:
         data = json.loads(path.read_text())
-        info = Running(int(data["pid"]), float(data["started"]), tuple(data.get("argv", ())))
+        info = Running(int(data["pid"]), float(data["started"]), tuple(data.get("argv", ())), data.get("env", {}))
     except FileNotFoundError:
         return None
     except (ValueError, KeyError, TypeError):
@@ -65,12 +66,38 @@ def running(settings: Settings, name: str) -> Running | None:
         return None
     if _alive(info.pid, info.started):
         return info
-    path.unlink(missing_ok=True)
+    # the leader died (killed, crashed): keep its id, its children may still hold ports
+    path.replace(path.with_suffix(".stale"))
     return None
+
+
+def reap_orphans(settings: Settings, name: str, timeout: float = 10.0) -> int:
+    """Stop what a dead ``name`` left behind in its process group; return how many there were.
+
+    Safe by construction: a process-group id is never reused while any member of the group lives,
+    so every process still in the dead leader's group is one of ours.
+    """
+    stale = pid_file(settings, name).with_suffix(".stale")
+    try:
+        pgid = int(json.loads(stale.read_text())["pid"])
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return 0
+    orphans = _group_alive(pgid)
+    for proc in orphans:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.terminate()
+    _, alive = psutil.wait_procs(orphans, timeout=timeout)
+    for proc in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    stale.unlink(missing_ok=True)
+    return len(orphans)
 
 
 def start(c: Context, settings: Settings, name: str, argv: list[str], env: Mapping[str, str]) -> int:
     """Launch ``argv`` detached, logging to logs/<name>.log; return its PID."""
+    running(settings, name)  # notices a dead leader
+    reap_orphans(settings, name)  # its children would hold its ports
     settings.run_dir.mkdir(parents=True, exist_ok=True)
     settings.log_dir.mkdir(parents=True, exist_ok=True)
     log = log_file(settings, name)
@@ -99,7 +126,8 @@ def stop(settings: Settings, name: str, timeout: float = STOP_TIMEOUT, sig: int 
     """Stop ``name``: ``sig`` to its PID, wait up to ``timeout``, then SIGKILL its process group."""
     info = running(settings, name)
     if info is None:
-        return "not running"
+        reaped = reap_orphans(settings, name)
+        return f"not running (stopped {reaped} processes it left behind)" if reaped else "not running"
     with contextlib.suppress(ProcessLookupError):
         os.kill(info.pid, sig)
     graceful = wait_until(lambda: not _alive(info.pid, info.started), timeout)

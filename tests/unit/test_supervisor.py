@@ -79,3 +79,27 @@ def test_start_refuses_a_second_executor_while_the_stack_runs(settings, started,
     monkeypatch.setattr(stack, "preflight", lambda s: None)
     with pytest.raises(StackError, match=r"runs Airflow 3\.3 with the celery executor; stop it first"):
         stack.start(Context(), settings, "local")
+
+
+def test_usage_sums_a_process_tree(settings, started):
+    code = ("import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']);"
+            "time.sleep(60)")
+    pid = started("tree", [sys.executable, "-c", code])
+    assert wait_until(lambda: len(supervisor._group_alive(pid)) == 2, 10)
+    memory, cpu = stack.usage(pid)
+    assert 5 < memory < 1000 and cpu >= 0
+    assert stack.usage(2**22 + 7) is None  # no such process
+    table = stack.status_table([stack.Row("tree", pid, True, True, "ok", [], memory, cpu)])
+    assert "total (ours)" in table and f"{memory:.0f}" in table
+
+
+def test_children_of_a_killed_leader_are_reaped_before_a_restart(settings, started):
+    code = ("import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']);"
+            "time.sleep(60)")
+    pid = started("leader", [sys.executable, "-c", code])
+    assert wait_until(lambda: len(supervisor._group_alive(pid)) == 2, 10)
+    os.kill(pid, 9)  # the leader dies; its child lives on, holding whatever it held
+    assert wait_until(lambda: supervisor.running(settings, "leader") is None, 10)
+    assert len(supervisor._group_alive(pid)) == 1
+    started("leader", [sys.executable, "-c", "import time; time.sleep(60)"])
+    assert supervisor._group_alive(pid) == []

@@ -91,3 +91,20 @@ def airflow_cli(c: Context, args: str = "version") -> None:
         raise StackError("Airflow is not installed; run: invoke setup.airflow")
     env = airflow_config.environment(settings, stack.recorded(settings).get("executor"))
     c.run(f"{shlex.quote(str(airflow_install.airflow_bin(settings)))} {args}", env=env, pty=False)
+
+
+@task(help={"json": "print JSON instead of lines"})
+@one_line_errors
+def doctor(c: Context, json: bool = False) -> None:
+    """Prove the production warnings are gone: each check passes, or says the command that fixes it."""
+    from .. import doctor as doctor_mod
+
+    checks = doctor_mod.run_all(load())
+    if json:
+        import json as json_mod
+
+        say(json_mod.dumps(doctor_mod.as_dicts(checks), indent=2))
+    else:
+        say(doctor_mod.render(checks))
+    if not all(check.ok for check in checks):
+        raise StackError("doctor: some checks fail (fix lines above)")

@@ -1,0 +1,246 @@
+"""`invoke doctor`: proves the production warnings are gone, and says how to fix what is not.
+
+Every check reads the running system itself (process environments, the job table, Redis, sockets),
+not just our configuration: a stack started by hand with other settings is caught too. Each check
+returns pass/fail, a detail line (never a secret) and, on failure, the one command that fixes it.
+"""
+
+from __future__ import annotations
+
+import http.client
+import re
+import shutil
+import stat
+import sys
+import urllib.parse
+from dataclasses import asdict, dataclass
+
+import psutil
+import psycopg
+import redis
+
+from . import airflow_config, components, netutil, postgres, redis_server, stack, supervisor
+from .detach import fingerprint
+from .errors import StackError
+from .settings import Settings, check_python_for_line
+
+# a client address of its own, so the doctor's one login attempt never uses up a user's budget
+PROBE_ADDRESS = "127.0.0.9"
+MIN_FREE_DISK = 1 << 30
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
+def _running(settings: Settings) -> dict[str, supervisor.Running]:
+    return stack.running_components(settings)
+
+
+def check_database(settings: Settings, envs: dict[str, dict[str, str]]) -> Check:
+    urls = {env.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "") for env in envs.values()}
+    if any(not url.startswith("postgresql") for url in urls):
+        return Check("metadata database", False, "a running component uses SQLite (or no database URL)",
+                     "invoke stop && invoke up")
+    ok, reason = postgres.ping(settings)
+    if not ok:
+        return Check("metadata database", False, f"PostgreSQL not reachable ({reason})", "invoke setup.postgres")
+    return Check("metadata database", True, f"PostgreSQL {settings.pg_host}:{settings.pg_port}/{settings.pg_database}")
+
+
+def check_executor(settings: Settings, envs: dict[str, dict[str, str]]) -> Check:
+    executors = {env.get("AIRFLOW__CORE__EXECUTOR", "") for env in envs.values()} or {
+        airflow_config.EXECUTOR_CLASSES[settings.executor]}
+    bad = executors - set(airflow_config.EXECUTOR_CLASSES.values())
+    if bad or len(executors) > 1:
+        return Check("executor", False, f"running with {', '.join(sorted(executors))}", "invoke stop && invoke up")
+    return Check("executor", True, executors.pop())
+
+
+def check_role(settings: Settings) -> Check:
+    try:
+        with psycopg.connect(**settings.pg_conninfo(connect_timeout=3)) as conn:
+            superuser = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()[0]
+    except psycopg.Error:
+        return Check("database role", False, "cannot log in as the Airflow role", "invoke setup.postgres")
+    if superuser:
+        return Check("database role", False, f"{settings.pg_user} is a superuser",
+                     "set STACK_PG_USER to a new role name, then invoke setup.postgres")
+    return Check("database role", True, f"{settings.pg_user} is not a superuser")
+
+
+def check_redis(settings: Settings) -> list[Check]:
+    proc = supervisor.running(settings, redis_server.NAME)
+    if proc is None:
+        return [Check("redis", False, f"our Redis is not running on port {settings.redis_port}", "invoke setup.redis")]
+    checks = []
+    try:
+        redis_server.client(settings, password=None).ping()
+        checks.append(Check("redis password", False, "Redis answers without a password", "invoke setup.redis"))
+    except redis.AuthenticationError:
+        checks.append(Check("redis password", True, "unauthenticated clients are refused"))
+    except redis.RedisError as exc:
+        checks.append(Check("redis password", False, f"Redis not answering ({exc.__class__.__name__})",
+                            "invoke setup.redis"))
+    wanted = {addr.lstrip("-") for addr in settings.redis_bind.split()}
+    try:
+        listening = {c.laddr.ip for c in psutil.Process(proc.pid).net_connections(kind="inet")
+                     if c.status == psutil.CONN_LISTEN}
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        listening = set()
+    extra = listening - wanted - ({"0.0.0.0", "::"} if wanted & {"0.0.0.0", "::", "*"} else set())
+    checks.append(Check("redis listens", not extra and bool(listening),
+                        f"on {', '.join(sorted(listening)) or 'nothing'} (configured: {settings.redis_bind})",
+                        "" if not extra else "invoke setup.redis"))
+    return checks
+
+
+def check_limiter(settings: Settings, envs: dict[str, dict[str, str]]) -> Check:
+    web = components.web(stack.recorded(settings).get("line", settings.airflow_line)).name
+    env = envs.get(web)
+    if env is None:
+        return Check("login rate limits", False, f"{web} is not running", "invoke up")
+    uri = env.get("STACK_RATELIMIT_STORAGE_URI", "")
+    scheme = uri.split(":", 1)[0]
+    if scheme in ("", "memory"):
+        return Check("login rate limits", False, f"{web} keeps them in memory: each worker and restart "
+                     "counts from zero", f"unset STACK_RATELIMIT_STORAGE_URI, then invoke stop -c {web} && invoke up")
+    if scheme not in ("redis", "rediss"):
+        return Check("login rate limits", True, f"kept in {scheme} (shared storage you chose; not probed)")
+    if uri != fingerprint({"STACK_RATELIMIT_STORAGE_URI": settings.limiter_storage_uri})["STACK_RATELIMIT_STORAGE_URI"]:
+        return Check("login rate limits", False, f"{web} runs with another limiter storage than configured",
+                     f"invoke stop -c {web} && invoke up")
+    db_path = urllib.parse.urlsplit(settings.limiter_storage_uri).path.strip("/")
+    limiter_db = int(db_path) if db_path.isdigit() else 0
+    path = "/login/" if web == "webserver" else "/auth/login/"
+    try:
+        _probe_login(settings, path)
+        keys = redis_server.client(settings, db=limiter_db).keys(f"LIMITS*{PROBE_ADDRESS}*")
+    except (OSError, http.client.HTTPException, redis.RedisError) as exc:
+        return Check("login rate limits", False, f"probe failed ({exc.__class__.__name__})", "invoke up")
+    if not keys:
+        return Check("login rate limits", False, "a login attempt left no LIMITS key in our Redis",
+                     f"invoke setup.airflow && invoke stop -c {web} && invoke up")
+    return Check("login rate limits", True, f"kept in our Redis (DB {limiter_db}); a probe login counted there")
+
+
+def _probe_login(settings: Settings, path: str) -> int:
+    """One failed login from PROBE_ADDRESS, as a browser sends it (session cookie + CSRF token):
+    without them CSRF protection answers 400 before Flask-Limiter counts anything."""
+
+    def request(method: str, body: str = "", headers: dict[str, str] | None = None):
+        conn = http.client.HTTPConnection("127.0.0.1", settings.api_port, timeout=10,
+                                          source_address=(PROBE_ADDRESS, 0))
+        try:
+            conn.request(method, path, body or None, headers or {})
+            resp = conn.getresponse()
+            return resp.status, resp.getheader("Set-Cookie") or "", resp.read().decode(errors="replace")
+        finally:
+            conn.close()
+
+    _, cookie, page = request("GET")
+    token = re.search(r'name="csrf_token"[^>]*value="([^"]+)"', page)
+    body = urllib.parse.urlencode({"username": "airflow-stack-doctor", "password": "-",
+                                   "csrf_token": token.group(1) if token else ""})
+    status, _, _ = request("POST", body, {"Content-Type": "application/x-www-form-urlencoded",
+                                          "Cookie": cookie.split(";", 1)[0]})
+    return status
+
+
+def check_files(settings: Settings) -> Check:
+    loose = []
+    for path in (settings.env_file, redis_server.conf_path(settings)):
+        if path.exists() and stat.S_IMODE(path.stat().st_mode) & 0o077:
+            loose.append(str(path))
+    if loose:
+        return Check("secret files", False, f"readable by others: {', '.join(loose)}", f"chmod 600 {' '.join(loose)}")
+    return Check("secret files", True, f"{settings.env_file.name} and redis.conf are 0600")
+
+
+def check_shared_secrets(settings: Settings, envs: dict[str, dict[str, str]]) -> Check:
+    keys = ("AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__API__SECRET_KEY",
+            "AIRFLOW__WEBSERVER__SECRET_KEY")
+    expected = fingerprint(airflow_config.environment(settings, stack.recorded(settings).get("executor")))
+    differ = sorted({name for name, env in envs.items() for key in keys
+                     if key in expected and env.get(key) != expected[key]})
+    source = settings.env_file.name
+    if differ:
+        return Check("shared secrets", False, f"{', '.join(differ)} run with other secrets than {source}",
+                     f"invoke stop -c {differ[0]} && invoke up")
+    return Check("shared secrets", True, f"all {len(envs)} Airflow processes use the secrets in {source}")
+
+
+def check_components(settings: Settings) -> list[Check]:
+    checks = []
+    for row in stack.status(settings)[2:]:  # PostgreSQL and Redis have their own checks
+        fix = "" if row.healthy else ("invoke up" if not row.up else f"invoke logs -c {row.name}")
+        checks.append(Check(row.name, row.healthy, row.detail, fix))
+    return checks
+
+
+def check_python(settings: Settings) -> Check:
+    try:
+        check_python_for_line(settings.airflow_line)
+    except StackError as err:
+        return Check("python", False, str(err).split(";")[0], "rm -rf .venv && PYTHON=python3.12 scripts/up")
+    return Check("python", True, f"{sys.version.split()[0]} is supported by Airflow {settings.airflow_line}")
+
+
+def check_ports(settings: Settings, running: dict[str, supervisor.Running]) -> Check:
+    rec = stack.recorded(settings)
+    executor = rec.get("executor", settings.executor)
+    taken = []
+    for comp in components.for_line(rec.get("line", settings.airflow_line), executor):
+        if comp.name in running:
+            continue
+        for setting, port in comp.listen_ports(settings, executor):
+            if not netutil.port_bindable(port, "0.0.0.0"):
+                taken.append(f"{port} ({comp.name}, STACK_{setting.upper()})")
+    if taken:
+        return Check("ports", False, f"taken by other programs: {', '.join(taken)}",
+                     "free them, or set the named settings to free ports")
+    return Check("ports", True, "every port is free or ours")
+
+
+def check_disk(settings: Settings) -> Check:
+    settings.log_dir.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(settings.log_dir).free
+    ok = free >= MIN_FREE_DISK
+    return Check("disk", ok, f"{free / (1 << 30):.1f} GiB free for logs in {settings.log_dir}",
+                 "" if ok else "free space, or move STACK_STATE_DIR to a larger disk")
+
+
+def run_all(settings: Settings) -> list[Check]:
+    running = _running(settings)
+    # what each process was started with, as its launcher recorded it (secrets as hashes): reading
+    # /proc/PID/environ fails for processes that set their title (setproctitle overwrites it)
+    envs = {name: proc.env for name, proc in running.items()}
+    checks: list[Check] = [check_database(settings, envs), check_executor(settings, envs), check_role(settings)]
+    checks += check_redis(settings)
+    checks += [check_limiter(settings, envs), check_files(settings), check_shared_secrets(settings, envs)]
+    checks += check_components(settings)
+    checks += [check_python(settings), check_ports(settings, running), check_disk(settings)]
+    return checks
+
+
+def render(checks: list[Check]) -> str:
+    lines = []
+    for check in checks:
+        mark = "PASS" if check.ok else "FAIL"
+        line = f"{mark}  {check.name:<18} {check.detail}"
+        if not check.ok and check.fix:
+            line += f"\n      fix: {check.fix}"
+        lines.append(line)
+    failed = [c.name for c in checks if not c.ok]
+    lines.append(f"doctor: all {len(checks)} checks pass" if not failed
+                 else f"doctor: {len(failed)} of {len(checks)} checks fail ({', '.join(failed)})")
+    return "\n".join(lines)
+
+
+def as_dicts(checks: list[Check]) -> list[dict]:
+    return [asdict(c) for c in checks]
+

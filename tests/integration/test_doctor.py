@@ -1,0 +1,92 @@
+"""`invoke doctor` on a healthy stack, and after each injected fault: the failing check and its fix."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from airflow_stack import components, supervisor
+
+from .conftest import EXECUTOR
+
+pytestmark = pytest.mark.integration
+
+
+def doctor(stack, **kw) -> tuple[int, dict[str, dict]]:
+    proc = stack.inv("doctor", "--json", check=False, **kw)
+    assert "Traceback" not in proc.stdout + proc.stderr
+    checks = json.loads(proc.stdout[: proc.stdout.rindex("]") + 1])
+    return proc.returncode, {c["name"]: c for c in checks}
+
+
+def test_doctor_passes_on_a_healthy_stack(stack, airflow_up):
+    began = time.monotonic()
+    code, checks = doctor(stack)
+    print(f"\n[figure] invoke doctor ({EXECUTOR}): {time.monotonic() - began:.1f} s, {len(checks)} checks")
+    failed = {name: c for name, c in checks.items() if not c["ok"]}
+    assert code == 0 and not failed, failed
+    expected = {"metadata database", "executor", "login rate limits", "redis password", "shared secrets",
+                "database role", "secret files", "scheduler", "triggerer"}
+    assert expected <= set(checks)
+    assert checks["executor"]["detail"] == {"local": "LocalExecutor", "celery": "CeleryExecutor"}[EXECUTOR]
+
+
+def test_doctor_catches_a_world_readable_env_file(stack, airflow_up):
+    env_file = Path(stack.env["STACK_ENV_FILE"])
+    env_file.chmod(0o644)
+    try:
+        code, checks = doctor(stack)
+        assert code != 0 and not checks["secret files"]["ok"]
+        assert checks["secret files"]["fix"] == f"chmod 600 {env_file}"
+    finally:
+        env_file.chmod(0o600)
+
+
+def test_doctor_catches_a_killed_component_and_up_heals_it(stack, airflow_up):
+    settings = stack.settings()
+    victim = supervisor.running(settings, "triggerer")
+    os.kill(victim.pid, signal.SIGKILL)
+    began = time.monotonic()
+    while supervisor.running(settings, "triggerer") is not None and time.monotonic() - began < 10:
+        time.sleep(0.2)
+    seen = time.monotonic() - began
+    status = {r["name"]: r for r in json.loads(stack.inv("status", "--json").stdout)}
+    assert not status["triggerer"]["up"]
+    code, checks = doctor(stack)
+    assert code != 0 and not checks["triggerer"]["ok"] and checks["triggerer"]["fix"] == "invoke up"
+    began = time.monotonic()
+    out = stack.inv("up").stdout
+    print(f"\n[figure] killed triggerer: seen down after {seen:.1f} s, healed by invoke up in "
+          f"{time.monotonic() - began:.1f} s")
+    assert "started triggerer" in out
+    assert doctor(stack)[0] == 0
+
+
+def test_doctor_catches_redis_down(stack, airflow_up):
+    stack.inv("stop", "-c", "redis")
+    try:
+        code, checks = doctor(stack)
+        assert code != 0 and not checks["redis"]["ok"] and checks["redis"]["fix"] == "invoke setup.redis"
+    finally:
+        stack.inv("setup.redis")
+    assert doctor(stack)[0] == 0
+
+
+def test_doctor_catches_login_limits_kept_in_memory(stack, airflow_up):
+    web = components.web(stack.settings().airflow_line).name
+    stack.inv("stop", "-c", web)
+    stack.inv(f"run.{EXECUTOR}", env={"STACK_RATELIMIT_STORAGE_URI": "memory://"})
+    try:
+        code, checks = doctor(stack)
+        assert code != 0 and not checks["login rate limits"]["ok"]
+        assert "memory" in checks["login rate limits"]["detail"]
+        assert checks["login rate limits"]["fix"].endswith(f"invoke stop -c {web} && invoke up")
+    finally:
+        stack.inv("stop", "-c", web)
+        stack.inv(f"run.{EXECUTOR}")
+    assert doctor(stack)[0] == 0
