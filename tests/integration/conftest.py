@@ -7,6 +7,7 @@ for the stack's secrets as it arrives.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
@@ -111,8 +112,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             stack.inv("db.drop", "--yes", check=False)
         leftovers = [p for p in psutil.process_iter(["cmdline"])
                      if str(state) in " ".join(p.info["cmdline"] or [])]
-        for proc in leftovers:  # by PID, and only the ones that name our state dir
-            proc.kill()
+        # children that renamed themselves (setproctitle) are found by the test ports they hold
+        ports = {api, health, worker_log, trigger_log, redis_port}
+        holders = {c.pid for c in psutil.net_connections(kind="inet")
+                   if c.status == psutil.CONN_LISTEN and c.laddr.port in ports and c.pid}
+        leftovers += [psutil.Process(pid) for pid in holders if pid not in {p.pid for p in leftovers}]
+        for proc in leftovers:  # by PID, and only ours: they name our state dir or hold our ports
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
         assert not leftovers, f"processes survived invoke stop: {[p.pid for p in leftovers]}"
 
 
