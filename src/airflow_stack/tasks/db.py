@@ -2,11 +2,47 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from invoke import Context, task
 
+from .. import backup as backup_mod
 from .. import platform, postgres, stack
 from ..errors import StackError
 from ._common import load, one_line_errors, say
+
+
+def _local_platform(settings):
+    return platform.detect() if settings.pg_is_local else None
+
+
+@task(help={"output": "file to write (default: <state dir>/backups/<db>-<UTC time>.dump)"})
+@one_line_errors
+def backup(c: Context, output: str | None = None) -> None:
+    """Back up Airflow's database (pg_dump custom format, mode 0600), safe while Airflow runs."""
+    settings = load()
+    path = backup_mod.backup(c, _local_platform(settings), settings, Path(output).resolve() if output else None)
+    say(f"db: backup of {settings.pg_database} written to {path} ({path.stat().st_size / 1024:.0f} KiB)")
+
+
+@task(positional=["file"], help={"file": "a backup made by invoke db.backup",
+                                 "yes": "really replace the database's content (required)"})
+@one_line_errors
+def restore(c: Context, file: str, yes: bool = False) -> None:
+    """Restore a backup into Airflow's database (refuses while Airflow runs, and without --yes)."""
+    settings = load()
+    path = Path(file).resolve()
+    backup_mod.check_archive(path)
+    running = stack.running_components(settings)
+    if running:
+        raise StackError(f"Airflow is running ({', '.join(running)}); stop it first: invoke stop")
+    if not yes:
+        raise StackError(f"this replaces everything in database {settings.pg_database} with {path.name}; "
+                         f"re-run with --yes to do it")
+    backup_mod.restore(c, _local_platform(settings), settings, path)
+    # the schema revision may differ from the one stamped: let setup decide whether to migrate
+    (settings.airflow_home / ".airflow-stack-migrated.json").unlink(missing_ok=True)
+    say(f"db: restored {path.name} into {settings.pg_database}; start with: invoke up")
 
 
 @task(help={"yes": "really drop it (required: this deletes every DAG run and connection)"})
@@ -19,7 +55,7 @@ def drop(c: Context, yes: bool = False) -> None:
                          f"re-run with --yes to do it")
     if stack.running_components(settings):
         raise StackError("Airflow is running on this database; stop it first: invoke stop")
-    plat = platform.detect() if settings.pg_is_local else None
+    plat = _local_platform(settings)
     admin = postgres.admin_for(c, plat, settings)
     if admin is None:
         raise StackError("no superuser access to this server; set STACK_PG_ADMIN_DSN")
@@ -29,3 +65,26 @@ def drop(c: Context, yes: bool = False) -> None:
     # the schema stamp described a database that no longer exists
     (settings.airflow_home / ".airflow-stack-migrated.json").unlink(missing_ok=True)
     say(f"db: dropped database {settings.pg_database} and role {settings.pg_user}")
+
+
+
+@task(name="import-sqlite", positional=["path"], help={
+    "path": "the old Airflow's SQLite database (airflow.db); it is only read",
+    "fernet_key": "the old installation's fernet key (default: from the airflow.cfg beside the DB)",
+    "dry_run": "only report what would be imported",
+})
+@one_line_errors
+def import_sqlite(c: Context, path: str, fernet_key: str | None = None, dry_run: bool = False) -> None:
+    """Carry connections, variables and pools over from a SQLite Airflow (re-run safe)."""
+    from .. import carryover
+
+    settings = load()
+    report = carryover.carry_over(c, settings, Path(path).expanduser().resolve(), fernet_key, dry_run)
+    verb = "would import" if dry_run else "imported"
+    for kind in carryover.KINDS:
+        new, kept = report.new.get(kind, []), report.kept.get(kind, [])
+        say(f"import: {kind}: {verb} {len(new)}{' (' + ', '.join(new) + ')' if new else ''}; "
+            f"{len(kept)} already in the stack, kept as they are")
+    if report.to_check:
+        say(f"import: check these connections, they pointed at the old machine: {', '.join(report.to_check)}")
+    say("import: dry run, nothing written" if dry_run else "import: done")

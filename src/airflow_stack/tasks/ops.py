@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import shlex
+import shutil
+import sys
 
 from invoke import Context, task
 
 from .. import airflow_config, airflow_install, components, platform, redis_server, stack, supervisor
 from ..errors import StackError
-from . import run, setup
+from . import db, run, setup
 from ._common import load, one_line_errors, say
 
 
@@ -108,3 +110,31 @@ def doctor(c: Context, json: bool = False) -> None:
         say(doctor_mod.render(checks))
     if not all(check.ok for check in checks):
         raise StackError("doctor: some checks fail (fix lines above)")
+
+
+@task(help={"yes": "do not ask (required when nobody can answer: no terminal)",
+            "drop_db": "also drop Airflow's database and role (every DAG run and connection)"})
+@one_line_errors
+def clean(c: Context, yes: bool = False, drop_db: bool = False) -> None:
+    """Remove runtime state (logs, pids, Redis data, AIRFLOW_HOME); the database only with --drop-db."""
+    settings = load()
+    if stack.running_components(settings):
+        raise StackError("Airflow is running; stop it first: invoke stop")
+    what = f"{settings.state_dir} (logs, pids, Redis data, AIRFLOW_HOME; backups and venvs are kept)"
+    if drop_db:
+        what += f" and database {settings.pg_database} with role {settings.pg_user}"
+    if not yes:
+        if not sys.stdin.isatty():
+            raise StackError(f"clean would remove {what}; nobody can confirm here: re-run with --yes")
+        if input(f"Remove {what}? [y/N] ").strip().lower() not in ("y", "yes"):
+            raise StackError("nothing removed")
+    redis_server.stop(settings)
+    removed = []
+    # backups and the Airflow venvs stay: they are not runtime state
+    for path in (settings.log_dir, settings.run_dir, settings.redis_dir, settings.airflow_home):
+        if path.exists():
+            shutil.rmtree(path)
+            removed.append(path.name)
+    say(f"clean: removed {', '.join(removed) or 'nothing'} in {settings.state_dir}")
+    if drop_db:
+        db.drop(c, yes=True)

@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+import stat
+
+import pytest
+from invoke import MockContext, Result
+
+from airflow_stack import backup
+from airflow_stack.errors import StackError
+
+
+def test_backup_runs_pg_dump_as_the_role_with_the_password_in_its_environment(settings, tmp_path):
+    c = MockContext(run=Result(""), repeat=True)
+    path = backup.backup(c, None, settings, tmp_path / "b.dump")
+    cmd, kwargs = c.run.call_args.args[0], c.run.call_args.kwargs
+    assert cmd.startswith("pg_dump -Fc -h 127.0.0.1 -p 5432 -U airflow -d airflow -f ")
+    assert settings.pg_password not in cmd and kwargs["env"]["PGPASSWORD"] == settings.pg_password
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_a_failed_backup_leaves_no_file_and_no_secret(settings, tmp_path):
+    failing = Result("", stderr=f"pg_dump: error: password {settings.pg_password} rejected\n", exited=1)
+    with pytest.raises(StackError) as err:
+        backup.backup(MockContext(run=failing), None, settings, tmp_path / "b.dump")
+    assert settings.pg_password not in str(err.value) and not (tmp_path / "b.dump").exists()
+
+
+def test_an_existing_file_is_never_overwritten(settings, tmp_path):
+    (tmp_path / "b.dump").write_text("precious")
+    with pytest.raises(StackError, match="exists already"):
+        backup.backup(MockContext(), None, settings, tmp_path / "b.dump")
+    assert (tmp_path / "b.dump").read_text() == "precious"
+
+
+def test_restore_checks_the_archive_first(settings, tmp_path):
+    (tmp_path / "junk.dump").write_text("not a dump")
+    with pytest.raises(StackError, match="not a pg_dump custom-format backup"):
+        backup.check_archive(tmp_path / "junk.dump")
+    with pytest.raises(StackError, match="no backup at"):
+        backup.check_archive(tmp_path / "missing.dump")
+    (tmp_path / "good.dump").write_bytes(backup.MAGIC + b"\x01")
+    c = MockContext(run=Result(""), repeat=True)
+    backup.restore(c, None, settings, tmp_path / "good.dump")
+    assert "pg_restore --clean --if-exists --no-owner --single-transaction" in c.run.call_args.args[0]
