@@ -153,3 +153,10 @@ def test_a_task_whose_worker_is_killed_is_retried_on_another_worker(stack, api, 
     with psycopg.connect(**settings.pg_conninfo()) as conn:
         stuck = conn.execute("SELECT count(*) FROM task_instance WHERE state IN ('queued', 'running')").fetchone()
     assert stuck[0] == 0
+    # and `invoke up` brings back what died (the default worker, if it was the victim)
+    began = time.monotonic()
+    stack.inv("up")
+    stack.inv("stop", "-c", "worker-c")
+    rows_now = rows(stack)
+    print(f"\n[figure] invoke up after the kill: {time.monotonic() - began:.1f} s")
+    assert rows_now["worker"]["healthy"], rows_now["worker"]
