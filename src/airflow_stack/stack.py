@@ -218,9 +218,10 @@ def stop(settings: Settings, names: list[str] | None = None, timeout: float = su
     known = dict(instances(settings))
     if names:
         for name in names:
-            if name not in known:
+            if name not in known and not name.startswith(components.WORKER_PREFIX):
                 components.by_name(_line(settings), name)  # raises with the valid names
-        selected = [(name, known[name]) for name in names]
+        # a worker-NAME that died is no longer listed, but may have left processes to reap
+        selected = [(name, known.get(name, components.WORKER)) for name in names]
     else:
         selected = list(known.items())
     results = [(name, supervisor.stop(settings, name, timeout)) for name, _ in reversed(selected)]
