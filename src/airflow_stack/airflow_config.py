@@ -82,6 +82,9 @@ def environment(settings: Settings, executor: str | None = None) -> dict[str, st
             "AIRFLOW__API__AUTH_BACKENDS": ("airflow.providers.fab.auth_manager.api.auth.backend.basic_auth,"
                                             "airflow.providers.fab.auth_manager.api.auth.backend.session"),
             "AIRFLOW__SCHEDULER__DAG_DIR_LIST_INTERVAL": str(DAG_DIR_REFRESH_SECONDS),
+            # no forked health server (it shares the scheduler's DB connection on 2.11): components.py
+            # probes the scheduler's heartbeat in the job table instead
+            "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
             # gunicorn >= 24 opens a control socket in ~/.gunicorn by default: two stacks would share it
             "GUNICORN_CMD_ARGS": f"--control-socket {shlex.quote(str(settings.run_dir / 'gunicorn.ctl'))}",
         }

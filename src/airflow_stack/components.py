@@ -83,7 +83,11 @@ TABLE: dict[str, tuple[Component, ...]] = {
         FLOWER,
     ),
     "2.11": (
-        SCHEDULER,
+        # 2.11 forks its health-check server after opening its DB pool; polling /health then makes
+        # the child share the parent's connection and the scheduler hangs (seen here): probe the
+        # job table instead, and start no health server (see airflow_config)
+        Component("scheduler", ("scheduler",), Probe("job", job_type="SchedulerJob"),
+                  local_ports=("worker_log_port",)),
         TRIGGERER,
         Component("webserver", ("webserver",),
                   Probe("http", port_setting="api_port", path="/health", json_key="metadatabase"),

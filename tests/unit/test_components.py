@@ -50,3 +50,13 @@ def test_worker_commands(settings):
                      "--celery-hostname", "w2@%h", "--skip-serve-logs"]
     assert components.celery_node_name("worker") == "worker"
     assert components.celery_node_name("worker-w2") == "w2"
+
+
+def test_211_scheduler_is_probed_through_its_heartbeat_not_a_forked_health_server(settings):
+    scheduler = components.by_name("2.11", "scheduler")
+    assert scheduler.probe.kind == "job" and scheduler.probe.job_type == "SchedulerJob"
+    assert ("scheduler_health_port", 8974) not in scheduler.listen_ports(settings, "local")
+    from airflow_stack import airflow_config
+
+    env = airflow_config.environment(settings.replace(airflow_line="2.11"))
+    assert env["AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK"] == "False"
