@@ -187,6 +187,22 @@ def wait_healthy(settings: Settings, wanted: list[tuple[str, Component]], timeou
         interval = min(interval * 1.3, 2.0)
 
 
+def wait_workers_reconnected(settings: Settings, timeout: float = HEALTH_TIMEOUT) -> list[str]:
+    """After our Redis (re)started: wait until the running Celery workers answer pings again.
+
+    A worker whose broker went away reconnects with a growing back-off (kombu's), which can take
+    10-20 s; a setup step that restarted Redis is done only once the workers are back.
+    """
+    workers = [(name, comp) for name, comp in instances(settings)
+               if comp.probe.kind == "celery" and supervisor.running(settings, name)]
+    if not workers:
+        return []
+    began = time.monotonic()
+    wait_healthy(settings, workers, timeout)
+    return [f"Celery workers reconnected ({', '.join(name for name, _ in workers)}) in "
+            f"{time.monotonic() - began:.0f} s"]
+
+
 def _print_log_tail(name: str, log: Path, headline: str = "") -> None:
     print(f"--- {name}{': ' + headline if headline else ''}; last lines of {log}:", file=sys.stderr)
     print(supervisor.tail(log, 12), file=sys.stderr)

@@ -6,7 +6,17 @@ import re
 
 from invoke import Context, task
 
-from .. import airflow_config, airflow_db, airflow_install, platform, postgres, redis_server, secrets
+from .. import (
+    airflow_config,
+    airflow_db,
+    airflow_install,
+    platform,
+    postgres,
+    redis_server,
+    secrets,
+    stack,
+    supervisor,
+)
 from ..errors import StackError
 from ..settings import check_python_for_line
 from ._common import Timer, load, one_line_errors, say
@@ -64,7 +74,10 @@ def redis(c: Context, port: int | None = None, bind: str | None = None) -> None:
             if secrets.set_env_value(settings.env_file, "STACK_REDIS_BIND", bind):
                 changes.append(f"STACK_REDIS_BIND={bind} kept in {settings.env_file}")
         settings = load(redis_port=port)
+        before = supervisor.running(settings, redis_server.NAME)
         changes += redis_server.ensure(c, platform.detect(), settings)
+        if supervisor.running(settings, redis_server.NAME) != before:  # (re)started: clients lost it
+            changes += stack.wait_workers_reconnected(settings)
     _report("redis", changes, t.seconds, f"already running on 127.0.0.1:{settings.redis_port}")
 
 
