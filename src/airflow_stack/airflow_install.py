@@ -58,6 +58,10 @@ def airflow_bin(settings: Settings) -> Path:
     return settings.airflow_venv / "bin" / "airflow"
 
 
+def airflow_python(settings: Settings) -> Path:
+    return settings.airflow_venv / "bin" / "python"
+
+
 def _stamp_path(settings: Settings) -> Path:
     return settings.airflow_venv / ".airflow-stack-install.json"
 
@@ -96,7 +100,7 @@ def ensure(c: Context, settings: Settings) -> list[str]:
         return []
     venv = settings.airflow_venv
     uv = shlex.quote(uv_bin())
-    python = venv / "bin" / "python"
+    python = airflow_python(settings)
     if not python.exists():
         _run(c, f"{uv} venv -q --python {shlex.quote(sys.executable)} {shlex.quote(str(venv))}", "creating the venv")
     req = requirement(settings.airflow_line)

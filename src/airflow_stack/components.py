@@ -48,6 +48,9 @@ class Component:
     local_ports: tuple[str, ...] = ()  # ports it listens on only with the LocalExecutor
     optional: bool = False  # started only when asked for (flower)
     options: Callable[[Settings], tuple[str, ...]] | None = None  # flags that depend on settings
+    # modules the launcher imports just before forking this component (after the line's PRELOAD):
+    # shared with those forked after it, and off this component's own start-up path
+    preload: tuple[str, ...] = ()
 
     def command(self, airflow_bin: str, settings: Settings | None = None) -> list[str]:
         extra = self.options(settings) if self.options and settings else ()
@@ -61,40 +64,55 @@ class Component:
 # with the LocalExecutor the scheduler's task processes run here, so the scheduler serves their logs
 SCHEDULER = Component("scheduler", ("scheduler",), Probe("http", port_setting="scheduler_health_port",
                                                           path="/health"),
-                      ports=("scheduler_health_port",), local_ports=("worker_log_port",))
-TRIGGERER = Component("triggerer", ("triggerer",), Probe("job", job_type="TriggererJob"), ports=("trigger_log_port",))
+                      ports=("scheduler_health_port",), local_ports=("worker_log_port",),
+                      preload=("airflow.jobs.scheduler_job_runner",))
+TRIGGERER = Component("triggerer", ("triggerer",), Probe("job", job_type="TriggererJob"), ports=("trigger_log_port",),
+                      preload=("airflow.jobs.triggerer_job_runner",))
 # the default Celery worker; run.worker adds more (worker-NAME) with the same command and probe
 DEFAULT_QUEUE = "default"  # Airflow's [operators] default_queue
 WORKER = Component("worker", ("celery", "worker"), Probe("celery"), ports=("worker_log_port",), executors=("celery",),
                    options=lambda s: ("--queues", DEFAULT_QUEUE, "--concurrency", str(s.worker_concurrency),
-                                      "--celery-hostname", "worker@%h"))
+                                      "--celery-hostname", "worker@%h"),
+                   preload=("airflow.providers.celery.executors.celery_executor",))
 FLOWER = Component("flower", ("celery", "flower"), Probe("http", port_setting="flower_port", path="/healthcheck"),
                    ports=("flower_port",), executors=("celery",), optional=True)
 
+# The order is the start order: the web component first, since it has the longest way to healthy
+# (it builds the whole API app after its imports) and so starts on the second core while the
+# launcher loads the others' modules; stop goes in reverse, so the API server, which 3.x tasks
+# report to, stops last.
 TABLE: dict[str, tuple[Component, ...]] = {
     "3.3": (
-        SCHEDULER,
-        Component("dag-processor", ("dag-processor",), Probe("job", job_type="DagProcessorJob")),
-        TRIGGERER,
         Component("api-server", ("api-server",),
                   Probe("http", port_setting="api_port", path="/api/v2/monitor/health", json_key="metadatabase"),
                   ports=("api_port",)),
+        SCHEDULER,
+        Component("dag-processor", ("dag-processor",), Probe("job", job_type="DagProcessorJob"),
+                  preload=("airflow.dag_processing.manager",)),
+        TRIGGERER,
         WORKER,
         FLOWER,
     ),
     "2.11": (
+        # 2.11 serves the UI from gunicorn workers that it starts as new processes: nothing to share
+        Component("webserver", ("webserver",),
+                  Probe("http", port_setting="api_port", path="/health", json_key="metadatabase"),
+                  ports=("api_port",)),
         # 2.11 forks its health-check server after opening its DB pool; polling /health then makes
         # the child share the parent's connection and the scheduler hangs (seen here): probe the
         # job table instead, and start no health server (see airflow_config)
         Component("scheduler", ("scheduler",), Probe("job", job_type="SchedulerJob"),
-                  local_ports=("worker_log_port",)),
+                  local_ports=("worker_log_port",), preload=("airflow.jobs.scheduler_job_runner",)),
         TRIGGERER,
-        Component("webserver", ("webserver",),
-                  Probe("http", port_setting="api_port", path="/health", json_key="metadatabase"),
-                  ports=("api_port",)),
         WORKER,
         FLOWER,
     ),
+}
+# What every Airflow process of a line imports first (besides Airflow's CLI, which the launcher
+# always loads): imported once by the launcher, shared by all (see launcher.py)
+PRELOAD: dict[str, tuple[str, ...]] = {
+    "3.3": ("airflow.models", "airflow.jobs.job", "airflow.api_fastapi.execution_api.app"),
+    "2.11": ("airflow.models", "airflow.jobs.job"),
 }
 WORKER_PREFIX = "worker-"
 

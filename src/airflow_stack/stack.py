@@ -12,7 +12,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import psutil
 import psycopg
 from invoke import Context
 
@@ -22,6 +21,7 @@ from . import (
     airflow_install,
     components,
     health,
+    measure,
     netutil,
     postgres,
     redis_server,
@@ -73,7 +73,7 @@ def running_components(settings: Settings) -> dict[str, supervisor.Running]:
     return found
 
 
-def require_services(settings: Settings, pg_fix: str, redis_fix: str) -> None:
+def require_services(settings: Settings, pg_fix: str, redis_fix: str, password_fix: str = "") -> None:
     """PostgreSQL (as Airflow's role) and our Redis must answer; else say what fixes it."""
     ok, reason = postgres.ping(settings)
     if not ok:
@@ -81,14 +81,21 @@ def require_services(settings: Settings, pg_fix: str, redis_fix: str) -> None:
                          f"({reason}); {pg_fix}")
     ok, reason = redis_server.ping(settings)
     if not ok:
-        raise StackError(f"{reason}; {redis_fix}")
+        refused = "refused the password" in reason
+        raise StackError(f"{reason}; {password_fix if refused and password_fix else redis_fix}")
+
+
+# invoke setup.redis alone would restart our Redis with the new password, under running Airflow processes
+# that keep the one they were started with
+REDIS_PASSWORD_FIX = ("use the password our Redis runs with (requirepass in its redis.conf), or apply a new one: "
+                      "invoke setup.redis && invoke stop && invoke up")
 
 
 def preflight(settings: Settings) -> None:
     """Everything a start needs, each missing piece named with the task that provides it."""
     if not settings.dags_folder.is_dir():
         raise StackError(f"DAG folder {settings.dags_folder} does not exist; create it or set STACK_DAGS_FOLDER")
-    require_services(settings, "run: invoke setup.postgres", "run: invoke setup.redis")
+    require_services(settings, "run: invoke setup.postgres", "run: invoke setup.redis", REDIS_PASSWORD_FIX)
     if not airflow_install.is_current(settings):
         raise StackError(f"Airflow {settings.airflow_line} is not installed (or its constraints changed); "
                          f"run: invoke setup.airflow")
@@ -119,8 +126,9 @@ def check_ports(settings: Settings, to_start: list[Component], executor: str) ->
         for setting, port in comp.listen_ports(settings, executor):
             host = settings.api_host if setting == "api_port" else "0.0.0.0"
             if not netutil.port_bindable(port, host):
-                raise StackError(f"port {port} ({comp.name}) is in use by another program; "
-                                 f"set STACK_{setting.upper()} to a free port")
+                holder = netutil.port_holder(port) or "another program"
+                raise StackError(f"port {port} ({comp.name}) is held by {holder}; stop that, "
+                                 f"or set STACK_{setting.upper()} to a free port")
 
 
 @dataclass
@@ -152,12 +160,18 @@ def start(c: Context, settings: Settings, executor: str, timeout: float = HEALTH
         settings.run_dir.mkdir(parents=True, exist_ok=True)
         _state_path(settings).write_text(json.dumps({"executor": executor, "line": settings.airflow_line}))
         airflow = str(airflow_install.airflow_bin(settings))
-        for comp in to_start:
-            supervisor.start(c, settings, comp.name, comp.command(airflow, settings), env)
-            report.started.append(comp.name)
+        launch_airflow(c, settings, [supervisor.Launch(comp.name, comp.command(airflow, settings), comp.preload)
+                                     for comp in to_start], env)
+        report.started += [comp.name for comp in to_start]
     wait_healthy(settings, [(comp.name, comp) for comp in wanted], timeout)
     report.seconds = time.monotonic() - began
     return report
+
+
+def launch_airflow(c: Context, settings: Settings, launches: list[supervisor.Launch], env: dict[str, str]) -> None:
+    """Start Airflow processes from one launcher on Airflow's own Python, which imports Airflow once."""
+    supervisor.start_many(c, settings, launches, env, python=str(airflow_install.airflow_python(settings)),
+                          preload=components.PRELOAD[settings.airflow_line])
 
 
 def wait_healthy(settings: Settings, wanted: list[tuple[str, Component]], timeout: float) -> None:
@@ -220,7 +234,7 @@ def start_worker(c: Context, settings: Settings, name: str, queues: str, concurr
     serve_logs = netutil.port_bindable(settings.worker_log_port, "0.0.0.0")
     argv = components.worker_command(str(airflow_install.airflow_bin(settings)), name, queues, concurrency,
                                      serve_logs)
-    supervisor.start(c, settings, instance, argv, env)
+    launch_airflow(c, settings, [supervisor.Launch(instance, argv, components.WORKER.preload)], env)
     wait_healthy(settings, [(instance, components.WORKER)], timeout)
     return instance, False
 
@@ -260,23 +274,11 @@ class Row:
 
 
 def usage(pid: int) -> tuple[float, float] | None:
-    """(memory MiB, CPU seconds) of a process tree: PSS counts shared pages once across the tree."""
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.Error:
+    """(memory MiB as PSS, CPU seconds) of a process and its children: PSS counts shared pages once."""
+    pids = measure.tree(pid)
+    if not pids:
         return None
-    memory = cpu = 0.0
-    for proc in procs:
-        try:
-            with proc.oneshot():
-                info = proc.memory_full_info() if hasattr(proc, "memory_full_info") else proc.memory_info()
-                memory += getattr(info, "pss", 0) or info.rss
-                times = proc.cpu_times()
-                cpu += times.user + times.system
-        except psutil.Error:
-            continue
-    return memory / (1 << 20), cpu
+    return measure.pss_mib(pids), measure.cpu_seconds(pids)
 
 
 def _queues_in_use(settings: Settings) -> set[str] | None:

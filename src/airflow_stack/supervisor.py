@@ -8,6 +8,7 @@ only ever signalled by PID: the one we started, then its process group (the same
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shlex
@@ -21,6 +22,7 @@ from pathlib import Path
 import psutil
 from invoke import Context
 
+from .airflow_config import SECRET_KEYS
 from .errors import StackError
 from .netutil import wait_until
 from .settings import Settings
@@ -33,7 +35,7 @@ class Running:
     pid: int
     started: float
     argv: tuple[str, ...]
-    env: dict[str, str] = field(default_factory=dict, hash=False, compare=False)  # detach.fingerprint
+    env: dict[str, str] = field(default_factory=dict, hash=False, compare=False)  # fingerprint() of its launch env
 
 
 def pid_file(settings: Settings, name: str) -> Path:
@@ -94,21 +96,73 @@ def reap_orphans(settings: Settings, name: str, timeout: float = 10.0) -> int:
     return len(orphans)
 
 
+LAUNCHER = Path(__file__).with_name("launcher.py")
+
+
+@dataclass(frozen=True)
+class Launch:
+    """One process to start: its supervised name, its argv, and modules to import before forking it."""
+
+    name: str
+    argv: list[str]
+    preload: tuple[str, ...] = ()
+
+
 def start(c: Context, settings: Settings, name: str, argv: list[str], env: Mapping[str, str]) -> int:
     """Launch ``argv`` detached, logging to logs/<name>.log; return its PID."""
-    running(settings, name)  # notices a dead leader
-    reap_orphans(settings, name)  # its children would hold its ports
+    return start_many(c, settings, [Launch(name, argv)], env)[name]
+
+
+def start_many(c: Context, settings: Settings, launches: list[Launch], env: Mapping[str, str],
+               python: str = sys.executable, preload: tuple[str, ...] | None = None) -> dict[str, int]:
+    """Launch processes detached through launcher.py; return name -> PID.
+
+    With ``preload`` (Airflow's components, ``python`` from Airflow's venv) the launcher imports
+    those modules once and forks every process from there (see launcher.py); without, each execs.
+    """
     settings.run_dir.mkdir(parents=True, exist_ok=True)
     settings.log_dir.mkdir(parents=True, exist_ok=True)
-    log = log_file(settings, name)
-    with log.open("a") as fh:
-        fh.write(f"\n==== airflow-stack: starting {name} at {time.strftime('%Y-%m-%d %H:%M:%S')} ====\n")
-    cmd = (f"{shlex.quote(sys.executable)} -m airflow_stack.detach {shlex.quote(str(log))} "
-           f"{shlex.quote(str(pid_file(settings, name)))} -- {shlex.join(argv)}")
-    result = c.run(cmd, env=dict(env), hide=True, warn=True, in_stream=False)
-    if result.failed or not result.stdout.strip().isdigit():
-        raise StackError(f"could not start {name}: {(result.stderr or result.stdout).strip()[:200]}")
-    return int(result.stdout.strip())
+    launched_env = fingerprint(dict(os.environ) | dict(env))
+    processes = []
+    for launch in launches:
+        running(settings, launch.name)  # notices a dead leader
+        reap_orphans(settings, launch.name)  # its children would hold its ports
+        log = log_file(settings, launch.name)
+        with log.open("a") as fh:
+            fh.write(f"\n==== airflow-stack: starting {launch.name} at {time.strftime('%Y-%m-%d %H:%M:%S')} ====\n")
+        processes.append({"name": launch.name, "argv": launch.argv, "log": str(log), "preload": list(launch.preload),
+                          "pidfile": str(pid_file(settings, launch.name)), "env": launched_env})
+    spec = settings.run_dir / f"launch-{os.getpid()}.json"
+    spec.write_text(json.dumps({"preload": None if preload is None else list(preload), "processes": processes}))
+    try:
+        result = c.run(f"{shlex.quote(python)} {shlex.quote(str(LAUNCHER))} {shlex.quote(str(spec))}",
+                       env=dict(env), hide=True, warn=True, in_stream=False)
+    finally:
+        spec.unlink(missing_ok=True)
+    names = ", ".join(launch.name for launch in launches)
+    try:
+        pids = json.loads(result.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        pids = {}
+    if result.failed or set(pids) != {launch.name for launch in launches}:
+        detail = (result.stderr or result.stdout).strip().splitlines()
+        raise StackError(f"could not start {names}: {detail[-1][:200] if detail else f'exit {result.exited}'}")
+    return {name: int(pid) for name, pid in pids.items()}
+
+
+def fingerprint(environ: dict[str, str]) -> dict[str, str]:
+    """The settings a process was started with, for doctor: secrets as a hash (and URL scheme) only."""
+    kept = {}
+    for key, value in environ.items():
+        if not key.startswith(("AIRFLOW__", "STACK_", "AIRFLOW_HOME")):
+            continue
+        if key in SECRET_KEYS or key.endswith(("PASSWORD", "_DSN")):
+            digest = hashlib.sha256(value.encode()).hexdigest()[:16]
+            scheme = value.split("://", 1)[0] + "://" if "://" in value else ""
+            kept[key] = f"{scheme}sha256:{digest}"
+        else:
+            kept[key] = value
+    return kept
 
 
 def _group_alive(pgid: int) -> list[psutil.Process]:

@@ -8,7 +8,8 @@ from airflow_stack.errors import StackError
 
 def test_3x_runs_four_components_with_a_separate_dag_processor():
     names = [c.name for c in components.for_line("3.3", "local")]
-    assert names == ["scheduler", "dag-processor", "triggerer", "api-server"]
+    # the web component first: the longest way to healthy starts first, and stops last
+    assert names == ["api-server", "scheduler", "dag-processor", "triggerer"]
     assert [c.name for c in components.for_line("3.3", "celery")] == [*names, "worker"]
     assert [c.name for c in components.for_line("3.3", "celery", ("flower",))] == [*names, "worker", "flower"]
     assert components.web("3.3").probe.path == "/api/v2/monitor/health"
@@ -16,7 +17,7 @@ def test_3x_runs_four_components_with_a_separate_dag_processor():
 
 def test_211_runs_the_webserver_and_parses_dags_in_the_scheduler():
     names = [c.name for c in components.for_line("2.11", "local")]
-    assert names == ["scheduler", "triggerer", "webserver"]
+    assert names == ["webserver", "scheduler", "triggerer"]
     assert components.web("2.11").command("/venv/bin/airflow") == ["/venv/bin/airflow", "webserver"]
     assert components.web("2.11").probe.path == "/health"
 
@@ -31,7 +32,7 @@ def test_each_component_has_a_probe_and_known_ports(settings):
 
 
 def test_unknown_component_names_the_valid_ones():
-    with pytest.raises(StackError, match="use one of: scheduler, triggerer, webserver"):
+    with pytest.raises(StackError, match="use one of: webserver, scheduler, triggerer"):
         components.by_name("2.11", "dag-processor")
 
 

@@ -1,0 +1,96 @@
+"""launcher.py with real processes and a stand-in ``airflow`` package: preloaded forks run the CLI's
+main() in-process; anything unsafe to fork (a thread, a socket) falls back to exec."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+import psutil
+import pytest
+from invoke import Context
+
+from airflow_stack import supervisor
+from airflow_stack.netutil import wait_until
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the preload forks on Linux only")
+
+
+@pytest.fixture
+def fake_airflow(tmp_path) -> Path:
+    """A package named airflow whose CLI records how it was started, then sleeps."""
+    root = tmp_path / "fake"
+    (root / "airflow" / "cli").mkdir(parents=True)
+    (root / "airflow" / "__init__.py").write_text("")
+    (root / "airflow" / "cli" / "__init__.py").write_text("")
+    (root / "airflow" / "cli" / "cli_parser.py").write_text("def get_parser():\n    return None\n")
+    (root / "airflow" / "__main__.py").write_text(textwrap.dedent("""
+        import json, os, platform, secrets, sys, threading, time
+
+        def main():
+            preloaded = "preloaded_marker" in sys.modules
+            print(json.dumps({"argv": sys.argv, "pid": os.getpid(), "preloaded": preloaded,
+                              "stdlib": [secrets.__file__, platform.__file__]}), flush=True)
+            time.sleep(60)
+    """))
+    (root / "preloaded_marker.py").write_text("VALUE = 1\n")
+    (root / "starts_a_thread.py").write_text("import threading, time\n"
+                                             "threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n")
+    # what exec runs when the preload is unsafe: a script that reports the same way
+    script = root / "bin" / "airflow"
+    script.parent.mkdir()
+    script.write_text(f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {str(root)!r})\n"
+                      "from airflow.__main__ import main\nmain()\n")
+    script.chmod(0o755)
+    return root
+
+
+def launch(settings, fake_airflow: Path, names: list[str], preload: tuple[str, ...], own: tuple[str, ...] = ()):
+    launches = [supervisor.Launch(name, [str(fake_airflow / "bin" / "airflow"), name, "--flag"], own)
+                for name in names]
+    env = {"PYTHONPATH": str(fake_airflow)}
+    pids = supervisor.start_many(Context(), settings, launches, env, python=sys.executable, preload=preload)
+    reports = {}
+    for name in names:
+        log = supervisor.log_file(settings, name)
+        assert wait_until(lambda log=log: '"argv"' in log.read_text(), 15), log.read_text()
+        reports[name] = json.loads(next(line for line in log.read_text().splitlines() if '"argv"' in line))
+    return pids, reports
+
+
+def test_preloaded_children_run_the_cli_in_their_own_sessions(settings, fake_airflow):
+    pids, reports = launch(settings, fake_airflow, ["scheduler", "triggerer"], ("preloaded_marker",))
+    try:
+        for name, pid in pids.items():
+            report = reports[name]
+            assert report["pid"] == pid and os.getpgid(pid) == pid  # supervised by PID = process group
+            assert report["argv"][1:] == [name, "--flag"]
+            assert report["preloaded"], "the child did not inherit the preloaded module"
+            # the launcher runs as a script beside our platform.py and secrets.py: never shadowing the stdlib's
+            assert not any("airflow_stack" in path for path in report["stdlib"]), report["stdlib"]
+            info = supervisor.running(settings, name)
+            assert info and info.pid == pid and list(info.argv)[1:] == [name, "--flag"]
+            assert psutil.Process(pid).ppid() != os.getpid()  # detached: the launcher has exited
+    finally:
+        for name in pids:
+            supervisor.stop(settings, name, timeout=5)
+    assert all(supervisor.running(settings, name) is None for name in pids)
+
+
+def test_a_preload_that_starts_a_thread_falls_back_to_exec(settings, fake_airflow):
+    _pids, reports = launch(settings, fake_airflow, ["api-server"], ("preloaded_marker",), own=("starts_a_thread",))
+    try:
+        assert not reports["api-server"]["preloaded"]  # a fresh interpreter, not a fork of the launcher
+    finally:
+        supervisor.stop(settings, "api-server", timeout=5)
+
+
+def test_without_preload_every_process_is_execed(settings, fake_airflow):
+    _pids, reports = launch(settings, fake_airflow, ["worker"], preload=None)
+    try:
+        assert not reports["worker"]["preloaded"]
+    finally:
+        supervisor.stop(settings, "worker", timeout=5)
