@@ -19,6 +19,9 @@ from .secrets import redact
 from .settings import Settings
 
 MAGIC = b"PGDMP"  # the first bytes of every pg_dump custom-format archive
+NOT_FOUND = 127  # the shell's exit code for a command it cannot find
+INSTALL_CLIENT = ("install the PostgreSQL client tools (Debian/Ubuntu: apt-get install postgresql-client; "
+                  "macOS: brew install libpq)")
 
 
 def backup_dir(settings: Settings) -> Path:
@@ -50,8 +53,14 @@ def backup(c: Context, platform: Platform | None, settings: Settings, output: Pa
     result = c.run(cmd, env=_libpq_env(settings), hide=True, warn=True, in_stream=False)
     if result.failed:
         path.unlink(missing_ok=True)
+        _missing_tool(result.exited, "pg_dump")
         raise StackError(f"pg_dump failed: {_last_line(result.stderr, settings)}; check invoke status")
     return path
+
+
+def _missing_tool(exited: int, name: str) -> None:
+    if exited == NOT_FOUND:
+        raise StackError(f"{name} is not installed here (not on PATH); {INSTALL_CLIENT}")
 
 
 def check_archive(path: Path) -> None:
@@ -66,6 +75,17 @@ def check_archive(path: Path) -> None:
         raise StackError(f"{path} is not a pg_dump custom-format backup (made by invoke db.backup)")
 
 
+def check_readable(c: Context, platform: Platform | None, settings: Settings, path: Path) -> None:
+    """A backup pg_restore can read (its table of contents), before anyone stops Airflow for it."""
+    check_archive(path)
+    cmd = f"{_tool(c, platform, settings, 'pg_restore')} --list {shlex.quote(str(path))}"
+    result = c.run(cmd, hide=True, warn=True, in_stream=False)
+    if result.failed:
+        _missing_tool(result.exited, "pg_restore")
+        raise StackError(f"{path} is not a readable backup ({_last_line(result.stderr, settings)}); "
+                         f"give a file made by invoke db.backup")
+
+
 def restore(c: Context, platform: Platform | None, settings: Settings, path: Path) -> None:
     """Replace the database's content with the archive's (objects dropped first, if they exist)."""
     check_archive(path)
@@ -73,6 +93,7 @@ def restore(c: Context, platform: Platform | None, settings: Settings, path: Pat
            f"{_target(settings)} {shlex.quote(str(path))}")
     result = c.run(cmd, env=_libpq_env(settings), hide=True, warn=True, in_stream=False)
     if result.failed:
+        _missing_tool(result.exited, "pg_restore")
         raise StackError(f"pg_restore failed, nothing was changed (one transaction): "
                          f"{_last_line(result.stderr, settings)}")
 

@@ -2,7 +2,8 @@
 
 Every check reads the running system itself (process environments, the job table, Redis, sockets),
 not just our configuration: a stack started by hand with other settings is caught too. Each check
-returns pass/fail, a detail line (never a secret) and, on failure, the one command that fixes it.
+returns pass, warn or fail, a detail line (never a secret) and, unless it passes, the one command
+that fixes it. A warning is printed but does not make doctor fail.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from dataclasses import asdict, dataclass
 import psutil
 import psycopg
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from . import airflow_config, components, netutil, postgres, redis_server, stack, supervisor
 from .detach import fingerprint
@@ -27,14 +30,38 @@ from .settings import Settings, check_python_for_line
 # a client address of its own, so the doctor's one login attempt never uses up a user's budget
 PROBE_ADDRESS = "127.0.0.9"
 MIN_FREE_DISK = 1 << 30
+MIB = 1 << 20
+
+# PSS (MiB) of one running task: its task runner plus the process that supervises it (3.3 Local: the
+# executor worker, forked when the scheduler starts; 3.3 Celery: the pool child; 2.11: the forked
+# `airflow tasks run --local`). Measured on 2026-11-25 on this 2-core Debian 12 machine, Airflow 3.3.2
+# and 2.11.2, PostgreSQL 15: Pss of /proc/PID/smaps_rollup of both processes while the 8 sleep(5)
+# tasks of tests/integration/dags/parallel_sleep.py ran at once (parallelism / concurrency 8); with
+# 1-3 tasks running it is 4-8 MiB more (fewer processes share the pages). The sum over the executor's
+# process tree grew by 30 (3.3 Local), 64 then 26 (3.3 Celery: cold, then warm pool), 66 (2.11 Local)
+# and 68-80 (2.11 Celery) MiB per running task. A task that only sleeps: real imports and data come on
+# top, so this is the least a task slot needs. test_faults prints it again ([figure]) on every run.
+TASK_PSS_MIB = {("3.3", "local"): 71, ("3.3", "celery"): 96, ("2.11", "local"): 72, ("2.11", "celery"): 83}
+LEVELS = ("pass", "warn", "fail")
 
 
 @dataclass
 class Check:
     name: str
-    ok: bool
+    ok: bool  # False only for a failure: a warning keeps it True (and doctor's exit code 0)
     detail: str
     fix: str = ""
+    level: str = ""  # pass, warn or fail; derived from ok unless given
+
+    def __post_init__(self) -> None:
+        if not self.ok:
+            self.level = "fail"
+        elif self.level not in LEVELS[:2]:
+            self.level = "pass"
+
+
+def warning(name: str, detail: str, fix: str) -> Check:
+    return Check(name, True, detail, fix, level="warn")
 
 
 def _running(settings: Settings) -> dict[str, supervisor.Running]:
@@ -73,10 +100,35 @@ def check_role(settings: Settings) -> Check:
     return Check("database role", True, f"{settings.pg_user} is not a superuser")
 
 
-def check_redis(settings: Settings) -> list[Check]:
+def password_refused(settings: Settings) -> bool:
+    """Our Redis refuses the configured password: the checks that read Redis with it cannot tell more."""
+    # one attempt: redis-py retries a refused password like a lost connection, with back-off (~4 s)
+    client = redis.Redis(host=settings.redis_host, port=settings.redis_port, password=settings.redis_password,
+                         socket_connect_timeout=2, socket_timeout=5, retry=Retry(NoBackoff(), 0))
+    try:
+        client.ping()
+    except redis.AuthenticationError:
+        return True
+    except redis.RedisError:
+        pass  # not answering: check_redis says so
+    return False
+
+
+# what the checks that read Redis with the configured password say when it is refused
+AFTER_PASSWORD = "fix the redis password check first"
+
+
+def check_redis(settings: Settings, refused: bool = False) -> list[Check]:
     proc = supervisor.running(settings, redis_server.NAME)
     if proc is None:
         return [Check("redis", False, f"our Redis is not running on port {settings.redis_port}", "invoke setup.redis")]
+    if refused:
+        # not `invoke up` or `setup.redis` alone: they would restart our Redis with this password, and the
+        # running Airflow processes keep the one they were started with
+        return [Check("redis password", False, "our Redis refuses STACK_REDIS_PASSWORD as it is set now "
+                      f"(environment or {settings.env_file.name}): it runs with another one",
+                      f"set back the password our Redis runs with (requirepass in {redis_server.conf_path(settings)});"
+                      " to change it on purpose: invoke setup.redis && invoke stop && invoke up")]
     checks = []
     try:
         redis_server.client(settings, password=None).ping()
@@ -99,11 +151,14 @@ def check_redis(settings: Settings) -> list[Check]:
     return checks
 
 
-def check_limiter(settings: Settings, envs: dict[str, dict[str, str]]) -> Check:
+def check_limiter(settings: Settings, envs: dict[str, dict[str, str]], refused: bool = False) -> Check:
     web = components.web(stack.recorded(settings).get("line", settings.airflow_line)).name
     env = envs.get(web)
     if env is None:
         return Check("login rate limits", False, f"{web} is not running", "invoke up")
+    if refused:  # the limiter URI holds the password too: comparing or probing it tells nothing more
+        return Check("login rate limits", False, "not probed: our Redis refuses the configured password",
+                     AFTER_PASSWORD)
     uri = env.get("STACK_RATELIMIT_STORAGE_URI", "")
     scheme = uri.split(":", 1)[0]
     if scheme in ("", "memory"):
@@ -174,10 +229,12 @@ def check_shared_secrets(settings: Settings, envs: dict[str, dict[str, str]]) ->
     return Check("shared secrets", True, f"all {len(envs)} Airflow processes use the secrets in {source}")
 
 
-def check_components(settings: Settings) -> list[Check]:
+def check_components(settings: Settings, refused: bool = False) -> list[Check]:
     checks = []
     for row in stack.status(settings)[2:]:  # PostgreSQL and Redis have their own checks
         fix = "" if row.healthy else ("invoke up" if not row.up else f"invoke logs -c {row.name}")
+        if refused and row.up and not row.healthy and row.detail.startswith("broker unreachable"):
+            fix = AFTER_PASSWORD  # the Celery ping goes through our Redis with the configured password
         checks.append(Check(row.name, row.healthy, row.detail, fix))
     return checks
 
@@ -214,30 +271,87 @@ def check_disk(settings: Settings) -> Check:
                  "" if ok else "free space, or move STACK_STATE_DIR to a larger disk")
 
 
+def _flag_value(argv: tuple[str, ...], flag: str) -> str | None:
+    return argv[argv.index(flag) + 1] if flag in argv[:-1] else None
+
+
+def _as_slots(value: object, default: int) -> int:
+    try:
+        return max(1, int(str(value)))
+    except ValueError:
+        return default
+
+
+def task_slots(settings: Settings, executor: str, running: dict[str, supervisor.Running]) -> tuple[int, str, str]:
+    """How many tasks could run at once on this machine: (slots, where that comes from, the setting
+    that bounds it). Read from what the running processes were started with, else from the settings."""
+    scheduler = running.get("scheduler")
+    parallelism = _as_slots(scheduler.env.get("AIRFLOW__CORE__PARALLELISM") if scheduler else None,
+                            settings.parallelism)
+    if executor != "celery":
+        return parallelism, f"parallelism {parallelism}", "AIRFLOW__CORE__PARALLELISM"
+    workers = {name: proc for name, proc in running.items()
+               if name == components.WORKER.name or name.startswith(components.WORKER_PREFIX)}
+    if workers:
+        concurrency = sum(_as_slots(_flag_value(proc.argv, "--concurrency"), settings.worker_concurrency)
+                          for proc in workers.values())
+        source = f"concurrency {concurrency} of {len(workers)} local Celery worker{'s' * (len(workers) > 1)}"
+    else:
+        concurrency = settings.worker_concurrency
+        source = f"worker concurrency {concurrency}"
+    if parallelism < concurrency:  # the scheduler never runs more than parallelism at once
+        return parallelism, f"parallelism {parallelism}, below the {source}", "AIRFLOW__CORE__PARALLELISM"
+    return concurrency, source, "AIRFLOW__CELERY__WORKER_CONCURRENCY"
+
+
+def memory_verdict(slots: int, source: str, setting: str, task_mib: float, available: int) -> Check:
+    """Warn when the task slots that could run at once need more memory than is available."""
+    need, have = slots * task_mib, available / MIB
+    detail = f"{slots} task slots ({source}) x {task_mib:.0f} MiB = {need:.0f} MiB; {have:.0f} MiB available"
+    if need <= have:
+        return Check("memory", True, detail)
+    fit = max(1, int(have // task_mib))
+    return warning("memory", f"{detail}: tasks may be killed for lack of memory",
+                   f"set {setting} to {fit} (or less) in .env, then invoke stop && invoke up")
+
+
+def check_memory(settings: Settings, running: dict[str, supervisor.Running]) -> Check:
+    rec = stack.recorded(settings)
+    executor, line = rec.get("executor", settings.executor), rec.get("line", settings.airflow_line)
+    slots, source, setting = task_slots(settings, executor, running)
+    task_mib = TASK_PSS_MIB.get((line, executor), max(TASK_PSS_MIB.values()))
+    return memory_verdict(slots, source, setting, task_mib, psutil.virtual_memory().available)
+
+
 def run_all(settings: Settings) -> list[Check]:
     running = _running(settings)
     # what each process was started with, as its launcher recorded it (secrets as hashes): reading
     # /proc/PID/environ fails for processes that set their title (setproctitle overwrites it)
     envs = {name: proc.env for name, proc in running.items()}
+    refused = password_refused(settings)
     checks: list[Check] = [check_database(settings, envs), check_executor(settings, envs), check_role(settings)]
-    checks += check_redis(settings)
-    checks += [check_limiter(settings, envs), check_files(settings), check_shared_secrets(settings, envs)]
-    checks += check_components(settings)
-    checks += [check_python(settings), check_ports(settings, running), check_disk(settings)]
+    checks += check_redis(settings, refused)
+    checks += [check_limiter(settings, envs, refused), check_files(settings), check_shared_secrets(settings, envs)]
+    checks += check_components(settings, refused)
+    checks += [check_python(settings), check_ports(settings, running), check_disk(settings),
+               check_memory(settings, running)]
     return checks
 
 
 def render(checks: list[Check]) -> str:
     lines = []
     for check in checks:
-        mark = "PASS" if check.ok else "FAIL"
-        line = f"{mark}  {check.name:<18} {check.detail}"
-        if not check.ok and check.fix:
+        line = f"{check.level.upper():<4}  {check.name:<18} {check.detail}"
+        if check.level != "pass" and check.fix:
             line += f"\n      fix: {check.fix}"
         lines.append(line)
-    failed = [c.name for c in checks if not c.ok]
-    lines.append(f"doctor: all {len(checks)} checks pass" if not failed
-                 else f"doctor: {len(failed)} of {len(checks)} checks fail ({', '.join(failed)})")
+    failed = [c.name for c in checks if c.level == "fail"]
+    warned = [c.name for c in checks if c.level == "warn"]
+    summary = (f"doctor: all {len(checks)} checks pass" if not failed
+               else f"doctor: {len(failed)} of {len(checks)} checks fail ({', '.join(failed)})")
+    if warned:
+        summary += f"; {len(warned)} warning{'s' * (len(warned) > 1)} ({', '.join(warned)})"
+    lines.append(summary)
     return "\n".join(lines)
 
 

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
 import socket
 import time
 from collections.abc import Callable
+
+import psutil
 
 
 def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> bool:
@@ -26,6 +31,58 @@ def port_bindable(port: int, host: str = "127.0.0.1") -> bool:
         except OSError:
             return False
     return True
+
+
+def port_holder(port: int) -> str:
+    """Who listens on ``port``: "pid N (its command)", or "" when that cannot be told cheaply.
+
+    Read only when a start already failed on the port: listing every socket takes tens of ms.
+    """
+    try:
+        pids = sorted({c.pid for c in psutil.net_connections(kind="inet")
+                       if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid})
+    except (psutil.Error, OSError):
+        return ""  # other users' sockets are not ours to list
+    if not pids:
+        return ""
+    pid = next((p for p in pids if _parent(p) not in pids), pids[0])  # forked servers share the socket
+    found = f"pid {pid}{_command(pid)}"
+    # a server's worker (gunicorn, uvicorn) names only itself: its session leader names the program
+    leader = pid
+    with contextlib.suppress(OSError):
+        leader = os.getsid(pid)
+        if leader not in (pid, 0, 1) and psutil.pid_exists(leader):
+            found += f", started by pid {leader}{_command(leader)}"
+    # a process that set its title hides where it runs from; where its output goes (a supervised
+    # component's log, in the state dir of the stack it belongs to) tells
+    output = _output_file(leader) or _output_file(pid)
+    return found + (f", writing to {output}" if output else "")
+
+
+def _output_file(pid: int) -> str:
+    """The regular file a process's stdout goes to, or ""."""
+    try:
+        target = os.readlink(f"/proc/{pid}/fd/1")
+    except OSError:
+        return ""
+    return target if target.startswith("/") and os.path.isfile(target) else ""
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        return psutil.Process(pid).ppid()
+    except psutil.Error:
+        return None
+
+
+def _command(pid: int) -> str:
+    """" (its first words)", URL passwords masked: it is printed in error messages."""
+    try:
+        words = psutil.Process(pid).cmdline()[:3]
+    except psutil.Error:
+        return ""
+    command = re.sub(r"(://[^/:@\s]*):[^@\s]*@", r"\1:***@", " ".join(" ".join(words).split()))
+    return f" ({command[:160]})" if command else ""
 
 
 def wait_until(check: Callable[[], bool], timeout: float, interval: float = 0.25) -> bool:

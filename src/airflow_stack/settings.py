@@ -183,12 +183,18 @@ def secret_names() -> list[str]:
 def read_env_file(path: Path) -> dict[str, str]:
     """Parse ``.env``; a line that is not KEY=VALUE is an error, never silently skipped."""
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return {}
-    except (PermissionError, IsADirectoryError, UnicodeDecodeError) as exc:
-        raise StackError(f"cannot read {path} ({exc.__class__.__name__}); "
-                         f"fix its permissions (chmod 600 {path}) or move it away") from None
+    except IsADirectoryError:
+        raise StackError(f"cannot read {path}: it is a directory; move it away, or set {ENV_FILE_VAR} "
+                         f"to your .env file") from None
+    except UnicodeDecodeError as exc:
+        raise StackError(f"cannot read {path}: byte {exc.start} is not UTF-8 text; save it as UTF-8 "
+                         f"(KEY=VALUE lines)") from None
+    except PermissionError:
+        raise StackError(f"cannot read {path} (permission denied); fix its permissions (chmod 600 {path}) "
+                         f"or run as its owner") from None
     values: dict[str, str] = {}
     for binding in parse_stream(io.StringIO(text)):
         if binding.error:

@@ -94,15 +94,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "STACK_REDIS_PORT": str(redis_port),
         "STACK_PG_DATABASE": name,
         "STACK_PG_USER": name,
+        # a task whose process was killed (with its worker, or by test_faults) is failed, then retried,
+        # after 20 s without heartbeat, not 300 s (3.x and 2.x names)
+        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "20",
+        "AIRFLOW__SCHEDULER__SCHEDULER_ZOMBIE_TASK_THRESHOLD": "20",
     }
     if EXECUTOR == "celery":
-        env |= {
-            # workers "on other machines" reach the API server through another loopback address
-            "STACK_API_HOST": "0.0.0.0",
-            # a killed worker's task is failed (then retried) after 20 s without heartbeat, not 300 s
-            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "20",
-            "AIRFLOW__SCHEDULER__SCHEDULER_ZOMBIE_TASK_THRESHOLD": "20",
-        }
+        # workers "on other machines" reach the API server through another loopback address
+        env |= {"STACK_API_HOST": "0.0.0.0"}
     stack = Stack(state, env)
     try:
         yield stack

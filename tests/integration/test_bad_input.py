@@ -1,18 +1,32 @@
-"""Bad input: one line that says what to do, a non-zero exit, no traceback, nothing destroyed."""
+"""The bad-input catalogue: each task given a wrong flag or value, a taken port, a missing binary, a
+wrong password, a broken or unreadable .env, a file that is not what it should be, or a state it
+cannot act in. Every case must end with a non-zero exit and exactly one line on stderr that says what
+to do (the case's needles), no traceback, no secret in the output, and nothing changed: .env
+byte-identical, the database's fingerprint the same, the running stack's processes the same."""
 
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
 import socket
+import sqlite3
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import psycopg
 import pytest
+from psycopg import sql
 
-from airflow_stack import supervisor
+from airflow_stack import components, redis_server, stack, supervisor
 
-from .conftest import free_ports
+from .conftest import EXECUTOR, Stack, free_ports
 
 pytestmark = pytest.mark.integration
+FINGERPRINT_TABLES = ("dag_run", "task_instance", "connection", "variable", "slot_pool")
+OTHER_EXECUTOR = "celery" if EXECUTOR == "local" else "local"
 
 
 def env_digest(stack) -> str:
@@ -29,68 +43,325 @@ def assert_one_line_error(proc, *needles: str) -> str:
     return proc.stderr.strip()
 
 
-@pytest.fixture
-def listener():
-    """A program that is not ours holding a port."""
-    port = free_ports(1)[0]
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", port))
-    sock.listen()
-    yield port
-    sock.close()
+def db_fingerprint(settings) -> dict[str, object]:
+    """What bad input must never change: row counts of Airflow's main tables and the schema revision,
+    read as the Airflow role."""
+    with psycopg.connect(**settings.pg_conninfo()) as conn:
+        found: dict[str, object] = {
+            table: conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))).fetchone()[0]
+            for table in FINGERPRINT_TABLES}
+        found["alembic_version"] = [row[0] for row in conn.execute("SELECT version_num FROM alembic_version")]
+    return found
 
 
-def test_redis_port_taken_by_another_program(stack, services, listener):
-    before = env_digest(stack)
-    ours = supervisor.running(stack.settings(), "redis").pid
-    proc = stack.inv("setup.redis", "--port", str(listener), check=False)
-    assert_one_line_error(proc, str(listener), "STACK_REDIS_PORT")
-    assert env_digest(stack) == before
-    assert supervisor.running(stack.settings(), "redis").pid == ours  # our Redis still runs
+def running_pids(settings) -> dict[str, int]:
+    found = {name: proc.pid for name, proc in stack.running_components(settings).items()}
+    redis = supervisor.running(settings, redis_server.NAME)
+    return found | ({redis_server.NAME: redis.pid} if redis else {})
 
 
-def test_postgres_port_taken_by_another_program(stack, services, listener):
-    proc = stack.inv("setup.postgres", "--port", str(listener), check=False)
-    assert_one_line_error(proc, str(listener))
+@dataclass
+class Bench:
+    """What a case prepares: files, a port held by a program that is not ours, a second state dir."""
+
+    stack: Stack
+    tmp: Path
+    values: dict[str, object] = field(default_factory=dict)  # formatted into the case's needles
+    guarded: list[Path] = field(default_factory=list)  # more files that must stay byte-identical
+    secrets: list[str] = field(default_factory=list)  # values that must not show in the output
+    verify: Callable[[subprocess.CompletedProcess[str]], None] | None = None  # a last check of the outcome
+    sockets: list[socket.socket] = field(default_factory=list)
+
+    def hold_port(self) -> int:
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", free_ports(1)[0]))
+        sock.listen()
+        self.sockets.append(sock)
+        return sock.getsockname()[1]
+
+    def env_copy(self, extra: bytes) -> Path:
+        """A copy of the stack's .env with ``extra`` appended (the stack's own is never edited)."""
+        path = self.tmp / "env-copy"
+        path.write_bytes(Path(self.stack.env["STACK_ENV_FILE"]).read_bytes() + extra)
+        path.chmod(0o600)
+        self.guarded.append(path)
+        return path
+
+    def other_state_dir(self, **env: object) -> dict[str, str]:
+        """A second state dir with its own copy of .env, set up as another user's would be (Airflow's
+        venv and the schema stamp are there, so a start gets as far as the ports); nothing runs from it."""
+        settings = self.stack.settings()
+        home = self.tmp / "other-state"
+        (home / "airflow").mkdir(parents=True)
+        shutil.copy2(settings.env_file, home / ".env")
+        (home / settings.airflow_venv.name).symlink_to(settings.airflow_venv)
+        shutil.copy2(settings.airflow_home / ".airflow-stack-migrated.json", home / "airflow")
+        self.guarded.append(home / ".env")
+        self.values["home"] = home
+        return {"STACK_ENV_FILE": str(home / ".env"), "STACK_STATE_DIR": str(home)} | {
+            key: str(value) for key, value in env.items()}
+
+    def path_without(self, *programs: str) -> str:
+        """A PATH with every program of the stack's PATH but ``programs``."""
+        folder = self.tmp / "bin"
+        folder.mkdir()
+        for entry in self.stack.env["PATH"].split(os.pathsep):
+            for program in (sorted(Path(entry).iterdir()) if Path(entry).is_dir() else []):
+                link = folder / program.name
+                if program.name not in programs and not link.is_symlink():
+                    link.symlink_to(program)
+        return str(folder)
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            sock.close()
 
 
-def test_postgres_unreachable_at_given_host(stack, services):
-    port = free_ports(1)[0]
-    before = env_digest(stack)
-    proc = stack.inv("setup.postgres", "--host", "127.0.0.3", "--port", str(port), check=False)
-    assert_one_line_error(proc, "127.0.0.3", "cannot connect")
-    assert env_digest(stack) == before
+CASES = []
 
 
-def test_wrong_superuser_access(stack, services):
-    proc = stack.inv("setup.postgres", check=False, env={
-        "STACK_PG_ADMIN_DSN": "postgresql://postgres:not-the-password@127.0.0.1:5432/postgres"})
-    err = assert_one_line_error(proc, "STACK_PG_ADMIN_DSN")
-    assert "not-the-password" not in err
+def case(*needles: str, stdout: tuple[str, ...] = ()):
+    """Register a case: the builder returns (invoke arguments, environment); its name is the test id."""
+
+    def register(build: Callable[[Bench], tuple[list[str], dict[str, str]]]):
+        CASES.append(pytest.param(build, needles, stdout, id=build.__name__.replace("_", "-")))
+        return build
+
+    return register
 
 
-def test_malformed_env_line(stack, services, tmp_path):
-    broken = tmp_path / ".env"
-    broken.write_text(Path(stack.env["STACK_ENV_FILE"]).read_text() + "this line is not an assignment\n")
-    before = broken.read_bytes()
-    proc = stack.inv("setup.postgres", check=False, env={"STACK_ENV_FILE": str(broken)})
-    assert_one_line_error(proc, "is not KEY=VALUE", "line")
-    assert broken.read_bytes() == before
+# ---- wrong flags and values -------------------------------------------------------------------------
+@case("'--prot'")
+def unknown_flag(b):
+    return ["setup.redis", "--prot", "1"], {}
 
 
-def test_non_numeric_port_in_env_file(stack, services, tmp_path):
-    broken = tmp_path / ".env"
-    # (the test stack sets STACK_REDIS_PORT in the environment, which rightly wins over .env)
-    broken.write_text(Path(stack.env["STACK_ENV_FILE"]).read_text() + "STACK_PG_PORT=five-four-three-two\n")
-    proc = stack.inv("setup.postgres", check=False, env={"STACK_ENV_FILE": str(broken)})
-    assert_one_line_error(proc, "STACK_PG_PORT", "not a number")
+@case("'foo'", "use one of: local, celery")
+def executor_foo(b):
+    return ["up", "--executor", "foo"], {}
 
 
-def test_unsupported_airflow_line(stack, services):
-    proc = stack.inv("setup.airflow", "--line", "2.10", check=False)
-    assert_one_line_error(proc, "2.10", "3.3, 2.11")
+@case("'2.10'", "use one of: 3.3, 2.11")
+def line_2_10(b):
+    return ["up", "--line", "2.10"], {}
 
 
-def test_unknown_task_flag(stack):
-    proc = stack.inv("setup.redis", "--prot", "1", check=False)
-    assert proc.returncode != 0 and "Traceback" not in proc.stdout + proc.stderr
+@case("STACK_API_PORT=70000", "use 1-65535")
+def api_port_70000(b):
+    return [f"run.{EXECUTOR}"], {"STACK_API_PORT": "70000"}
+
+
+@case("'sometimes'", "verify-full")
+def bad_sslmode(b):
+    return ["setup.postgres", "--sslmode", "sometimes"], {}
+
+
+@case("worker name 'w 2'", "letters, digits")
+def bad_worker_name(b):
+    return ["run.worker", "--name", "w 2"], {}
+
+
+@case("queues 'a,,b'", "e.g. --queues default,gpu")
+def bad_worker_queues(b):
+    return ["run.worker", "--queues", "a,,b"], {}
+
+
+@case("--concurrency 'many' is not a number", "e.g. --concurrency 8")
+def worker_concurrency_not_a_number(b):
+    return ["run.worker", "--concurrency", "many"], {}
+
+
+@case("--timeout 'soon' is not a number", "e.g. --timeout 180")
+def timeout_not_a_number(b):
+    return ["up", "--timeout", "soon"], {}
+
+
+@case("192.0.2.7 is not an address of this machine", "e.g. '127.0.0.1 10.0.0.5'")
+def redis_bind_elsewhere(b):
+    return ["setup.redis", "--bind", "127.0.0.1 192.0.2.7"], {}
+
+
+# ---- ports in use -----------------------------------------------------------------------------------
+@case("port {port} is in use", "STACK_REDIS_PORT")
+def redis_port_in_use(b):
+    b.values["port"] = b.hold_port()
+    return ["setup.redis", "--port", str(b.values["port"])], {}
+
+
+@case("port {port} is taken", "STACK_PG_PORT")
+def postgres_port_in_use(b):
+    b.values["port"] = b.hold_port()
+    return ["setup.postgres", "--port", str(b.values["port"])], {}
+
+
+@case("port {port} ({web}) is held by pid {pid} (", "set STACK_API_PORT to a free port")
+def component_port_in_use(b):
+    port = b.hold_port()  # held by this test's own process: "another program"
+    ports = dict(zip(("STACK_SCHEDULER_HEALTH_PORT", "STACK_WORKER_LOG_PORT", "STACK_TRIGGER_LOG_PORT",
+                      "STACK_FLOWER_PORT"), free_ports(4), strict=True))
+    b.values |= {"port": port, "web": components.web(b.stack.settings().airflow_line).name, "pid": os.getpid()}
+    return [f"run.{EXECUTOR}"], b.other_state_dir(STACK_API_PORT=port, **ports)
+
+
+@case("port {port} ({component}) is held by pid", "set {setting} to a free port")
+def another_state_dirs_stack(b):
+    """Another user's state dir whose stack needs the ports this running stack holds: the message
+    names the port, its setting, and the process holding it (the running stack's: its log in that state dir)."""
+    settings = b.stack.settings()
+    component, setting, port = next((comp.name, name, port)
+                                    for comp in components.for_line(settings.airflow_line, EXECUTOR)
+                                    for name, port in comp.listen_ports(settings, EXECUTOR))
+    leader = supervisor.running(settings, component).pid
+    b.values |= {"component": component, "setting": f"STACK_{setting.upper()}", "port": port, "leader": leader}
+
+    def names_the_running_stack(proc) -> None:
+        assert f"pid {leader} (" in proc.stderr, proc.stderr
+        assert f"writing to {supervisor.log_file(settings, component)}" in proc.stderr, proc.stderr
+
+    b.verify = names_the_running_stack
+    return [f"run.{EXECUTOR}"], b.other_state_dir()
+
+
+@case("cannot connect to 127.0.0.3:{port}", "STACK_PG_ADMIN_DSN")
+def postgres_host_unreachable(b):
+    b.values["port"] = free_ports(1)[0]
+    return ["setup.postgres", "--host", "127.0.0.3", "--port", str(b.values["port"])], {}
+
+
+# ---- missing binaries -------------------------------------------------------------------------------
+@case("pg_dump is not installed", "apt-get install postgresql-client")
+def pg_dump_missing(b):
+    return ["db.backup"], {"PATH": b.path_without("pg_dump", "pg_restore")}
+
+
+# ---- wrong passwords --------------------------------------------------------------------------------
+@case("cannot connect with STACK_PG_ADMIN_DSN", "check that DSN's host, user and password")
+def wrong_admin_dsn_password(b):
+    b.secrets.append("not-the-admin-password")
+    return ["setup.postgres"], {
+        "STACK_PG_ADMIN_DSN": "postgresql://postgres:not-the-admin-password@127.0.0.1:5432/postgres"}
+
+
+@case("refused the password", "invoke setup.redis && invoke stop && invoke up")
+def wrong_redis_password_for_run(b):
+    b.secrets.append("not-the-redis-password")
+    return [f"run.{EXECUTOR}"], {"STACK_REDIS_PASSWORD": "not-the-redis-password"}
+
+
+@case("doctor: some checks fail", stdout=("FAIL  redis password", "refuses STACK_REDIS_PASSWORD",
+                                          "invoke setup.redis && invoke stop && invoke up"))
+def wrong_redis_password_for_doctor(b):
+    b.secrets.append("not-the-redis-password")
+
+    def no_fix_that_restarts_with_it(proc) -> None:  # `invoke up` alone would restart Redis with it
+        fixes = [line.strip() for line in proc.stdout.splitlines() if line.strip().startswith("fix:")]
+        assert not [fix for fix in fixes if fix in ("fix: invoke up", "fix: invoke setup.redis")], fixes
+
+    b.verify = no_fix_that_restarts_with_it
+    return ["doctor"], {"STACK_REDIS_PASSWORD": "not-the-redis-password"}
+
+
+# ---- a broken or unreadable .env --------------------------------------------------------------------
+@case("line {line} is not KEY=VALUE", "fix or remove that line")
+def env_malformed_line(b):
+    path = b.env_copy(b"this line is not an assignment\n")
+    b.values["line"] = len(path.read_bytes().splitlines())
+    return ["setup.postgres"], {"STACK_ENV_FILE": str(path)}
+
+
+@case("STACK_PG_PORT='five-four-three-two' (env-copy) is not a number")
+def env_non_numeric_port(b):
+    # (the test stack sets the ports it uses in the environment, which rightly wins over .env)
+    return ["status"], {"STACK_ENV_FILE": str(b.env_copy(b"STACK_PG_PORT=five-four-three-two\n"))}
+
+
+@case("it is a directory", "set STACK_ENV_FILE to your .env file")
+def env_is_a_directory(b):
+    (b.tmp / "env-dir").mkdir()
+    return [f"run.{EXECUTOR}"], {"STACK_ENV_FILE": str(b.tmp / "env-dir")}
+
+
+@case("is not UTF-8 text", "save it as UTF-8")
+def env_not_utf8(b):
+    return ["db.backup"], {"STACK_ENV_FILE": str(b.env_copy(b"STACK_PG_USER=\xff\xfe\n"))}
+
+
+# ---- files that are not what they should be ---------------------------------------------------------
+@case("no backup at", "list them: ls")
+def restore_missing_backup(b):
+    return ["db.restore", str(b.tmp / "none.dump"), "--yes"], {}
+
+
+@case("is not a readable backup (pg_restore: error:", "give a file made by invoke db.backup")
+def restore_corrupt_backup(b):
+    # a pg_dump archive's magic bytes, then garbage: refused while Airflow runs, before "stop it first"
+    (b.tmp / "corrupt.dump").write_bytes(b"PGDMPgarbage, not a dump\n")
+    return ["db.restore", str(b.tmp / "corrupt.dump"), "--yes"], {}
+
+
+@case("is not a SQLite database", "give the old Airflow's airflow.db")
+def import_plain_text(b):
+    (b.tmp / "notes.db").write_text("not sqlite at all\n")
+    return ["db.import-sqlite", str(b.tmp / "notes.db")], {}
+
+
+@case("is not an Airflow database (no alembic_version", "give the old Airflow's airflow.db")
+def import_sqlite_without_airflow_tables(b):
+    with sqlite3.connect(b.tmp / "other.db") as conn:
+        conn.execute("CREATE TABLE t (x int)")
+    return ["db.import-sqlite", str(b.tmp / "other.db")], {}
+
+
+# ---- a state the task cannot act in -----------------------------------------------------------------
+@case("stop it first", f"invoke up --executor {OTHER_EXECUTOR}")
+def other_executor_while_running(b):
+    return [f"run.{OTHER_EXECUTOR}"], {}
+
+
+@case("no component 'nosuch'", "use one of:")
+def stop_unknown_component(b):
+    return ["stop", "-c", "nosuch"], {}
+
+
+@case("no component 'nosuch'", "use one of:")
+def logs_unknown_component(b):
+    return ["logs", "-c", "nosuch"], {}
+
+
+@case("re-run with --yes")
+def drop_without_yes(b):
+    return ["db.drop"], {}
+
+
+@case("nobody can confirm here: re-run with --yes")
+def clean_without_yes_or_terminal(b):
+    env = b.other_state_dir()  # not running (the stack's own would say: stop it first)
+
+    def nothing_removed(proc) -> None:
+        assert (b.values["home"] / "airflow" / ".airflow-stack-migrated.json").exists()
+
+    b.verify = nothing_removed
+    return ["clean"], env
+
+
+@pytest.mark.parametrize("build, needles, stdout_needles", CASES)
+def test_bad_input_gets_one_line_and_changes_nothing(stack, airflow_up, tmp_path, build, needles, stdout_needles):
+    settings = stack.settings()
+    bench = Bench(stack, tmp_path)
+    try:
+        args, env = build(bench)
+        guarded = [settings.env_file, *bench.guarded]
+        files = {path: path.read_bytes() for path in guarded}
+        db, pids = db_fingerprint(settings), running_pids(settings)
+        proc = stack.inv(*args, check=False, env=env)
+    finally:
+        bench.close()
+    assert_one_line_error(proc, *(needle.format(**bench.values) for needle in needles))
+    for needle in stdout_needles:
+        assert needle.format(**bench.values) in proc.stdout, proc.stdout
+    assert not [secret for secret in bench.secrets if secret in proc.stdout + proc.stderr]
+    assert [path for path in guarded if path.read_bytes() != files[path]] == []
+    assert db_fingerprint(settings) == db
+    assert running_pids(settings) == pids
+    if bench.verify:
+        bench.verify(proc)

@@ -42,3 +42,20 @@ def test_restore_checks_the_archive_first(settings, tmp_path):
     c = MockContext(run=Result(""), repeat=True)
     backup.restore(c, None, settings, tmp_path / "good.dump")
     assert "pg_restore --clean --if-exists --no-owner --single-transaction" in c.run.call_args.args[0]
+
+
+def test_a_missing_client_tool_says_what_to_install(settings, tmp_path):
+    not_found = Result("", stderr="bash: line 1: pg_dump: command not found\n", exited=127)
+    with pytest.raises(StackError, match=r"pg_dump is not installed here .*apt-get install postgresql-client"):
+        backup.backup(MockContext(run=not_found), None, settings, tmp_path / "b.dump")
+    assert not (tmp_path / "b.dump").exists()
+
+
+def test_an_unreadable_backup_is_refused_before_anything_else(settings, tmp_path):
+    (tmp_path / "corrupt.dump").write_bytes(backup.MAGIC + b"garbage")
+    bad = Result("", stderr="pg_restore: error: unsupported version (103.97) in file header\n", exited=1)
+    with pytest.raises(StackError, match=r"is not a readable backup \(pg_restore: error: unsupported version"):
+        backup.check_readable(MockContext(run=bad), None, settings, tmp_path / "corrupt.dump")
+    c = MockContext(run=Result(""), repeat=True)
+    backup.check_readable(c, None, settings, tmp_path / "corrupt.dump")
+    assert c.run.call_args.args[0].startswith("pg_restore --list ")

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from airflow_stack import airflow_config, doctor
+from airflow_stack import airflow_config, doctor, supervisor
 from airflow_stack.detach import fingerprint
 
 from .conftest import SECRETS
@@ -43,3 +43,51 @@ def test_executor_check_rejects_sequential(settings):
 def test_database_check_rejects_sqlite(settings):
     check = doctor.check_database(settings, {"scheduler": {"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "sqlite://sha256:1"}})
     assert not check.ok and "SQLite" in check.detail
+
+
+def test_render_shows_warnings_with_their_fix_and_they_fail_nothing():
+    checks = [doctor.Check("redis", True, "PONG"),
+              doctor.warning("memory", "8 task slots need 800 MiB; 500 MiB available", "set X to 4")]
+    lines = doctor.render(checks).splitlines()
+    assert lines[1].startswith("WARN  memory") and lines[2].strip() == "fix: set X to 4"
+    assert lines[-1] == "doctor: all 2 checks pass; 1 warning (memory)"
+    assert all(check.ok for check in checks)  # the exit code stays 0
+    assert [c["level"] for c in doctor.as_dicts(checks)] == ["pass", "warn"]
+    failed = doctor.render([doctor.Check("disk", False, "full", "free space"), *checks]).splitlines()
+    assert failed[-1] == "doctor: 1 of 3 checks fail (disk); 1 warning (memory)"
+    assert doctor.Check("disk", False, "full", level="warn").level == "fail"  # a failure stays one
+
+
+MIB = 1 << 20
+
+
+def test_memory_passes_when_every_slot_fits():
+    check = doctor.memory_verdict(8, "parallelism 8", "AIRFLOW__CORE__PARALLELISM", 71, 8 * 71 * MIB)
+    assert check.ok and check.level == "pass" and "568 MiB" in check.detail and not check.fix
+
+
+def test_memory_warns_when_short_and_says_what_to_lower():
+    check = doctor.memory_verdict(32, "parallelism 32", "AIRFLOW__CORE__PARALLELISM", 71, 1000 * MIB)
+    assert check.ok and check.level == "warn"
+    assert "2272 MiB" in check.detail and "1000 MiB available" in check.detail
+    assert check.fix == "set AIRFLOW__CORE__PARALLELISM to 14 (or less) in .env, then invoke stop && invoke up"
+    # not even one task fits: still a setting a user can act on, never 0
+    assert "to 1 (or less)" in doctor.memory_verdict(8, "x", "S", 96, 10 * MIB).fix
+
+
+def _proc(argv=(), env=None):
+    return supervisor.Running(1, 0.0, tuple(argv), env or {})
+
+
+def test_slots_come_from_the_running_processes(settings):
+    running = {"scheduler": _proc(env={"AIRFLOW__CORE__PARALLELISM": "32"})}
+    assert doctor.task_slots(settings, "local", running) == (32, "parallelism 32", "AIRFLOW__CORE__PARALLELISM")
+    # nothing runs: the settings (the default, 8 on this 2-core machine)
+    assert doctor.task_slots(settings, "local", {})[0] == settings.parallelism
+    worker = ["airflow", "celery", "worker", "--queues", "default", "--concurrency"]
+    running |= {"worker": _proc([*worker, "16"]), "worker-w2": _proc([*worker, "4"]), "api-server": _proc()}
+    slots, source, setting = doctor.task_slots(settings, "celery", running)
+    assert (slots, setting) == (20, "AIRFLOW__CELERY__WORKER_CONCURRENCY") and "2 local Celery workers" in source
+    # the scheduler never runs more than parallelism at once: then that is what to lower
+    running["scheduler"] = _proc(env={"AIRFLOW__CORE__PARALLELISM": "8"})
+    assert doctor.task_slots(settings, "celery", running)[::2] == (8, "AIRFLOW__CORE__PARALLELISM")

@@ -58,7 +58,13 @@ def test_booleans(env):
 
 def test_unreadable_env_file(env, tmp_path):
     (tmp_path / ".env").mkdir()
-    with pytest.raises(StackError, match="cannot read"):
+    with pytest.raises(StackError, match=r"cannot read .*: it is a directory; move it away"):
+        settings_mod.load(environ=env)
+
+
+def test_env_file_that_is_not_utf8(env, tmp_path):
+    (tmp_path / ".env").write_bytes(b"STACK_API_PORT=1\nSTACK_PG_USER=\xff\xfe\n")
+    with pytest.raises(StackError, match=r"byte 31 is not UTF-8 text"):
         settings_mod.load(environ=env)
 
 

@@ -7,7 +7,7 @@ from invoke import MockContext
 
 from airflow_stack import stack
 from airflow_stack.errors import StackError
-from airflow_stack.tasks import run
+from airflow_stack.tasks import _common, run, setup
 
 from .conftest import SECRETS
 
@@ -16,6 +16,9 @@ from .conftest import SECRETS
     ({"name": "w 2"}, "worker name"),
     ({"queues": "a,,b"}, "comma-separated"),
     ({"queues": "a;rm -rf /"}, "comma-separated"),
+    ({"concurrency": "many"}, r"--concurrency 'many' is not a number; give e\.g\. --concurrency 8"),
+    ({"concurrency": "0"}, "must be above 0"),
+    ({"timeout": "soon"}, "--timeout 'soon' is not a number"),
 ])
 def test_run_worker_rejects_bad_names_and_queues(flags, message):
     with pytest.raises(StackError, match=message):
@@ -36,3 +39,32 @@ def test_a_worker_machine_that_cannot_reach_redis_is_told_so(settings, monkeypat
     monkeypatch.setattr(stack.redis_server, "ping", lambda s: (False, "Redis at 10.0.0.5:6380 is not answering"))
     with pytest.raises(StackError, match=r"invoke setup\.redis \(with --bind"):
         stack.check_worker_machine(settings)
+
+
+def test_numeric_flags_are_text_to_invoke_and_numbers_to_us():
+    # a flag with a number default is cast by invoke's parser: bad text would end in a traceback there
+    from airflow_stack.tasks import ops
+
+    for task_, flags in ((ops.up, ["timeout"]), (ops.stop, ["timeout"]), (ops.logs, ["lines"]),
+                         (run.local, ["timeout"]), (run.celery, ["timeout"]),
+                         (run.worker, ["timeout", "concurrency"])):
+        args = {arg.name: arg for arg in task_.get_arguments()}
+        assert all(args[flag].kind is str for flag in flags), task_.name
+    assert _common.number("2.5", "--timeout", 180) == 2.5 and _common.number(None, "--lines", 50, int) == 50
+
+
+@pytest.mark.parametrize("bind, message", [
+    ("", "give space-separated IP addresses"),
+    ("127.0.0.1 10.0.0.300", "'10.0.0.300' is not an IP address"),
+    ("127.0.0.1;reboot", "is not an IP address"),
+    # a well-formed address of another machine: Redis would fail to listen there and stay down
+    ("127.0.0.1 192.0.2.7", "192.0.2.7 is not an address of this machine"),
+])
+def test_redis_bind_addresses_are_checked_before_anything_is_written(bind, message):
+    with pytest.raises(StackError, match=message):
+        setup.check_bind(bind)
+
+
+def test_redis_bind_accepts_this_machines_addresses_and_optional_ones():
+    for bind in ("127.0.0.1", "127.0.0.1 127.0.0.2 -::1", "0.0.0.0 ::", "* -::*", "127.0.0.1 -192.0.2.7"):
+        setup.check_bind(bind)

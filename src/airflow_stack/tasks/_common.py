@@ -19,6 +19,22 @@ def load(**flags: Any) -> Settings:
     return settings_mod.load(overrides=flags)
 
 
+def number(value: Any, flag: str, default: Any, kind: type = float, example: Any = None) -> Any:
+    """A numeric flag, converted here: flags declared with a number default are cast by invoke's
+    parser, which answers `--timeout soon` with a traceback; these are declared as text instead."""
+    if value is None:
+        return default
+    shown = example if example is not None else default
+    hint = f"give e.g. {flag} {f'{shown:g}' if isinstance(shown, float) else shown}"
+    try:
+        result = kind(value)
+    except (TypeError, ValueError):
+        raise StackError(f"{flag} {value!r} is not a number; {hint}") from None
+    if result <= 0:
+        raise StackError(f"{flag} {value!r} must be above 0; {hint}")
+    return result
+
+
 def say(*lines: str) -> None:
     for line in lines:
         print(line, flush=True)

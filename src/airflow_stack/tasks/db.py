@@ -32,7 +32,7 @@ def restore(c: Context, file: str, yes: bool = False) -> None:
     """Restore a backup into Airflow's database (refuses while Airflow runs, and without --yes)."""
     settings = load()
     path = Path(file).resolve()
-    backup_mod.check_archive(path)
+    backup_mod.check_readable(c, _local_platform(settings), settings, path)  # before asking for a stop
     running = stack.running_components(settings)
     if running:
         raise StackError(f"Airflow is running ({', '.join(running)}); stop it first: invoke stop")

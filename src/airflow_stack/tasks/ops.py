@@ -11,15 +11,15 @@ from invoke import Context, task
 from .. import airflow_config, airflow_install, components, platform, redis_server, stack, supervisor
 from ..errors import StackError
 from . import db, run, setup
-from ._common import load, one_line_errors, say
+from ._common import load, number, one_line_errors, say
 
 
 @task(help={"executor": "local (default) or celery", "line": "Airflow line: 3.3 (default) or 2.11",
             "timeout": "seconds to wait for health (default 180)"})
 @one_line_errors
-def up(c: Context, executor: str | None = None, line: str | None = None,
-       timeout: float = stack.HEALTH_TIMEOUT) -> None:
+def up(c: Context, executor: str | None = None, line: str | None = None, timeout: str | None = None) -> None:
     """Bring the whole stack up: set up PostgreSQL, Redis and Airflow, then run it (re-run safe)."""
+    timeout = number(timeout, "--timeout", stack.HEALTH_TIMEOUT)
     settings = load(executor=executor, airflow_line=line)
     setup.all_(c, line=settings.airflow_line)
     rec = stack.recorded(settings)
@@ -36,9 +36,9 @@ def up(c: Context, executor: str | None = None, line: str | None = None,
     "timeout": "seconds to wait for a graceful stop before killing (default 30)",
 })
 @one_line_errors
-def stop(c: Context, component: str = "", postgres: bool = False,
-         timeout: float = supervisor.STOP_TIMEOUT) -> None:
+def stop(c: Context, component: str = "", postgres: bool = False, timeout: str | None = None) -> None:
     """Stop the Airflow processes and our Redis (PostgreSQL only with --postgres)."""
+    timeout = number(timeout, "--timeout", supervisor.STOP_TIMEOUT)
     settings = load()
     if component == redis_server.NAME:
         say(f"redis: {redis_server.stop(settings)}")
@@ -67,8 +67,9 @@ def status_(c: Context, json: bool = False) -> None:
     "follow": "keep printing new lines (tail -F)",
     "lines": "how many lines to show first (default 50)",
 })
-def logs(c: Context, component: str = "", follow: bool = False, lines: int = 50) -> None:
+def logs(c: Context, component: str = "", follow: bool = False, lines: str | None = None) -> None:
     """Show the logs of the stack's processes (all in the state dir's logs/)."""
+    lines = number(lines, "--lines", 50, int)
     settings = load()
     line = stack.recorded(settings).get("line", settings.airflow_line)
     if component == redis_server.NAME:

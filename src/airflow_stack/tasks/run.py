@@ -8,7 +8,7 @@ from invoke import Context, task
 
 from .. import airflow_install, secrets, stack
 from ..errors import StackError
-from ._common import load, one_line_errors, say
+from ._common import load, number, one_line_errors, say
 
 
 def start_stack(c: Context, executor: str, timeout: float, line: str | None = None,
@@ -29,18 +29,19 @@ def start_stack(c: Context, executor: str, timeout: float, line: str | None = No
 @task(help={"timeout": "seconds to wait for every component to be healthy (default 180)",
             "line": "Airflow line: 3.3 (default) or 2.11"})
 @one_line_errors
-def local(c: Context, timeout: float = stack.HEALTH_TIMEOUT, line: str | None = None) -> None:
+def local(c: Context, timeout: str | None = None, line: str | None = None) -> None:
     """Run Airflow with the LocalExecutor: scheduler, dag-processor, triggerer, API server."""
-    start_stack(c, "local", timeout, line)
+    start_stack(c, "local", number(timeout, "--timeout", stack.HEALTH_TIMEOUT), line)
 
 
 @task(help={"timeout": "seconds to wait for every component to be healthy (default 180)",
             "line": "Airflow line: 3.3 (default) or 2.11",
             "flower": "also run Flower, Celery's monitoring UI, on STACK_FLOWER_PORT (loopback)"})
 @one_line_errors
-def celery(c: Context, timeout: float = stack.HEALTH_TIMEOUT, line: str | None = None, flower: bool = False) -> None:
+def celery(c: Context, timeout: str | None = None, line: str | None = None, flower: bool = False) -> None:
     """Run Airflow with the CeleryExecutor: the Local set plus one Celery worker (Redis broker)."""
-    start_stack(c, "celery", timeout, line, extras=("flower",) if flower else ())
+    start_stack(c, "celery", number(timeout, "--timeout", stack.HEALTH_TIMEOUT), line,
+                extras=("flower",) if flower else ())
 
 
 @task(help={
@@ -50,18 +51,20 @@ def celery(c: Context, timeout: float = stack.HEALTH_TIMEOUT, line: str | None =
     "timeout": "seconds to wait until it answers a ping (default 180)",
 })
 @one_line_errors
-def worker(c: Context, queues: str = "default", concurrency: int | None = None, name: str = "w2",
-           timeout: float = stack.HEALTH_TIMEOUT) -> None:
+def worker(c: Context, queues: str = "default", concurrency: str | None = None, name: str = "w2",
+           timeout: str | None = None) -> None:
     """Add a Celery worker, here or on another machine that has the stack's .env."""
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
         raise StackError(f"worker name {name!r} may only use letters, digits, '.', '_' and '-'")
     if not re.fullmatch(r"[A-Za-z0-9_.-]+(,[A-Za-z0-9_.-]+)*", queues):
         raise StackError(f"queues {queues!r}: give a comma-separated list of names, e.g. --queues default,gpu")
+    slots = number(concurrency, "--concurrency", None, int, example=8)
+    timeout = number(timeout, "--timeout", stack.HEALTH_TIMEOUT)
     settings = load()
     stack.check_worker_machine(settings)
     secrets.secure_mode(settings.env_file)
     airflow_install.ensure(c, settings)  # a fresh worker machine gets Airflow here
-    instance, already = stack.start_worker(c, settings, name, queues, concurrency or settings.worker_concurrency,
+    instance, already = stack.start_worker(c, settings, name, queues, slots or settings.worker_concurrency,
                                            timeout)
     if already:
         say(f"run: worker {instance} already running")

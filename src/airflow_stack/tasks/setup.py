@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import re
+import ipaddress
 
 from invoke import Context, task
 
@@ -10,6 +10,7 @@ from .. import (
     airflow_config,
     airflow_db,
     airflow_install,
+    netutil,
     platform,
     postgres,
     redis_server,
@@ -59,20 +60,39 @@ def postgres_(c: Context, host: str | None = None, port: int | None = None, sslm
             f"{settings.pg_host}:{settings.pg_port}")
 
 
+def check_bind(bind: str) -> None:
+    """Redis must be able to listen on every address given (Redis skips a "-address" it cannot use):
+    otherwise it stops at its restart, and the whole stack loses its broker and rate limits."""
+    example = "e.g. '127.0.0.1 10.0.0.5' (this machine's own addresses)"
+    if not bind.strip():
+        raise StackError(f"--bind {bind!r}: give space-separated IP addresses, {example}")
+    for address in bind.split():
+        host = address.removeprefix("-")
+        if host in ("*", "::*"):
+            continue
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise StackError(f"--bind {bind!r}: {host!r} is not an IP address; give space-separated IP addresses, "
+                             f"{example}") from None
+        if not address.startswith("-") and not netutil.port_bindable(0, host):
+            raise StackError(f"--bind {bind!r}: {host} is not an address of this machine, Redis could not listen "
+                             f"there; give {example}")
+
+
 @task(help={"port": "port of our Redis (default 6380, STACK_REDIS_PORT)",
             "bind": "opt in: interfaces to listen on, e.g. '0.0.0.0 ::' for Celery workers on other machines "
                     "(kept in .env as STACK_REDIS_BIND; the password still applies)"})
 @one_line_errors
 def redis(c: Context, port: int | None = None, bind: str | None = None) -> None:
     """Install redis-server if needed and run our own password-protected Redis on loopback."""
+    if bind is not None:
+        check_bind(bind)
     with Timer() as t:
         settings, added = secrets.ensure_env_file(load(redis_port=port))
         changes = [f"generated {name} into {settings.env_file}" for name in added]
-        if bind is not None:
-            if not bind.strip() or any(not re.fullmatch(r"-?[0-9A-Fa-f:.*]+", a) for a in bind.split()):
-                raise StackError(f"--bind {bind!r}: give space-separated IP addresses, e.g. '127.0.0.1 10.0.0.5'")
-            if secrets.set_env_value(settings.env_file, "STACK_REDIS_BIND", bind):
-                changes.append(f"STACK_REDIS_BIND={bind} kept in {settings.env_file}")
+        if bind is not None and secrets.set_env_value(settings.env_file, "STACK_REDIS_BIND", bind):
+            changes.append(f"STACK_REDIS_BIND={bind} kept in {settings.env_file}")
         settings = load(redis_port=port)
         before = supervisor.running(settings, redis_server.NAME)
         changes += redis_server.ensure(c, platform.detect(), settings)

@@ -1,0 +1,123 @@
+"""Failure recovery: a DAG run in flight when the scheduler or the API server (the webserver on 2.11)
+is killed with `kill -9` finishes after `invoke up`, with no task instance lost or stuck. Both
+executors, both lines (a killed Celery worker is test_celery's). Each test prints how long
+`invoke status` took to report the component down and `invoke up` to heal it; the scheduler's also
+prints the PSS of one running task, the figure doctor.TASK_PSS_MIB holds."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import time
+
+import psutil
+import psycopg
+import pytest
+
+from airflow_stack import components, doctor, supervisor
+from airflow_stack.netutil import wait_until
+
+from .conftest import EXECUTOR
+
+pytestmark = pytest.mark.integration
+DAG_ID = "fault_recovery"  # tests/integration/dags: three 10 s tasks at once, then one after them
+HOLDS = 3
+NOT_DONE = {"scheduled", "queued", "running", "up_for_retry", "up_for_reschedule", "restarting", "deferred"}
+SEEN_DOWN_WITHIN = 10.0
+
+
+def status(stack) -> dict[str, dict]:
+    return {row["name"]: row for row in json.loads(stack.inv("status", "--json").stdout)}
+
+
+def task_instances(settings, run_id: str) -> list[tuple[str, str | None, int, int | None]]:
+    """(task_id, state, try_number, pid) of every task instance of the run, read in PostgreSQL."""
+    with psycopg.connect(**settings.pg_conninfo()) as conn:
+        return conn.execute("SELECT task_id, state, try_number, pid FROM task_instance WHERE dag_id = %s "
+                            "AND run_id = %s ORDER BY task_id", (DAG_ID, run_id)).fetchall()
+
+
+def run_state(settings, run_id: str) -> str:
+    with psycopg.connect(**settings.pg_conninfo()) as conn:
+        return conn.execute("SELECT state FROM dag_run WHERE dag_id = %s AND run_id = %s",
+                            (DAG_ID, run_id)).fetchone()[0]
+
+
+def pss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/smaps_rollup") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("Pss:")) / 1024
+
+
+def print_task_memory(settings, pids: list[int]) -> None:
+    """PSS of each running task: its task runner (the task instance's pid) and the process above it
+    that supervises it (3.3 Local: the executor worker; Celery: the pool child or its fork)."""
+    found = []
+    for pid in pids:
+        with contextlib.suppress(OSError, psutil.Error, StopIteration):
+            found.append((pss_mib(pid), pss_mib(psutil.Process(pid).ppid())))
+    if not found:
+        return
+    runner = sum(r for r, _ in found) / len(found)
+    parent = sum(p for _, p in found) / len(found)
+    print(f"\n[figure] one running task ({settings.airflow_line}, {EXECUTOR}, {len(found)} running): PSS task "
+          f"runner {runner:.0f} + its supervisor {parent:.0f} = {runner + parent:.0f} MiB (doctor assumes "
+          f"{doctor.TASK_PSS_MIB[(settings.airflow_line, EXECUTOR)]})")
+
+
+def session_members(sid: int) -> list[int]:
+    """Processes still in the session of a killed leader: task runners leave its process group, not this."""
+    found = []
+    for proc in psutil.process_iter():
+        with contextlib.suppress(OSError, psutil.Error):
+            if os.getsid(proc.pid) == sid and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc.pid)
+    return found
+
+
+@pytest.mark.parametrize("role", ["scheduler", "web"])
+def test_a_run_in_flight_finishes_after_its_killed_component_is_healed(stack, api, role):
+    settings = stack.settings()
+    name = "scheduler" if role == "scheduler" else components.web(settings.airflow_line).name
+    api.wait_for_dag(DAG_ID, timeout=90)
+    api.unpause(DAG_ID)
+    run_id = api.trigger(DAG_ID)
+
+    def running_pids() -> list[int]:
+        return [pid for _, state, _, pid in task_instances(settings, run_id) if state == "running" and pid]
+
+    assert wait_until(lambda: len(running_pids()) == HOLDS, 90), task_instances(settings, run_id)
+    time.sleep(1)  # in flight: each has most of its 10 s still to go
+    if role == "scheduler":
+        print_task_memory(settings, running_pids())
+
+    victim = supervisor.running(settings, name)
+    os.kill(victim.pid, signal.SIGKILL)  # the main process only, as when it crashes; its children live on
+    killed = time.monotonic()
+    while status(stack)[name]["up"]:
+        assert time.monotonic() - killed < SEEN_DOWN_WITHIN, f"invoke status still shows {name} up"
+    seen = time.monotonic() - killed
+    left = len(supervisor._group_alive(victim.pid))
+
+    began = time.monotonic()
+    out = stack.inv("up").stdout
+    healed = time.monotonic() - began
+    assert f"started {name}" in out, out
+    assert supervisor._group_alive(victim.pid) == []  # what it left in its process group was reaped
+
+    assert wait_until(lambda: run_state(settings, run_id) in ("success", "failed"), 240), \
+        task_instances(settings, run_id)
+    ended = time.monotonic() - killed
+    state, rows = run_state(settings, run_id), task_instances(settings, run_id)
+    tries = ", ".join(f"{task_id} {try_number}" for task_id, _, try_number, _ in rows)
+    print(f"\n[figure] kill -9 {name} ({settings.airflow_line}, {EXECUTOR}) under a running DAG run: "
+          f"invoke status showed it down after {seen:.1f} s; invoke up healed it in {healed:.1f} s "
+          f"(reaped {left} processes it left); the run ended {state} {ended:.1f} s after the kill; tries: {tries}")
+    assert state == "success"
+    assert len(rows) == HOLDS + 1 and {row[1] for row in rows} == {"success"}, rows
+    assert not [row for row in rows if row[1] in NOT_DONE]
+    # task runners leave the killed leader's process group, but not its session: none is left behind
+    assert wait_until(lambda: not session_members(victim.pid), 15), session_members(victim.pid)
+    row = status(stack)[name]
+    assert row["up"] and row["healthy"], row
