@@ -46,3 +46,10 @@ def integration(session: nox.Session, executor: str, line: str) -> None:
                 "tests/integration/test_doctor.py", "-m", "integration"]
     session.run("pytest", *args, *session.posargs,
                 env={"STACK_TEST_AIRFLOW_LINE": line, "STACK_TEST_EXECUTOR": executor})
+
+
+@nox.session(default=False)
+def bench(session: nox.Session) -> None:
+    """Benchmark against `airflow standalone`, write docs/benchmarks.md (-- --line 2.11 --repeats N)."""
+    install(session, "bench")
+    session.run("python", "-m", "airflow_stack.bench", *session.posargs)

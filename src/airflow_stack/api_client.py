@@ -1,0 +1,88 @@
+"""A small client for the REST API of either Airflow line, as the tests and the benchmark use it.
+
+3.x: a JWT from ``POST /auth/token`` (the FAB and the simple auth manager both issue one), then
+``/api/v2``. 2.11: basic auth on ``/api/v1`` (the stack enables that backend). Needs httpx, which
+the ``test`` and ``bench`` dependency groups install.
+"""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+
+
+class AirflowAPI:
+    def __init__(self, base_url: str, line: str, user: str, password: str, timeout: float = 30) -> None:
+        self.line = line
+        self.client = httpx.Client(base_url=base_url, timeout=timeout)
+        if line == "2.11":
+            self.client.auth = (user, password)
+            self.prefix = "/api/v1"
+        else:
+            token = self.client.post("/auth/token", json={"username": user, "password": password})
+            token.raise_for_status()
+            self.client.headers["Authorization"] = f"Bearer {token.json()['access_token']}"
+            self.prefix = "/api/v2"
+
+    def close(self) -> None:
+        self.client.close()
+
+    def dag_count(self) -> int:
+        resp = self.client.get(f"{self.prefix}/dags")
+        assert resp.status_code == 200, resp.status_code
+        return resp.json()["total_entries"]
+
+    def wait_for_dag(self, dag_id: str, timeout: float = 60) -> float:
+        """Seconds until ``dag_id`` is known to the API."""
+        began = time.monotonic()
+        while time.monotonic() - began < timeout:
+            status = self.client.get(f"{self.prefix}/dags/{dag_id}").status_code
+            if status in (401, 403):
+                raise AssertionError(f"the API refused our credentials ({status})")
+            if status == 200:
+                return time.monotonic() - began
+            time.sleep(0.2)
+        raise AssertionError(f"DAG {dag_id} did not appear through the API within {timeout} s")
+
+    def unpause(self, dag_id: str) -> None:
+        resp = self.client.patch(f"{self.prefix}/dags/{dag_id}", json={"is_paused": False})
+        assert resp.status_code == 200, resp.text
+
+    def trigger(self, dag_id: str) -> str:
+        body = {} if self.line == "2.11" else {"logical_date": None}
+        resp = self.client.post(f"{self.prefix}/dags/{dag_id}/dagRuns", json=body)
+        assert resp.status_code == 200, resp.text
+        return resp.json()["dag_run_id"]
+
+    def run_state(self, dag_id: str, run_id: str) -> str:
+        return self.client.get(f"{self.prefix}/dags/{dag_id}/dagRuns/{run_id}").json()["state"]
+
+    def wait_for_run(self, dag_id: str, run_id: str, timeout: float = 180, interval: float = 0.5) -> str:
+        """The run's final state (success/failed), or its state when ``timeout`` ran out."""
+        began = time.monotonic()
+        state = "unknown"
+        while time.monotonic() - began < timeout:
+            state = self.run_state(dag_id, run_id)
+            if state in ("success", "failed"):
+                return state
+            time.sleep(interval)
+        return state
+
+
+def health_path(line: str) -> str:
+    return "/health" if line == "2.11" else "/api/v2/monitor/health"
+
+
+def all_healthy(base_url: str, line: str, timeout: float = 2) -> bool:
+    """True when the API answers and every component its health endpoint lists is healthy
+    (the metadatabase, scheduler, triggerer and, on 3.x, the dag-processor)."""
+    try:
+        resp = httpx.get(base_url + health_path(line), timeout=timeout)
+        body = resp.json()
+    except (httpx.HTTPError, ValueError):
+        return False
+    if resp.status_code != 200 or not isinstance(body, dict):
+        return False
+    states = [part.get("status") for part in body.values() if isinstance(part, dict)]
+    return bool(states) and all(state == "healthy" for state in states if state is not None)

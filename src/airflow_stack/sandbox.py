@@ -1,0 +1,112 @@
+"""An isolated stack: its own state dir and .env, free ports, its own PostgreSQL role and database.
+
+The integration tests and the benchmark bring up a whole stack this way, next to a user's, and
+tear it down after: a user's running stack (its ports, its role, its state dir) is never touched.
+Every task runs as a user runs it: ``python -m invoke ...`` in the repo, with no standard input.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+from . import settings as settings_mod
+from .netutil import port_bindable
+from .settings import PROJECT_DIR
+
+# the ports a sandbox takes, one setting each
+PORT_SETTINGS = ("STACK_API_PORT", "STACK_SCHEDULER_HEALTH_PORT", "STACK_WORKER_LOG_PORT", "STACK_TRIGGER_LOG_PORT",
+                 "STACK_REDIS_PORT", "STACK_FLOWER_PORT")
+
+
+def free_ports(count: int, low: int = 20000, high: int = 32000) -> list[int]:
+    """Ports nobody holds, below the kernel's ephemeral range (no TIME_WAIT collisions)."""
+    rng = random.Random()
+    found: list[int] = []
+    while len(found) < count:
+        port = rng.randrange(low, high)
+        if port not in found and port_bindable(port, "0.0.0.0") and port_bindable(port, "127.0.0.1"):
+            found.append(port)
+    return found
+
+
+def clean_environ() -> dict[str, str]:
+    """This process's environment without any stack or Airflow setting (a user's must not leak in)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("STACK_", "AIRFLOW", "_AIRFLOW"))}
+
+
+@dataclass
+class Sandbox:
+    state_dir: Path
+    env: dict[str, str]
+    outputs: list[str] = field(default_factory=list)
+
+    @classmethod
+    def create(cls, state_dir: Path, line: str, executor: str, dags_folder: Path, name: str,
+               extra: dict[str, str] | None = None) -> Sandbox:
+        """A sandbox in ``state_dir`` whose role and database are both called ``name``."""
+        env = clean_environ() | {
+            "CI": "true",  # never prompt
+            "STACK_ENV_FILE": str(state_dir / ".env"),
+            "STACK_STATE_DIR": str(state_dir),
+            "STACK_AIRFLOW_LINE": line,
+            "STACK_EXECUTOR": executor,
+            "STACK_DAGS_FOLDER": str(dags_folder),
+            "STACK_PG_DATABASE": name,
+            "STACK_PG_USER": name,
+        }
+        env |= dict(zip(PORT_SETTINGS, map(str, free_ports(len(PORT_SETTINGS))), strict=True))
+        return cls(state_dir, env | (extra or {}))
+
+    def settings(self) -> settings_mod.Settings:
+        return settings_mod.load(environ=self.env)
+
+    def ports(self) -> set[int]:
+        return {int(self.env[name]) for name in PORT_SETTINGS if name in self.env}
+
+    def secrets(self) -> list[str]:
+        """The secret values in the sandbox's .env (output is checked for them)."""
+        values = settings_mod.read_env_file(Path(self.env["STACK_ENV_FILE"]))
+        names = {spec.env for spec in settings_mod.specs().values() if spec.secret}
+        return [v for k, v in values.items() if k in names and len(v) >= 8]
+
+    def inv(self, *args: str, timeout: float = 900, env: dict[str, str] | None = None
+            ) -> subprocess.CompletedProcess[str]:
+        """Run ``invoke ARGS`` in the repo as a user would; the output is kept in ``outputs``."""
+        proc = subprocess.run([sys.executable, "-m", "invoke", *args], cwd=PROJECT_DIR, env=self.env | (env or {}),
+                              capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        self.outputs.append(proc.stdout + proc.stderr)
+        return proc
+
+    def leftovers(self) -> list[psutil.Process]:
+        """Processes still running that are ours: they name the state dir, or hold one of its ports
+        (children that renamed themselves with setproctitle are found that way)."""
+        found = {}
+        for proc in psutil.process_iter(["cmdline"]):
+            if str(self.state_dir) in " ".join(proc.info["cmdline"] or []):
+                found[proc.pid] = proc
+        ports = self.ports()
+        for conn in psutil.net_connections(kind="inet"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr.port in ports and conn.pid and conn.pid not in found:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    found[conn.pid] = psutil.Process(conn.pid)
+        found.pop(os.getpid(), None)
+        return list(found.values())
+
+    def teardown(self) -> list[int]:
+        """Stop the stack, drop its role and database, kill (by PID) whatever survived; return those PIDs."""
+        self.inv("stop", "--timeout", "20")
+        if Path(self.env["STACK_ENV_FILE"]).exists():
+            self.inv("db.drop", "--yes")
+        survivors = self.leftovers()
+        for proc in survivors:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
+        return [proc.pid for proc in survivors]

@@ -1,0 +1,57 @@
+"""The benchmark's report: the figures table, ratios, targets met or not, and a section rewritten in
+place in docs/benchmarks.md while the rest of the file is kept."""
+
+from __future__ import annotations
+
+from airflow_stack import bench, bench_report
+from airflow_stack.bench import Sample
+
+
+def result(line: str = "3.3") -> bench_report.Result:
+    r = bench_report.Result(line=line, repeats=2, command="nox -s bench", machine={"cores": "2"},
+                            versions={"airflow": "3.3.2"})
+    r.samples["standalone"] = [Sample(healthy=16.0, sleep8=9.0, airflow_pss=1160.0, components={"scheduler": 300.0}),
+                               Sample(healthy=18.0, sleep8=11.0, airflow_pss=1180.0)]
+    r.samples["local"] = [Sample(healthy=8.0, sleep8=7.0, airflow_pss=700.0, postgres_pss=40.0, redis_pss=5.0,
+                                 setup_rerun=0.8, components={"scheduler": 220.0}),
+                          Sample(healthy=9.0, sleep8=8.0, airflow_pss=720.0, postgres_pss=42.0, redis_pss=5.0,
+                                 setup_rerun=0.9),
+                          Sample(error="invoke run.local failed")]
+    return r
+
+
+def test_the_table_gives_median_min_max_and_the_ratio_to_the_baseline():
+    table = bench_report.render_table(result())
+    healthy = next(row for row in table.splitlines() if row.startswith("| start command"))
+    # standalone median 17 (16-18), ours 8.5 (8.0-9.0), 0.50x; the failed sample is left out
+    assert "17.0 (16.0–18.0)" in healthy and "8.5 (8.0–9.0)" in healthy and "0.50×" in healthy
+    whole = next(row for row in table.splitlines() if "whole stack" in row)
+    assert "756 (745–767)" in whole  # Airflow + PostgreSQL + Redis, against standalone's Airflow alone
+
+
+def test_targets_say_which_were_met():
+    text = bench_report.render_targets(result())
+    assert "| Local time to healthy ≤ 0.6× standalone | 0.50× | yes |" in text
+    assert "| Local 8×sleep(5) ≤ 1.5× the 5 s limit | 7.5 s | yes |" in text
+    r = result("2.11")
+    assert "0.12× the 2.11 SequentialExecutor baseline | 0.75× | **no** |" in bench_report.render_targets(r)
+
+
+def test_a_run_rewrites_its_own_section_and_keeps_the_rest(tmp_path):
+    path = tmp_path / "benchmarks.md"
+    bench_report.write(path, result("3.3"))
+    bench_report.write(path, result("2.11"))
+    path.write_text(path.read_text() + "\n## Tuning log\nkept by hand\n")
+    newer = result("3.3")
+    newer.samples["local"][0].healthy = 4.0
+    bench_report.write(path, newer)
+    text = path.read_text()
+    assert text.count("## Airflow 3.3") == 1 and text.count("## Airflow 2.11") == 1
+    assert "kept by hand" in text and "6.5 (4.0–9.0)" in text
+    assert "Failed measurements" in text and "local #3: invoke run.local failed" in text
+
+
+def test_component_names_from_standalone_children():
+    assert bench.subcommand(["/v/bin/python", "/v/bin/airflow", "scheduler"]) == "scheduler"
+    assert bench.subcommand(["airflow", "api_server", "--", "host:0.0.0.0"]) == "api-server"
+    assert bench.subcommand(["airflow serve-logs"]) == ""
