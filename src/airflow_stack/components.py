@@ -51,6 +51,9 @@ class Component:
     # modules the launcher imports just before forking this component (after the line's PRELOAD):
     # shared with those forked after it, and off this component's own start-up path
     preload: tuple[str, ...] = ()
+    # when it dies, what it left in its whole session is stopped, not only its process group: its
+    # task processes (which leave the group) cannot finish without it and would run beside their retry
+    reap_session: bool = False
 
     def command(self, airflow_bin: str, settings: Settings | None = None) -> list[str]:
         extra = self.options(settings) if self.options and settings else ()
@@ -101,8 +104,13 @@ TABLE: dict[str, tuple[Component, ...]] = {
         # 2.11 forks its health-check server after opening its DB pool; polling /health then makes
         # the child share the parent's connection and the scheduler hangs (seen here): probe the
         # job table instead, and start no health server (see airflow_config)
+        # A 2.11 task's raw process (in a process group of its own) is supervised by its `tasks run
+        # --local` parent, in the scheduler's group: once that is reaped, Airflow retries the task, and a
+        # raw process still there would only linger (seen here, kill -9 test) or run beside its retry.
+        # 3.3's task supervisors report to the API server and finish their task after a scheduler dies.
         Component("scheduler", ("scheduler",), Probe("job", job_type="SchedulerJob"),
-                  local_ports=("worker_log_port",), preload=("airflow.jobs.scheduler_job_runner",)),
+                  local_ports=("worker_log_port",), preload=("airflow.jobs.scheduler_job_runner",),
+                  reap_session=True),
         TRIGGERER,
         WORKER,
         FLOWER,

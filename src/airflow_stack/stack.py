@@ -155,7 +155,7 @@ def start(c: Context, settings: Settings, executor: str, timeout: float = HEALTH
     began = time.monotonic()
     if to_start:
         for comp in to_start:  # what a killed component left behind would hold its ports
-            supervisor.reap_orphans(settings, comp.name)
+            supervisor.reap_orphans(settings, comp.name, whole_session=comp.reap_session)
         check_ports(settings, to_start, executor)
         settings.run_dir.mkdir(parents=True, exist_ok=True)
         _state_path(settings).write_text(json.dumps({"executor": executor, "line": settings.airflow_line}))
@@ -254,7 +254,8 @@ def stop(settings: Settings, names: list[str] | None = None, timeout: float = su
         selected = [(name, known.get(name, components.WORKER)) for name in names]
     else:
         selected = list(known.items())
-    results = [(name, supervisor.stop(settings, name, timeout)) for name, _ in reversed(selected)]
+    results = [(name, supervisor.stop(settings, name, timeout, whole_session=comp.reap_session))
+               for name, comp in reversed(selected)]
     lines = [f"{name}: {result}" for name, result in results if names or result != "not running"]
     if not running_components(settings):
         _state_path(settings).unlink(missing_ok=True)

@@ -15,7 +15,7 @@ import shlex
 import signal
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,11 +73,14 @@ def running(settings: Settings, name: str) -> Running | None:
     return None
 
 
-def reap_orphans(settings: Settings, name: str, timeout: float = 10.0) -> int:
+def reap_orphans(settings: Settings, name: str, timeout: float = 10.0, whole_session: bool = False) -> int:
     """Stop what a dead ``name`` left behind in its process group; return how many there were.
 
-    Safe by construction: a process-group id is never reused while any member of the group lives,
-    so every process still in the dead leader's group is one of ours.
+    The group gets SIGTERM (its members may stop what they supervise), SIGKILL after ``timeout``.
+    ``whole_session``: then what is still in the leader's session, having left the group for one of
+    its own (a task process whose supervisor was just stopped), is killed at once.
+    Safe by construction: a process-group or session id is never reused while any member lives,
+    so every process still in the dead leader's group or session is one of ours.
     """
     stale = pid_file(settings, name).with_suffix(".stale")
     try:
@@ -89,11 +92,13 @@ def reap_orphans(settings: Settings, name: str, timeout: float = 10.0) -> int:
         with contextlib.suppress(psutil.NoSuchProcess):
             proc.terminate()
     _, alive = psutil.wait_procs(orphans, timeout=timeout)
-    for proc in alive:
+    stragglers = _session_alive(pgid) if whole_session else []
+    for proc in [*alive, *stragglers]:
         with contextlib.suppress(psutil.NoSuchProcess):
             proc.kill()
+    psutil.wait_procs(stragglers, timeout=timeout)
     stale.unlink(missing_ok=True)
-    return len(orphans)
+    return len(orphans) + len(stragglers)
 
 
 LAUNCHER = Path(__file__).with_name("launcher.py")
@@ -166,21 +171,32 @@ def fingerprint(environ: dict[str, str]) -> dict[str, str]:
 
 
 def _group_alive(pgid: int) -> list[psutil.Process]:
+    return _members(pgid, os.getpgid)
+
+
+def _session_alive(sid: int) -> list[psutil.Process]:
+    return _members(sid, os.getsid)
+
+
+def _members(ident: int, of: Callable[[int], int]) -> list[psutil.Process]:
+    """Live (not zombie) processes whose group or session id (``of``) is ``ident``."""
     members = []
     for proc in psutil.process_iter(["pid"]):
         try:
-            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
+            if of(proc.pid) == ident and proc.status() != psutil.STATUS_ZOMBIE:
                 members.append(proc)
         except (ProcessLookupError, psutil.NoSuchProcess, PermissionError):
             continue
     return members
 
 
-def stop(settings: Settings, name: str, timeout: float = STOP_TIMEOUT, sig: int = signal.SIGTERM) -> str:
-    """Stop ``name``: ``sig`` to its PID, wait up to ``timeout``, then SIGKILL its process group."""
+def stop(settings: Settings, name: str, timeout: float = STOP_TIMEOUT, sig: int = signal.SIGTERM,
+         whole_session: bool = False) -> str:
+    """Stop ``name``: ``sig`` to its PID, wait up to ``timeout``, then SIGKILL its process group.
+    ``whole_session``: what a dead ``name`` left is reaped in its whole session (see reap_orphans)."""
     info = running(settings, name)
     if info is None:
-        reaped = reap_orphans(settings, name)
+        reaped = reap_orphans(settings, name, whole_session=whole_session)
         return f"not running (stopped {reaped} processes it left behind)" if reaped else "not running"
     with contextlib.suppress(ProcessLookupError):
         os.kill(info.pid, sig)

@@ -103,3 +103,21 @@ def test_children_of_a_killed_leader_are_reaped_before_a_restart(settings, start
     assert len(supervisor._group_alive(pid)) == 1
     started("leader", [sys.executable, "-c", "import time; time.sleep(60)"])
     assert supervisor._group_alive(pid) == []
+
+
+def test_a_dead_leaders_session_is_reaped_only_when_asked(settings, started):
+    """A task process that left the leader's group for its own (setpgid) is still in its session."""
+    code = ("import os, subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'],"
+            " preexec_fn=os.setpgrp); time.sleep(60)")
+    pid = started("leader", [sys.executable, "-c", code])
+    assert wait_until(lambda: len(supervisor._session_alive(pid)) == 2, 10)
+    assert len(supervisor._group_alive(pid)) == 1  # the child has a group of its own
+    os.kill(pid, 9)
+    assert wait_until(lambda: supervisor.running(settings, "leader") is None, 10)
+    stale = supervisor.pid_file(settings, "leader").with_suffix(".stale")
+    saved = stale.read_text()
+    assert supervisor.reap_orphans(settings, "leader", timeout=2) == 0  # the group is empty: the child stays
+    assert len(supervisor._session_alive(pid)) == 1
+    stale.write_text(saved)
+    assert supervisor.reap_orphans(settings, "leader", timeout=2, whole_session=True) == 1
+    assert wait_until(lambda: supervisor._session_alive(pid) == [], 5)
