@@ -43,7 +43,7 @@ def integration(session: nox.Session, executor: str, line: str) -> None:
         args = ["tests/integration", "-m", "integration and not celery"]
     else:
         args = ["tests/integration/test_airflow.py", "tests/integration/test_celery.py",
-                "tests/integration/test_doctor.py", "-m", "integration"]
+                "tests/integration/test_doctor.py", "tests/integration/test_faults.py", "-m", "integration"]
     session.run("pytest", *args, *session.posargs,
                 env={"STACK_TEST_AIRFLOW_LINE": line, "STACK_TEST_EXECUTOR": executor})
 
