@@ -29,6 +29,9 @@ class Probe:
     path: str = ""
     json_key: str = ""
     job_type: str = ""
+    # http: a path requested once the component is healthy, answer not awaited: for what a server
+    # builds on its first request instead of at start (see the API server)
+    warmup: str = ""
 
     def describe(self, settings: Settings) -> str:
         if self.kind == "http":
@@ -54,6 +57,7 @@ class Component:
     # when it dies, what it left in its whole session is stopped, not only its process group: its
     # task processes (which leave the group) cannot finish without it and would run beside their retry
     reap_session: bool = False
+    runs_tasks: bool = False  # forks the processes that run tasks (LocalExecutor scheduler, Celery worker)
 
     def command(self, airflow_bin: str, settings: Settings | None = None) -> list[str]:
         extra = self.options(settings) if self.options and settings else ()
@@ -68,7 +72,7 @@ class Component:
 SCHEDULER = Component("scheduler", ("scheduler",), Probe("http", port_setting="scheduler_health_port",
                                                           path="/health"),
                       ports=("scheduler_health_port",), local_ports=("worker_log_port",),
-                      preload=("airflow.jobs.scheduler_job_runner",))
+                      preload=("airflow.jobs.scheduler_job_runner",), runs_tasks=True)
 TRIGGERER = Component("triggerer", ("triggerer",), Probe("job", job_type="TriggererJob"), ports=("trigger_log_port",),
                       preload=("airflow.jobs.triggerer_job_runner",))
 # the default Celery worker; run.worker adds more (worker-NAME) with the same command and probe
@@ -76,7 +80,7 @@ DEFAULT_QUEUE = "default"  # Airflow's [operators] default_queue
 WORKER = Component("worker", ("celery", "worker"), Probe("celery"), ports=("worker_log_port",), executors=("celery",),
                    options=lambda s: ("--queues", DEFAULT_QUEUE, "--concurrency", str(s.worker_concurrency),
                                       "--celery-hostname", "worker@%h"),
-                   preload=("airflow.providers.celery.executors.celery_executor",))
+                   preload=("airflow.providers.celery.executors.celery_executor",), runs_tasks=True)
 FLOWER = Component("flower", ("celery", "flower"), Probe("http", port_setting="flower_port", path="/healthcheck"),
                    ports=("flower_port",), executors=("celery",), optional=True)
 
@@ -86,8 +90,13 @@ FLOWER = Component("flower", ("celery", "flower"), Probe("http", port_setting="f
 # report to, stops last.
 TABLE: dict[str, tuple[Component, ...]] = {
     "3.3": (
+        # The execution API, which every task calls, builds its versioned routes (Cadwyn) on its first
+        # request: ~2 s of CPU that blocked the server under the first DAG run's eight task starts
+        # (seen here with py-spy; the first 8 x sleep(5) run took 11 s, later ones 7). Requested once as
+        # soon as the stack is healthy instead, so a start does not wait for it either.
         Component("api-server", ("api-server",),
-                  Probe("http", port_setting="api_port", path="/api/v2/monitor/health", json_key="metadatabase"),
+                  Probe("http", port_setting="api_port", path="/api/v2/monitor/health", json_key="metadatabase",
+                        warmup="/execution/health"),
                   ports=("api_port",)),
         SCHEDULER,
         Component("dag-processor", ("dag-processor",), Probe("job", job_type="DagProcessorJob"),
@@ -110,7 +119,7 @@ TABLE: dict[str, tuple[Component, ...]] = {
         # 3.3's task supervisors report to the API server and finish their task after a scheduler dies.
         Component("scheduler", ("scheduler",), Probe("job", job_type="SchedulerJob"),
                   local_ports=("worker_log_port",), preload=("airflow.jobs.scheduler_job_runner",),
-                  reap_session=True),
+                  reap_session=True, runs_tasks=True),
         TRIGGERER,
         WORKER,
         FLOWER,
@@ -122,7 +131,22 @@ PRELOAD: dict[str, tuple[str, ...]] = {
     "3.3": ("airflow.models", "airflow.jobs.job", "airflow.api_fastapi.execution_api.app"),
     "2.11": ("airflow.models", "airflow.jobs.job"),
 }
+# What runs one task (3.3: the Task SDK's supervisor and task runner; 2.11: `airflow tasks run` and
+# its task job) is imported lazily, by each process that runs a task: every LocalExecutor worker and
+# Celery pool child on its first task, eight at once on two cores (the first run of the 8 x sleep(5)
+# DAG took 11 s, later ones 6-7 s), and on 3.3 every task process again. Imported by the launcher just
+# before it forks a component that runs tasks, they come ready-made in each of those forks.
+TASK_PRELOAD: dict[str, tuple[str, ...]] = {
+    "3.3": ("airflow.sdk.execution_time.supervisor", "airflow.sdk.execution_time.task_runner"),
+    "2.11": ("airflow.cli.commands.task_command", "airflow.jobs.local_task_job_runner",
+             "airflow.task.task_runner.standard_task_runner"),
+}
 WORKER_PREFIX = "worker-"
+
+
+def preload(comp: Component, line: str) -> tuple[str, ...]:
+    """The modules the launcher imports just before forking ``comp`` on Airflow ``line``."""
+    return comp.preload + (TASK_PRELOAD[line] if comp.runs_tasks else ())
 
 
 def for_line(line: str, executor: str | None = None, extras: tuple[str, ...] = ()) -> tuple[Component, ...]:

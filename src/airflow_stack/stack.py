@@ -32,6 +32,7 @@ from .errors import StackError
 from .settings import Settings, specs
 
 HEALTH_TIMEOUT = 180.0
+POLL_INTERVAL = 0.3  # seconds between health probes while waiting for a start
 
 
 def _state_path(settings: Settings) -> Path:
@@ -160,11 +161,15 @@ def start(c: Context, settings: Settings, executor: str, timeout: float = HEALTH
         settings.run_dir.mkdir(parents=True, exist_ok=True)
         _state_path(settings).write_text(json.dumps({"executor": executor, "line": settings.airflow_line}))
         airflow = str(airflow_install.airflow_bin(settings))
-        launch_airflow(c, settings, [supervisor.Launch(comp.name, comp.command(airflow, settings), comp.preload)
+        launch_airflow(c, settings, [supervisor.Launch(comp.name, comp.command(airflow, settings),
+                                                       components.preload(comp, settings.airflow_line))
                                      for comp in to_start], env)
         report.started += [comp.name for comp in to_start]
     wait_healthy(settings, [(comp.name, comp) for comp in wanted], timeout)
     report.seconds = time.monotonic() - began
+    for comp in to_start:
+        if comp.probe.warmup:
+            health.start_warm_up(comp.probe, settings)
     return report
 
 
@@ -178,7 +183,6 @@ def wait_healthy(settings: Settings, wanted: list[tuple[str, Component]], timeou
     deadline = time.monotonic() + timeout
     pending = dict(wanted)
     details: dict[str, str] = {}
-    interval = 0.5
     while pending:
         for name, comp in list(pending.items()):
             proc = supervisor.running(settings, name)
@@ -197,8 +201,9 @@ def wait_healthy(settings: Settings, wanted: list[tuple[str, Component]], timeou
                                 f"probe: {comp.probe.describe(settings)} -> {details.get(name)}")
             raise StackError(f"{', '.join(pending)} did not report healthy within {timeout:.0f} s (probe and "
                              f"last log lines above); fix the cause, then run invoke up again")
-        time.sleep(interval)
-        interval = min(interval * 1.3, 2.0)
+        # a steady, short poll: each probe is a local HTTP GET or one small query, and a longer or growing
+        # interval (it was up to 2 s) only adds to the time a start reports
+        time.sleep(POLL_INTERVAL)
 
 
 def wait_workers_reconnected(settings: Settings, timeout: float = HEALTH_TIMEOUT) -> list[str]:
@@ -234,7 +239,8 @@ def start_worker(c: Context, settings: Settings, name: str, queues: str, concurr
     serve_logs = netutil.port_bindable(settings.worker_log_port, "0.0.0.0")
     argv = components.worker_command(str(airflow_install.airflow_bin(settings)), name, queues, concurrency,
                                      serve_logs)
-    launch_airflow(c, settings, [supervisor.Launch(instance, argv, components.WORKER.preload)], env)
+    preload = components.preload(components.WORKER, settings.airflow_line)
+    launch_airflow(c, settings, [supervisor.Launch(instance, argv, preload)], env)
     wait_healthy(settings, [(instance, components.WORKER)], timeout)
     return instance, False
 

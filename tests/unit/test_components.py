@@ -61,3 +61,44 @@ def test_211_scheduler_is_probed_through_its_heartbeat_not_a_forked_health_serve
 
     env = airflow_config.environment(settings.replace(airflow_line="2.11"))
     assert env["AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK"] == "False"
+
+
+def test_components_that_run_tasks_get_the_task_modules_preloaded():
+    scheduler = components.by_name("3.3", "scheduler")
+    assert "airflow.sdk.execution_time.task_runner" in components.preload(scheduler, "3.3")
+    assert "airflow.cli.commands.task_command" in components.preload(components.WORKER, "2.11")
+    api = components.by_name("3.3", "api-server")
+    assert components.preload(api, "3.3") == api.preload  # the API server runs no task
+
+
+def test_the_api_servers_execution_api_is_warmed_up_without_waiting(settings):
+    """Its first execution-API request builds the versioned routes: sent once the stack is healthy,
+    the answer is not awaited (a slow answer must not hold up the start)."""
+    import socket
+    import threading
+
+    from airflow_stack import health
+
+    received = []
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def serve():
+        conn, _ = server.accept()
+        with conn:
+            data = b""
+            while chunk := conn.recv(1024):  # the client closed its side after the request
+                data += chunk
+            received.append(data)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        probe = components.by_name("3.3", "api-server").probe
+        assert probe.warmup == "/execution/health"
+        local = settings.__class__(**{**settings.__dict__, "api_port": server.getsockname()[1]})
+        assert health.start_warm_up(probe, local)  # returns although the server never answers
+        thread.join(5)
+        assert received and received[0].startswith(b"GET /execution/health HTTP/1.1\r\n")
+    finally:
+        server.close()
+    assert not health.start_warm_up(probe, local)  # nobody listening: no error, just False
