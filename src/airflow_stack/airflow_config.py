@@ -49,6 +49,10 @@ def environment(settings: Settings, executor: str | None = None) -> dict[str, st
         "AIRFLOW__CORE__LOAD_EXAMPLES": str(settings.load_examples),
         "AIRFLOW__CORE__DAGS_FOLDER": str(settings.dags_folder),
         "AIRFLOW__CORE__PARALLELISM": str(settings.parallelism),
+        # every component would load Alembic's ~150 migration scripts at start to compare heads:
+        # CPU and memory on each; `invoke run.*` checks the schema once before starting any
+        # (airflow_db.needs_migration) and refuses to start on an old one
+        "AIRFLOW__DATABASE__CHECK_MIGRATIONS": "False",
         "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(settings.log_dir / "airflow"),
         "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(settings.worker_log_port),
         "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(settings.trigger_log_port),

@@ -246,13 +246,14 @@ class OurStack(Target):
     def start(self) -> float:
         began = time.monotonic()
         proc = self.sandbox.inv(f"run.{self.executor}")
-        seconds = time.monotonic() - began
         if proc.returncode != 0:
             raise BenchError(f"invoke run.{self.executor} failed: {(proc.stderr or proc.stdout).strip()[-300:]}")
         settings = self.sandbox.settings()
-        if not api_client.all_healthy(settings.api_url, settings.airflow_line):
-            raise BenchError(f"invoke run.{self.executor} returned, but the API does not report all healthy")
-        return seconds
+        # counted until the API itself answers that every component is healthy (as for standalone),
+        # not only until our task returned
+        wait(lambda: api_client.all_healthy(settings.api_url, settings.airflow_line), 60,
+             f"the API reporting all healthy after invoke run.{self.executor}")
+        return time.monotonic() - began
 
     def api(self) -> api_client.AirflowAPI:
         settings = self.sandbox.settings()

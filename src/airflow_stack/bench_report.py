@@ -83,7 +83,7 @@ class Result:
 def number(value: float | None, unit: str = "") -> str:
     if value is None:
         return "—"
-    if unit == "MiB" or abs(value) >= 100:
+    if unit == "MiB" or abs(value) >= 100 or (not unit and float(value).is_integer()):
         return f"{value:.0f}"
     return f"{value:.1f}"
 
@@ -97,7 +97,9 @@ def cell(summary: Summary, unit: str) -> str:
 
 
 def ratio(value: float | None) -> str:
-    return "—" if value is None else f"{value:.2f}×"
+    if value is None:
+        return "—"
+    return f"{value:.3f}×" if value < 0.1 else f"{value:.2f}×"  # (a new DAG: seconds against minutes)
 
 
 def render_table(result: Result) -> str:

@@ -29,8 +29,8 @@ class Probe:
     path: str = ""
     json_key: str = ""
     job_type: str = ""
-    # http: a path requested once the component is healthy, answer not awaited: for what a server
-    # builds on its first request instead of at start (see the API server)
+    # http: a path GET once the probe passes, before the component counts as started (it must answer
+    # 200): for what a server builds on its first request instead of at start (see the API server)
     warmup: str = ""
 
     def describe(self, settings: Settings) -> str:
@@ -92,8 +92,9 @@ TABLE: dict[str, tuple[Component, ...]] = {
     "3.3": (
         # The execution API, which every task calls, builds its versioned routes (Cadwyn) on its first
         # request: ~2 s of CPU that blocked the server under the first DAG run's eight task starts
-        # (seen here with py-spy; the first 8 x sleep(5) run took 11 s, later ones 7). Requested once as
-        # soon as the stack is healthy instead, so a start does not wait for it either.
+        # (seen here with py-spy; the first 8 x sleep(5) run took 11 s, later ones 7). Requested at start
+        # instead: a start reports ready once tasks get a ready server (~3 s more; left for later, the
+        # API did not even answer for those 3 s right after the start returned).
         Component("api-server", ("api-server",),
                   Probe("http", port_setting="api_port", path="/api/v2/monitor/health", json_key="metadatabase",
                         warmup="/execution/health"),

@@ -26,18 +26,14 @@ def http_get(url: str, timeout: float = 3.0) -> tuple[int, bytes]:
         return exc.code, exc.read()
 
 
-def start_warm_up(probe: Probe, settings: Settings) -> bool:
-    """Send one GET of the probe's warm-up path and leave without the answer: the server does the
-    work its first such request triggers while we return (waiting here cost a start 4 s on 2 cores)."""
-    port = getattr(settings, probe.port_setting)
-    request = f"GET {probe.warmup} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+def warm_up(probe: Probe, settings: Settings, timeout: float = 60.0) -> tuple[bool, str]:
+    """GET the probe's warm-up path: (answered 200, one-line detail)."""
+    url = f"http://127.0.0.1:{getattr(settings, probe.port_setting)}{probe.warmup}"
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
-            sock.sendall(request.encode())
-            sock.shutdown(socket.SHUT_WR)  # the request is complete; the answer is not waited for
-    except OSError:
-        return False
-    return True
+        status, _ = http_get(url, timeout=timeout)
+    except OSError as exc:
+        return False, f"warm-up {probe.warmup}: no answer ({getattr(exc, 'reason', exc)})"
+    return status == 200, f"warm-up {probe.warmup}: HTTP {status}"
 
 
 def check(probe: Probe, settings: Settings, started: float | None = None, name: str = "") -> tuple[bool, str]:

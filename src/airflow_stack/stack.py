@@ -167,9 +167,6 @@ def start(c: Context, settings: Settings, executor: str, timeout: float = HEALTH
         report.started += [comp.name for comp in to_start]
     wait_healthy(settings, [(comp.name, comp) for comp in wanted], timeout)
     report.seconds = time.monotonic() - began
-    for comp in to_start:
-        if comp.probe.warmup:
-            health.start_warm_up(comp.probe, settings)
     return report
 
 
@@ -191,6 +188,8 @@ def wait_healthy(settings: Settings, wanted: list[tuple[str, Component]], timeou
                 _print_log_tail(name, log)
                 raise StackError(f"{name} exited during start-up; see {log} (last lines above)")
             ok, details[name] = health.check(comp.probe, settings, proc.started, name)
+            if ok and comp.probe.warmup:
+                ok, details[name] = health.warm_up(comp.probe, settings)
             if ok:
                 del pending[name]
         if not pending:

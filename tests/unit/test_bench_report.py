@@ -55,3 +55,11 @@ def test_component_names_from_standalone_children():
     assert bench.subcommand(["/v/bin/python", "/v/bin/airflow", "scheduler"]) == "scheduler"
     assert bench.subcommand(["airflow", "api_server", "--", "host:0.0.0.0"]) == "api-server"
     assert bench.subcommand(["airflow serve-logs"]) == ""
+
+
+def test_counts_are_whole_and_tiny_ratios_keep_their_digits():
+    assert bench_report.number(40.0) == "40"
+    assert bench_report.number(7.5) == "7.5"
+    assert bench_report.number(12.0, "s") == "12.0"
+    assert bench_report.ratio(1.3 / 268) == "0.005×"
+    assert bench_report.ratio(0.61) == "0.61×"

@@ -71,34 +71,32 @@ def test_components_that_run_tasks_get_the_task_modules_preloaded():
     assert components.preload(api, "3.3") == api.preload  # the API server runs no task
 
 
-def test_the_api_servers_execution_api_is_warmed_up_without_waiting(settings):
-    """Its first execution-API request builds the versioned routes: sent once the stack is healthy,
-    the answer is not awaited (a slow answer must not hold up the start)."""
-    import socket
+def test_the_api_server_counts_as_started_only_once_its_execution_api_answered(settings):
+    """Its first execution-API request builds the versioned routes: done at start, not under tasks."""
     import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     from airflow_stack import health
 
-    received = []
-    server = socket.create_server(("127.0.0.1", 0))
+    seen = []
 
-    def serve():
-        conn, _ = server.accept()
-        with conn:
-            data = b""
-            while chunk := conn.recv(1024):  # the client closed its side after the request
-                data += chunk
-            received.append(data)
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append(self.path)
+            self.send_response(200 if self.path == "/execution/health" else 404)
+            self.end_headers()
 
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         probe = components.by_name("3.3", "api-server").probe
-        assert probe.warmup == "/execution/health"
-        local = settings.__class__(**{**settings.__dict__, "api_port": server.getsockname()[1]})
-        assert health.start_warm_up(probe, local)  # returns although the server never answers
-        thread.join(5)
-        assert received and received[0].startswith(b"GET /execution/health HTTP/1.1\r\n")
+        local = settings.__class__(**{**settings.__dict__, "api_port": server.server_address[1]})
+        assert health.warm_up(probe, local) == (True, "warm-up /execution/health: HTTP 200")
+        missing = components.Probe("http", port_setting="api_port", warmup="/nope")
+        assert health.warm_up(missing, local) == (False, "warm-up /nope: HTTP 404")
+        assert seen == ["/execution/health", "/nope"]
     finally:
-        server.close()
-    assert not health.start_warm_up(probe, local)  # nobody listening: no error, just False
+        server.shutdown()
