@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 import shutil
 import subprocess
 import sys
@@ -18,12 +17,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import psutil
 import pytest
 
+from airflow_stack import api_client
 from airflow_stack import settings as settings_mod
-from airflow_stack.netutil import port_bindable
+from airflow_stack.sandbox import free_ports
 
 REPO = Path(__file__).resolve().parents[2]
 LINE = os.environ.get("STACK_TEST_AIRFLOW_LINE", "3.3")
@@ -31,17 +30,6 @@ EXECUTOR = os.environ.get("STACK_TEST_EXECUTOR", "local")
 # the loopback address a "worker on another machine" reaches the stack through
 REMOTE_ADDRESS = "127.0.0.2"
 TEST_DAGS = Path(__file__).parent / "dags"
-
-
-def free_ports(count: int, low: int = 20000, high: int = 32000) -> list[int]:
-    """Ports nobody holds, below the kernel's ephemeral range (no TIME_WAIT collisions)."""
-    rng = random.Random()
-    found: list[int] = []
-    while len(found) < count:
-        port = rng.randrange(low, high)
-        if port not in found and port_bindable(port, "0.0.0.0") and port_bindable(port, "127.0.0.1"):
-            found.append(port)
-    return found
 
 
 @dataclass
@@ -140,60 +128,13 @@ def airflow_up(stack: Stack, services: dict) -> dict[str, float]:
     return {"up_seconds": time.monotonic() - began}
 
 
-class AirflowAPI:
-    """The REST API of either line: 3.x (JWT from /auth/token, /api/v2), 2.11 (basic auth, /api/v1)."""
-
-    def __init__(self, settings: settings_mod.Settings) -> None:
-        self.line = settings.airflow_line
-        self.base = settings.api_url
-        self.client = httpx.Client(base_url=self.base, timeout=30)
-        if self.line == "2.11":
-            self.client.auth = (settings.admin_user, settings.admin_password)
-            self.prefix = "/api/v1"
-        else:
-            token = self.client.post("/auth/token", json={"username": settings.admin_user,
-                                                          "password": settings.admin_password})
-            token.raise_for_status()
-            self.client.headers["Authorization"] = f"Bearer {token.json()['access_token']}"
-            self.prefix = "/api/v2"
-
-    def dag_count(self) -> int:
-        resp = self.client.get(f"{self.prefix}/dags")
-        assert resp.status_code == 200, resp.status_code
-        return resp.json()["total_entries"]
-
-    def wait_for_dag(self, dag_id: str, timeout: float = 60) -> float:
-        began = time.monotonic()
-        while time.monotonic() - began < timeout:
-            status = self.client.get(f"{self.prefix}/dags/{dag_id}").status_code
-            assert status not in (401, 403), f"the API refused our credentials ({status})"
-            if status == 200:
-                return time.monotonic() - began
-            time.sleep(0.5)
-        raise AssertionError(f"DAG {dag_id} did not appear through the API within {timeout} s")
-
-    def unpause(self, dag_id: str) -> None:
-        resp = self.client.patch(f"{self.prefix}/dags/{dag_id}", json={"is_paused": False})
-        assert resp.status_code == 200, resp.text
-
-    def trigger(self, dag_id: str) -> str:
-        body = {} if self.line == "2.11" else {"logical_date": None}
-        resp = self.client.post(f"{self.prefix}/dags/{dag_id}/dagRuns", json=body)
-        assert resp.status_code == 200, resp.text
-        return resp.json()["dag_run_id"]
-
-    def wait_for_run(self, dag_id: str, run_id: str, timeout: float = 180) -> str:
-        began = time.monotonic()
-        state = "unknown"
-        while time.monotonic() - began < timeout:
-            state = self.client.get(f"{self.prefix}/dags/{dag_id}/dagRuns/{run_id}").json()["state"]
-            if state in ("success", "failed"):
-                return state
-            time.sleep(0.5)
-        return state
+def airflow_api(settings: settings_mod.Settings) -> api_client.AirflowAPI:
+    """The stack's REST API, logged in as the admin with the password .env holds now."""
+    return api_client.AirflowAPI(settings.api_url, settings.airflow_line, settings.admin_user,
+                                 settings.admin_password)
 
 
 @pytest.fixture
-def api(stack: Stack, airflow_up: dict) -> AirflowAPI:
+def api(stack: Stack, airflow_up: dict) -> api_client.AirflowAPI:
     """Logged in with the admin password .env holds now (a test changes it)."""
-    return AirflowAPI(stack.settings())
+    return airflow_api(stack.settings())

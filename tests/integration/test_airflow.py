@@ -18,7 +18,7 @@ import redis
 
 from airflow_stack import components, supervisor
 
-from .conftest import EXECUTOR, AirflowAPI
+from .conftest import EXECUTOR, airflow_api
 from .test_bad_input import assert_one_line_error
 
 pytestmark = pytest.mark.integration
@@ -131,7 +131,7 @@ def test_setup_resets_the_admin_password_to_the_one_in_env(stack, airflow_up):
                                                      f"_AIRFLOW_WWW_USER_PASSWORD={uuid.uuid4().hex}\n"))
     assert stack.settings().admin_password != old
     assert "set the password of Airflow user" in stack.inv("setup.airflow").stdout
-    assert AirflowAPI(stack.settings()).dag_count() >= 1  # the new password logs in
+    assert airflow_api(stack.settings()).dag_count() >= 1  # the new password logs in
     assert "already installed, migrated, admin present" in stack.inv("setup.airflow").stdout
 
 
