@@ -4,25 +4,29 @@ from __future__ import annotations
 
 import nox
 
+from airflow_stack import lines
+
 nox.needs_version = ">=2025.2.9"
 nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.error_on_missing_interpreters = True
 nox.options.sessions = ["lint", "tests", "integration"]
 
 PYPROJECT = nox.project.load_toml("pyproject.toml")
-LINES = ["3.3", "2.11"]
-EXECUTORS = ["local", "celery"]
+LINES = [nox.param(name, id=name, tags=[f"line-{name}"]) for name in lines.NAMES]
+EXECUTORS = [nox.param(name, id=name, tags=[name]) for name in ("local", "celery")]
+# the executor-independent tests (services, bad input, backups, carry-over) run once per line
+MARKERS = {"local": "integration and not celery", "celery": "integration and not once_per_line"}
 
 
-def install(session: nox.Session, *groups: str) -> None:
+def install(session: nox.Session, *groups: str, project: bool = True) -> None:
     deps = [dep for group in groups for dep in nox.project.dependency_groups(PYPROJECT, group)]
-    session.install("-e", ".", *deps)
+    session.install(*(("-e", ".") if project else ()), *deps)
 
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """Lint with ruff."""
-    session.install("ruff")
+    """Lint with ruff (pinned in pyproject's lint group)."""
+    install(session, "lint", project=False)
     session.run("ruff", "check", "src", "tests", "tasks.py", "noxfile.py")
 
 
@@ -39,17 +43,12 @@ def tests(session: nox.Session) -> None:
 def integration(session: nox.Session, executor: str, line: str) -> None:
     """Integration tests against real PostgreSQL, Redis and Airflow, in their own state dir and ports."""
     install(session, "test")
-    if executor == "local":  # the services and bad-input tests need to run once per line only
-        args = ["tests/integration", "-m", "integration and not celery"]
-    else:
-        args = ["tests/integration/test_airflow.py", "tests/integration/test_celery.py",
-                "tests/integration/test_doctor.py", "tests/integration/test_faults.py", "-m", "integration"]
-    session.run("pytest", *args, *session.posargs,
-                env={"STACK_TEST_AIRFLOW_LINE": line, "STACK_TEST_EXECUTOR": executor})
+    session.run("pytest", "tests/integration", "-m", MARKERS[executor], "--line", line, "--executor", executor,
+                *session.posargs)
 
 
 @nox.session(default=False)
 def bench(session: nox.Session) -> None:
-    """Benchmark against `airflow standalone`, write docs/benchmarks.md (-- --line 2.11 --repeats N)."""
+    """Benchmark against `airflow standalone`, write docs/benchmarks.md (-- --line L --repeats N)."""
     install(session, "bench")
-    session.run("python", "-m", "airflow_stack.bench", *session.posargs)
+    session.run("python", "-m", "tests.support.bench", *session.posargs)

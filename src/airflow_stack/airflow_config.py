@@ -8,24 +8,22 @@ is what runs.
 
 from __future__ import annotations
 
-import shlex
+import os
 from urllib.parse import quote
 
+from . import settings as settings_mod
 from .errors import StackError
 from .settings import PROJECT_DIR, Settings
 
 EXECUTOR_CLASSES = {"local": "LocalExecutor", "celery": "CeleryExecutor"}
-FAB_AUTH_MANAGER = "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager"
 WEBSERVER_CONFIG_TEMPLATE = PROJECT_DIR / "config" / "webserver_config.py.tmpl"
-# a new DAG file is listed within this many seconds (Airflow's default, 300, makes users wait 5 min)
-DAG_DIR_REFRESH_SECONDS = 5
 
-# keys whose values are secrets: they stay in the environment and out of airflow.cfg
-SECRET_KEYS = {
-    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__API_AUTH__JWT_SECRET",
-    "AIRFLOW__API__SECRET_KEY", "AIRFLOW__WEBSERVER__SECRET_KEY", "AIRFLOW__CELERY__BROKER_URL",
-    "AIRFLOW__CELERY__RESULT_BACKEND", "STACK_RATELIMIT_STORAGE_URI",
-}
+
+def secret_keys(env: dict[str, str], settings: Settings) -> set[str]:
+    """The keys of ``env`` whose value holds a secret (a key, or a URL with a password in it): they
+    stay in the environment and out of airflow.cfg, and are fingerprinted, never recorded."""
+    values = [v for v in settings_mod.secret_values(settings) if len(v) >= 6]
+    return {key for key, value in env.items() if any(secret in value for secret in values)}
 
 
 def result_backend(settings: Settings) -> str:
@@ -36,8 +34,8 @@ def result_backend(settings: Settings) -> str:
 
 def environment(settings: Settings, executor: str | None = None) -> dict[str, str]:
     """The AIRFLOW__* environment (and the limiter URI) shared by every Airflow process."""
-    missing = [name for name in ("pg_password", "redis_password", "fernet_key", "jwt_secret", "api_secret_key")
-               if not getattr(settings, name)]
+    specs = settings_mod.specs()
+    missing = [specs[name].env for name in settings_mod.shared_secret_names() if not getattr(settings, name)]
     if missing:
         raise StackError(f"{settings.env_file} lacks {', '.join(missing)}; run: invoke setup")
     executor = executor or settings.executor
@@ -73,45 +71,28 @@ def environment(settings: Settings, executor: str | None = None) -> dict[str, st
         # read by webserver_config.py: login rate limits live in Redis, shared by every web worker
         "STACK_RATELIMIT_STORAGE_URI": settings.limiter_storage_uri,
     }
-    webserver_config = str(settings.airflow_home / "webserver_config.py")
-    if settings.airflow_line == "2.11":
-        env |= {
-            "AIRFLOW__WEBSERVER__WEB_SERVER_HOST": settings.api_host,
-            "AIRFLOW__WEBSERVER__WEB_SERVER_PORT": str(settings.api_port),
-            "AIRFLOW__WEBSERVER__BASE_URL": settings.api_url,
-            "AIRFLOW__WEBSERVER__SECRET_KEY": settings.api_secret_key,
-            "AIRFLOW__WEBSERVER__CONFIG_FILE": webserver_config,
-            "AIRFLOW__WEBSERVER__WORKERS": "2",
-            # the REST API with user/password (basic auth) as well as browser sessions
-            "AIRFLOW__API__AUTH_BACKENDS": ("airflow.providers.fab.auth_manager.api.auth.backend.basic_auth,"
-                                            "airflow.providers.fab.auth_manager.api.auth.backend.session"),
-            "AIRFLOW__SCHEDULER__DAG_DIR_LIST_INTERVAL": str(DAG_DIR_REFRESH_SECONDS),
-            # no forked health server (it shares the scheduler's DB connection on 2.11): components.py
-            # probes the scheduler's heartbeat in the job table instead
-            "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
-            # gunicorn >= 24 opens a control socket in ~/.gunicorn by default: two stacks would share it
-            "GUNICORN_CMD_ARGS": f"--control-socket {shlex.quote(str(settings.run_dir / 'gunicorn.ctl'))}",
-        }
-    else:
-        env |= {
-            "AIRFLOW__CORE__AUTH_MANAGER": FAB_AUTH_MANAGER,
-            "AIRFLOW__API__HOST": settings.api_host,
-            "AIRFLOW__API__PORT": str(settings.api_port),
-            "AIRFLOW__API__SECRET_KEY": settings.api_secret_key,
-            "AIRFLOW__API_AUTH__JWT_SECRET": settings.jwt_secret,
-            # tasks report back over HTTP; without this they dial :8080 and fail with ConnectError
-            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{settings.api_url}/execution/",
-            "AIRFLOW__FAB__CONFIG_FILE": webserver_config,
-            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": str(DAG_DIR_REFRESH_SECONDS),
-        }
+    env |= settings.line.environment(settings)
+    # a proxy the user's shell sets (http_proxy, usual on company machines) must not carry the stack's
+    # own traffic: Airflow 3's task supervisor calls the execution API with httpx, which honours it
+    bypass = no_proxy(settings)
+    env |= {"NO_PROXY": bypass, "no_proxy": bypass}
     return env
 
 
-def render_airflow_cfg(env: dict[str, str]) -> str:
+def no_proxy(settings: Settings, environ: dict[str, str] | None = None) -> str:
+    """The user's NO_PROXY list plus loopback and every host the stack's processes dial."""
+    environ = dict(os.environ if environ is None else environ)
+    have = [h.strip() for h in (environ.get("NO_PROXY") or environ.get("no_proxy") or "").split(",") if h.strip()]
+    ours = ["localhost", "127.0.0.1", "::1", settings.api_host, settings.pg_host, settings.redis_host]
+    return ",".join(dict.fromkeys(h for h in [*have, *ours] if h and h not in ("0.0.0.0", "::")))
+
+
+def render_airflow_cfg(env: dict[str, str], settings: Settings) -> str:
     """airflow.cfg from the environment, secrets left out (they come from .env at run time)."""
+    secret = secret_keys(env, settings)
     sections: dict[str, list[str]] = {}
     for key in sorted(env):
-        if not key.startswith("AIRFLOW__") or key in SECRET_KEYS:
+        if not key.startswith("AIRFLOW__") or key in secret:
             continue
         _, section, option = key.split("__", 2)
         sections.setdefault(section.lower(), []).append(f"{option.lower()} = {env[key]}")
@@ -132,7 +113,8 @@ def write_config(settings: Settings, env: dict[str, str]) -> list[str]:
     home = settings.airflow_home
     home.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, text in (("airflow.cfg", render_airflow_cfg(env)), ("webserver_config.py", render_webserver_config())):
+    for name, text in (("airflow.cfg", render_airflow_cfg(env, settings)),
+                       ("webserver_config.py", render_webserver_config())):
         path = home / name
         if not path.exists() or path.read_text() != text:
             path.write_text(text)

@@ -57,15 +57,25 @@ def needs_migration(settings: Settings) -> bool:
                      "revision": revision}
 
 
-def run_cli(c: Context, settings: Settings, env: dict[str, str], args: str, log_name: str) -> None:
-    """Run ``airflow ARGS`` with the stack's environment, its output appended to logs/<log_name>.log.
+# A process's argv is readable by every local user (ps, /proc/PID/cmdline): a password must not be
+# there. This runs Airflow's CLI in-process and appends `--password VALUE` from the environment to
+# its sys.argv, which ps does not show.
+PASSWORD_FROM_ENV = ("import os, sys; from airflow.__main__ import main; var = sys.argv.pop(); "
+                     "sys.argv = ['airflow', *sys.argv[1:], '--password', os.environ[var]]; sys.exit(main())")
 
-    ``args`` may reference environment variables ("$VAR"): the shell expands them, so a secret
-    passed that way never appears in the command string invoke echoes or reports.
-    """
+
+def run_cli(c: Context, settings: Settings, env: dict[str, str], args: str, log_name: str,
+            password_var: str = "") -> None:
+    """Run ``airflow ARGS`` with the stack's environment, its output appended to logs/<log_name>.log.
+    ``password_var``: append ``--password`` with that environment variable's value, never on argv."""
     settings.log_dir.mkdir(parents=True, exist_ok=True)
     log = supervisor.log_file(settings, log_name)
-    cmd = f"{shlex.quote(str(airflow_install.airflow_bin(settings)))} {args} >> {shlex.quote(str(log))} 2>&1"
+    if password_var:
+        program = (f"{shlex.quote(str(airflow_install.airflow_python(settings)))} -c "
+                   f"{shlex.quote(PASSWORD_FROM_ENV)} {args} {shlex.quote(password_var)}")
+    else:
+        program = f"{shlex.quote(str(airflow_install.airflow_bin(settings)))} {args}"
+    cmd = f"{program} >> {shlex.quote(str(log))} 2>&1"
     result = c.run(cmd, env=env, hide=True, warn=True)
     if result.failed:
         last = redact(supervisor.tail(log, 1), settings)
@@ -125,21 +135,18 @@ def ensure_admin(c: Context, settings: Settings, env: dict[str, str]) -> list[st
     env = env | {"_AIRFLOW_WWW_USER_PASSWORD": settings.admin_password}
     user = shlex.quote(settings.admin_user)
     create = (f"users create --role Admin --username {user} --firstname Airflow --lastname Admin "
-              f'--email {user}@example.invalid --password="$_AIRFLOW_WWW_USER_PASSWORD"')
+              f"--email {user}@example.invalid")
+    secret = "_AIRFLOW_WWW_USER_PASSWORD"
     if exists:
-        # e.g. a second clone of this repo, or a new password in .env
-        if settings.airflow_line == "2.11":
-            # 2.11's `users reset-password` fails outside an app context ("sqlalchemy extension was not
-            # registered"): re-create the user instead
+        # e.g. a new password in .env
+        if settings.line.admin_reset_password:
+            run_cli(c, settings, env, f"users reset-password --username {user}", "setup-airflow", secret)
+        else:  # the line cannot reset a password (see its profile): re-create the user instead
             run_cli(c, settings, env, f"users delete --username {user}", "setup-airflow")
-            run_cli(c, settings, env, create, "setup-airflow")
-        else:
-            run_cli(c, settings, env,
-                    f'users reset-password --username {user} --password="$_AIRFLOW_WWW_USER_PASSWORD"',
-                    "setup-airflow")
+            run_cli(c, settings, env, create, "setup-airflow", secret)
         change = f"set the password of Airflow user {settings.admin_user} to the one in {settings.env_file}"
     else:
-        run_cli(c, settings, env, create, "setup-airflow")
+        run_cli(c, settings, env, create, "setup-airflow", secret)
         change = (f"created the admin user {settings.admin_user} (password: _AIRFLOW_WWW_USER_PASSWORD in "
                   f"{settings.env_file})")
     _stamp_admin(settings)

@@ -16,16 +16,14 @@ from pathlib import Path
 
 from invoke import Context
 
+from . import lines
 from .errors import StackError
-from .settings import PROJECT_DIR, Settings, check_python_for_line
+from .settings import PROJECT_DIR, Settings
 
 CONSTRAINTS_DIR = PROJECT_DIR / "config" / "constraints"
 EXTRAS = "postgres,celery,fab,redis"
 # celery 5.7 breaks apache-airflow-providers-celery 3.26 on both lines ("cannot import name 'retry'")
 EXTRA_PINS = ("celery<5.7",)
-DEFAULT_VERSIONS = {"3.3": "3.3.2", "2.11": "2.11.2"}
-# the oldest Python each line supports: a universal resolution from there covers them all
-LOWEST_PYTHON = {"3.3": "3.10", "2.11": "3.10"}
 
 
 def uv_bin() -> str:
@@ -95,7 +93,7 @@ def is_current(settings: Settings) -> bool:
 
 def ensure(c: Context, settings: Settings) -> list[str]:
     """Create the venv and install Airflow when the stamp says it is missing or outdated."""
-    check_python_for_line(settings.airflow_line)
+    settings.line.check_python()
     if is_current(settings):
         return []
     venv = settings.airflow_venv
@@ -125,19 +123,21 @@ def regenerate_constraints(c: Context, line: str, version: str | None = None) ->
     Airflow's published constraint files cannot be downloaded here; this resolves our own, with uv,
     for every Python the line supports (environment markers where pins differ).
     """
+    profile = lines.get(line)
     if version is None:
         try:
             version = pinned_version(line)  # re-resolve the current pin (new dependency releases)
         except StackError:
-            version = DEFAULT_VERSIONS[line]
+            version = profile.default_version
     if not re.fullmatch(r"\d+\.\d+\.\d+", version) or not version.startswith(line + "."):
-        raise StackError(f"version {version!r} is not a {line}.x release; pass e.g. --version {DEFAULT_VERSIONS[line]}")
+        raise StackError(f"version {version!r} is not a {line}.x release; pass e.g. --version "
+                         f"{profile.default_version}")
     CONSTRAINTS_DIR.mkdir(parents=True, exist_ok=True)
     out = constraints_file(line)
     reqs = CONSTRAINTS_DIR / f".requirements-{line}.in"
     reqs.write_text("\n".join((f"apache-airflow[{EXTRAS}]=={version}", *EXTRA_PINS)) + "\n")
     try:
-        _run(c, f"{shlex.quote(uv_bin())} pip compile -q --universal --python-version {LOWEST_PYTHON[line]} "
+        _run(c, f"{shlex.quote(uv_bin())} pip compile -q --universal --python-version {profile.lowest_python} "
                 f"--no-header --output-file {shlex.quote(str(out))} {shlex.quote(str(reqs))}",
              f"resolving Airflow {version}")
     finally:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import configparser
 import json
+import os
+import shlex
 import shutil
 import sqlite3
 import tempfile
@@ -53,10 +55,21 @@ def check_source(path: Path) -> None:
                          f"table); give the old Airflow's airflow.db")
 
 
-def source_fernet_key(path: Path, given: str | None) -> str:
-    """The old installation's fernet key: given, or from the airflow.cfg beside its database."""
-    if given:
-        return given
+KEY_VAR = "STACK_IMPORT_FERNET_KEY"
+
+
+def source_fernet_key(path: Path, key_file: Path | None, environ: dict[str, str] | None = None) -> str:
+    """The old installation's fernet key: from a file, the environment (STACK_IMPORT_FERNET_KEY), or
+    the airflow.cfg beside its database. Never from a command line: argv is visible to every user."""
+    if key_file is not None:
+        try:
+            return key_file.read_text().strip()
+        except OSError as exc:
+            raise StackError(f"cannot read the fernet key file {key_file} ({exc.strerror}); give a readable "
+                             f"file that holds the old key") from None
+    environ = dict(os.environ if environ is None else environ)
+    if environ.get(KEY_VAR):
+        return environ[KEY_VAR].strip()
     cfg = path.parent / "airflow.cfg"
     parser = configparser.ConfigParser(interpolation=None, strict=False)
     try:
@@ -84,9 +97,9 @@ def _to_check(connections: dict[str, object]) -> list[str]:
     return flagged
 
 
-def carry_over(c: Context, settings: Settings, source: Path, fernet_key: str | None, dry_run: bool) -> Report:
+def carry_over(c: Context, settings: Settings, source: Path, key_file: Path | None, dry_run: bool) -> Report:
     check_source(source)
-    key = source_fernet_key(source, fernet_key)
+    key = source_fernet_key(source, key_file)
     env = airflow_config.environment(settings)
     have = _names_in_stack(settings)
     report = Report()
@@ -101,11 +114,12 @@ def carry_over(c: Context, settings: Settings, source: Path, fernet_key: str | N
         airflow_db.run_cli(c, settings, old, "db migrate", "import-sqlite")
         for kind in KINDS:
             try:
-                airflow_db.run_cli(c, settings, old, f"{kind} export {work / kind}.json", "import-sqlite")
+                airflow_db.run_cli(c, settings, old, f"{kind} export {shlex.quote(f'{work / kind}.json')}",
+                                   "import-sqlite")
             except StackError as err:
                 if "InvalidToken" in str(err) or "fernet" in str(err).lower():
-                    raise StackError(f"cannot decrypt the old {kind}: pass --fernet-key with the old airflow.cfg's "
-                                     f"[core] fernet_key") from None
+                    raise StackError(f"cannot decrypt the old {kind}: give the old airflow.cfg's [core] fernet_key "
+                                     f"with --fernet-key-file FILE or {KEY_VAR}") from None
                 raise
             # every export file is a JSON object keyed by name
             entries = json.loads((work / f"{kind}.json").read_text() or "{}")
@@ -117,7 +131,7 @@ def carry_over(c: Context, settings: Settings, source: Path, fernet_key: str | N
             if new and not dry_run:
                 path = work / f"{kind}-new.json"
                 path.write_text(json.dumps(new))
-                airflow_db.run_cli(c, settings, env, f"{kind} import {path}", "import-sqlite")
+                airflow_db.run_cli(c, settings, env, f"{kind} import {shlex.quote(str(path))}", "import-sqlite")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return report

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-from . import airflow_config, airflow_install, settings, stack
+from . import airflow_config, airflow_install, registry, settings
 from .errors import StackError
 
 
@@ -15,7 +15,7 @@ def main(argv: list[str]) -> int:
         binary = airflow_install.airflow_bin(conf)
         if not binary.exists():
             raise StackError("Airflow is not installed; run: invoke setup.airflow")
-        env = airflow_config.environment(conf, stack.recorded(conf).get("executor"))
+        env = airflow_config.environment(conf, registry.executor(conf))
     except StackError as err:
         print(f"airflow-stack: {err}", file=sys.stderr)
         return err.code

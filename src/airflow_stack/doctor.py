@@ -19,29 +19,19 @@ from dataclasses import asdict, dataclass
 import psutil
 import psycopg
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
-from . import airflow_config, components, netutil, postgres, redis_server, stack, supervisor
-from .detach import fingerprint
+from . import airflow_config, netutil, postgres, redis_server, registry, supervisor
+from . import settings as settings_mod
+from . import status as status_mod
+from .components import WORKER, WORKER_PREFIX
 from .errors import StackError
-from .settings import Settings, check_python_for_line
+from .settings import Settings
 
 # a client address of its own, so the doctor's one login attempt never uses up a user's budget
 PROBE_ADDRESS = "127.0.0.9"
 MIN_FREE_DISK = 1 << 30
 MIB = 1 << 20
 
-# PSS (MiB) of one running task: its task runner plus the process that supervises it (3.3 Local: the
-# executor worker, forked when the scheduler starts; 3.3 Celery: the pool child; 2.11: the forked
-# `airflow tasks run --local`). Measured on 2026-11-25 on this 2-core Debian 12 machine, Airflow 3.3.2
-# and 2.11.2, PostgreSQL 15: Pss of /proc/PID/smaps_rollup of both processes while the 8 sleep(5)
-# tasks of tests/integration/dags/parallel_sleep.py ran at once (parallelism / concurrency 8); with
-# 1-3 tasks running it is 4-8 MiB more (fewer processes share the pages). The sum over the executor's
-# process tree grew by 30 (3.3 Local), 64 then 26 (3.3 Celery: cold, then warm pool), 66 (2.11 Local)
-# and 68-80 (2.11 Celery) MiB per running task. A task that only sleeps: real imports and data come on
-# top, so this is the least a task slot needs. test_faults prints it again ([figure]) on every run.
-TASK_PSS_MIB = {("3.3", "local"): 71, ("3.3", "celery"): 96, ("2.11", "local"): 72, ("2.11", "celery"): 83}
 LEVELS = ("pass", "warn", "fail")
 
 
@@ -62,10 +52,6 @@ class Check:
 
 def warning(name: str, detail: str, fix: str) -> Check:
     return Check(name, True, detail, fix, level="warn")
-
-
-def _running(settings: Settings) -> dict[str, supervisor.Running]:
-    return stack.running_components(settings)
 
 
 def check_database(settings: Settings, envs: dict[str, dict[str, str]]) -> Check:
@@ -102,11 +88,8 @@ def check_role(settings: Settings) -> Check:
 
 def password_refused(settings: Settings) -> bool:
     """Our Redis refuses the configured password: the checks that read Redis with it cannot tell more."""
-    # one attempt: redis-py retries a refused password like a lost connection, with back-off (~4 s)
-    client = redis.Redis(host=settings.redis_host, port=settings.redis_port, password=settings.redis_password,
-                         socket_connect_timeout=2, socket_timeout=5, retry=Retry(NoBackoff(), 0))
     try:
-        client.ping()
+        redis_server.client(settings).ping()
     except redis.AuthenticationError:
         return True
     except redis.RedisError:
@@ -152,7 +135,8 @@ def check_redis(settings: Settings, refused: bool = False) -> list[Check]:
 
 
 def check_limiter(settings: Settings, envs: dict[str, dict[str, str]], refused: bool = False) -> Check:
-    web = components.web(stack.recorded(settings).get("line", settings.airflow_line)).name
+    line = registry.line(settings)
+    web = line.web.name
     env = envs.get(web)
     if env is None:
         return Check("login rate limits", False, f"{web} is not running", "invoke up")
@@ -166,14 +150,14 @@ def check_limiter(settings: Settings, envs: dict[str, dict[str, str]], refused: 
                      "counts from zero", f"unset STACK_RATELIMIT_STORAGE_URI, then invoke stop -c {web} && invoke up")
     if scheme not in ("redis", "rediss"):
         return Check("login rate limits", True, f"kept in {scheme} (shared storage you chose; not probed)")
-    if uri != fingerprint({"STACK_RATELIMIT_STORAGE_URI": settings.limiter_storage_uri})["STACK_RATELIMIT_STORAGE_URI"]:
+    expected = supervisor.fingerprint(settings, {"STACK_RATELIMIT_STORAGE_URI": settings.limiter_storage_uri})
+    if uri != expected["STACK_RATELIMIT_STORAGE_URI"]:
         return Check("login rate limits", False, f"{web} runs with another limiter storage than configured",
                      f"invoke stop -c {web} && invoke up")
     db_path = urllib.parse.urlsplit(settings.limiter_storage_uri).path.strip("/")
     limiter_db = int(db_path) if db_path.isdigit() else 0
-    path = "/login/" if web == "webserver" else "/auth/login/"
     try:
-        _probe_login(settings, path)
+        _probe_login(settings, line.rest.login_path)
         keys = redis_server.client(settings, db=limiter_db).keys(f"LIMITS*{PROBE_ADDRESS}*")
     except (OSError, http.client.HTTPException, redis.RedisError) as exc:
         return Check("login rate limits", False, f"probe failed ({exc.__class__.__name__})", "invoke up")
@@ -217,11 +201,12 @@ def check_files(settings: Settings) -> Check:
 
 
 def check_shared_secrets(settings: Settings, envs: dict[str, dict[str, str]]) -> Check:
-    keys = ("AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__API__SECRET_KEY",
-            "AIRFLOW__WEBSERVER__SECRET_KEY")
-    expected = fingerprint(airflow_config.environment(settings, stack.recorded(settings).get("executor")))
-    differ = sorted({name for name, env in envs.items() for key in keys
-                     if key in expected and env.get(key) != expected[key]})
+    env = airflow_config.environment(settings, registry.executor(settings))
+    # the settings that carry a secret every process must share (keys, and URLs with a password)
+    shared = [getattr(settings, name) for name in settings_mod.shared_secret_names()]
+    keys = {key for key, value in env.items() if any(secret and secret in value for secret in shared)}
+    expected = supervisor.fingerprint(settings, env)
+    differ = sorted({name for name, got in envs.items() for key in keys if got.get(key) != expected[key]})
     source = settings.env_file.name
     if differ:
         return Check("shared secrets", False, f"{', '.join(differ)} run with other secrets than {source}",
@@ -231,7 +216,9 @@ def check_shared_secrets(settings: Settings, envs: dict[str, dict[str, str]]) ->
 
 def check_components(settings: Settings, refused: bool = False) -> list[Check]:
     checks = []
-    for row in stack.status(settings)[2:]:  # PostgreSQL and Redis have their own checks
+    for row in status_mod.rows(settings):
+        if row.name in (status_mod.POSTGRESQL, redis_server.NAME):  # they have checks of their own
+            continue
         fix = "" if row.healthy else ("invoke up" if not row.up else f"invoke logs -c {row.name}")
         if refused and row.up and not row.healthy and row.detail.startswith("broker unreachable"):
             fix = AFTER_PASSWORD  # the Celery ping goes through our Redis with the configured password
@@ -241,17 +228,16 @@ def check_components(settings: Settings, refused: bool = False) -> list[Check]:
 
 def check_python(settings: Settings) -> Check:
     try:
-        check_python_for_line(settings.airflow_line)
+        settings.line.check_python()
     except StackError as err:
         return Check("python", False, str(err).split(";")[0], "rm -rf .venv && PYTHON=python3.12 scripts/up")
     return Check("python", True, f"{sys.version.split()[0]} is supported by Airflow {settings.airflow_line}")
 
 
 def check_ports(settings: Settings, running: dict[str, supervisor.Running]) -> Check:
-    rec = stack.recorded(settings)
-    executor = rec.get("executor", settings.executor)
+    executor = registry.executor(settings)
     taken = []
-    for comp in components.for_line(rec.get("line", settings.airflow_line), executor):
+    for comp in registry.line(settings).for_executor(executor):
         if comp.name in running:
             continue
         for setting, port in comp.listen_ports(settings, executor):
@@ -264,8 +250,10 @@ def check_ports(settings: Settings, running: dict[str, supervisor.Running]) -> C
 
 
 def check_disk(settings: Settings) -> Check:
-    settings.log_dir.mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(settings.log_dir).free
+    where = settings.log_dir
+    while not where.exists() and where != where.parent:  # doctor reads: it creates no folder
+        where = where.parent
+    free = shutil.disk_usage(where).free
     ok = free >= MIN_FREE_DISK
     return Check("disk", ok, f"{free / (1 << 30):.1f} GiB free for logs in {settings.log_dir}",
                  "" if ok else "free space, or move STACK_STATE_DIR to a larger disk")
@@ -291,7 +279,7 @@ def task_slots(settings: Settings, executor: str, running: dict[str, supervisor.
     if executor != "celery":
         return parallelism, f"parallelism {parallelism}", "AIRFLOW__CORE__PARALLELISM"
     workers = {name: proc for name, proc in running.items()
-               if name == components.WORKER.name or name.startswith(components.WORKER_PREFIX)}
+               if name == WORKER.name or name.startswith(WORKER_PREFIX)}
     if workers:
         concurrency = sum(_as_slots(_flag_value(proc.argv, "--concurrency"), settings.worker_concurrency)
                           for proc in workers.values())
@@ -316,15 +304,14 @@ def memory_verdict(slots: int, source: str, setting: str, task_mib: float, avail
 
 
 def check_memory(settings: Settings, running: dict[str, supervisor.Running]) -> Check:
-    rec = stack.recorded(settings)
-    executor, line = rec.get("executor", settings.executor), rec.get("line", settings.airflow_line)
+    executor, line = registry.executor(settings), registry.line(settings)
     slots, source, setting = task_slots(settings, executor, running)
-    task_mib = TASK_PSS_MIB.get((line, executor), max(TASK_PSS_MIB.values()))
+    task_mib = line.task_pss_mib.get(executor, max(line.task_pss_mib.values()))
     return memory_verdict(slots, source, setting, task_mib, psutil.virtual_memory().available)
 
 
 def run_all(settings: Settings) -> list[Check]:
-    running = _running(settings)
+    running = registry.running(settings)
     # what each process was started with, as its launcher recorded it (secrets as hashes): reading
     # /proc/PID/environ fails for processes that set their title (setproctitle overwrites it)
     envs = {name: proc.env for name, proc in running.items()}

@@ -1,4 +1,4 @@
-"""Health probes for the components in components.TABLE, plus PostgreSQL and Redis pings."""
+"""Health probes for the components (components.py, the line profiles) and our Redis."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import urllib.request
 
 import psycopg
 
+from . import redis_server
 from .components import Probe, celery_node_name
 from .settings import Settings
 
@@ -18,9 +19,14 @@ from .settings import Settings
 HEARTBEAT_THRESHOLD = 30.0
 
 
+# The probes dial the stack's own addresses: never through a proxy the user's shell sets (http_proxy),
+# which urlopen would otherwise use even for 127.0.0.1
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def http_get(url: str, timeout: float = 3.0) -> tuple[int, bytes]:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
+        with _DIRECT.open(url, timeout=timeout) as resp:
             return resp.status, resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
@@ -44,6 +50,9 @@ def check(probe: Probe, settings: Settings, started: float | None = None, name: 
         return _check_job(probe, settings, started)
     if probe.kind == "celery":
         return _check_celery(name, settings)
+    if probe.kind == "redis":
+        ok, reason = redis_server.ping(settings)
+        return ok, reason or "PONG"
     raise ValueError(f"unknown probe kind {probe.kind}")
 
 

@@ -2,15 +2,16 @@
 
     python launcher.py SPEC.json
 
-SPEC: ``{"preload": [module, ...] | null, "processes": [{"name", "argv", "log", "pidfile", "env",
-"preload"}, ...]}``.
+SPEC: ``{"preload": [module, ...] | null, "processes": [{"name", "argv", "log", "pidfile", "metafile",
+"env", "boot", "preload"}, ...]}``.
 
 Every process is forked into a session of its own (so its PID is also its process-group id, and
 ``supervisor.stop`` reaches its children through that one number), with stdin on /dev/null and
-stdout + stderr appended to its log. The launcher writes each pid file (PID, start time, argv and
-the launching environment's fingerprint, which ``doctor`` compares), prints ``{name: pid}`` and
-exits; the processes run on, detached. Airflow's own ``-D`` daemon mode is not used: it has open
-bugs around pid files and logs (#50038, #36541, #38108).
+stdout + stderr appended to its log. The launcher writes each pid file (the PID alone) and the
+record beside it (start time, boot, argv and the launching environment's fingerprint, which
+``doctor`` compares), prints ``{name: pid}`` and exits; the processes run on, detached. Airflow's
+own ``-D`` daemon mode is not used: it has open bugs around pid files and logs (#50038, #36541,
+#38108).
 
 Without ``preload`` each child execs its argv: any program (our Redis, a Celery worker).
 
@@ -23,6 +24,9 @@ This is the preload that gunicorn (``--preload``) and Airflow itself (``mp_forks
 ``gc.freeze`` before its own forks) use. Forking is only safe while the launcher holds no thread
 but the main one and no socket (a database connection, say): if the preload left either, or this is
 not Linux (macOS frameworks refuse fork after import), every child execs its argv instead.
+The preload is best effort, module by module: a module that fails to import (renamed in another
+Airflow release, say) costs only the component that wanted it, which then execs its argv, with one
+line in its log saying why.
 
 Standard library only: it runs on whichever Python starts it, with nothing of ours installed there.
 """
@@ -37,9 +41,11 @@ import sys
 if __name__ == "__main__" and sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
     del sys.path[0]
 
+import contextlib
 import gc
 import importlib
 import json
+import signal
 import stat
 import threading
 import time
@@ -58,15 +64,32 @@ def open_sockets() -> list[int]:
 
 
 def preload(modules: list[str]) -> str:
-    """Import ``modules`` (Airflow's CLI first); return '' while forking is safe, else the reason."""
+    """Import ``modules`` (Airflow's CLI first); return '' while forking is safe, else the reason.
+
+    A module that fails to import is reported in the reason; forking stays safe for the components
+    that do not need it (see ``fork_unsafe``)."""
     if not sys.platform.startswith("linux"):
         return f"no preload on {sys.platform}"
     if "airflow.cli.cli_parser" not in sys.modules:
-        from airflow.cli import cli_parser
+        try:
+            from airflow.cli import cli_parser
 
-        cli_parser.get_parser()  # the argument tree, with every provider's commands
+            cli_parser.get_parser()  # the argument tree, with every provider's commands
+        except Exception as exc:
+            return f"cannot preload airflow.cli.cli_parser ({exc.__class__.__name__}: {exc})"
+    failed = []
     for module in modules:
-        importlib.import_module(module)
+        try:
+            importlib.import_module(module)
+        except Exception as exc:
+            failed.append(f"cannot preload {module} ({exc.__class__.__name__}: {exc})")
+    if failed:
+        return "IMPORT " + "; ".join(failed)
+    return fork_unsafe()
+
+
+def fork_unsafe() -> str:
+    """'' while this process may fork children that go on running Airflow, else the reason."""
     if threading.active_count() > 1:
         return f"the preload started {threading.active_count() - 1} thread(s)"
     if open_sockets():
@@ -110,31 +133,202 @@ def _run_airflow(argv: list[str]) -> None:
     sys.exit(main())
 
 
-def launch(spec: dict) -> dict[str, int]:
-    """Start ``spec``'s processes in order; with a preload, each one's own modules are imported just
-    before it is forked (so the first can get going on the other core while the rest load theirs)."""
-    unsafe = preload(spec["preload"]) if spec.get("preload") is not None else "exec"
-    pids: dict[str, int] = {}
-    for proc in spec["processes"]:
-        if not unsafe and proc.get("preload"):
-            unsafe = preload(proc["preload"])
-        if unsafe not in ("", "exec"):
-            print(f"airflow-stack launcher: {proc['name']} starts on its own ({unsafe})", file=sys.stderr)
+def _write(path: str, text: str, mode: int) -> None:
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as fh:
+            return fh.read().strip()
+    except OSError:
+        return ""
+
+
+# the resident supervisor's pipe to the process that waits for the PIDs: no child may keep it open
+_report_fd: int | None = None
+_in_child = False  # set in a forked child: an exit there (Airflow's CLI ends with SystemExit) is its own
+
+
+class Child:
+    """One supervised process: its spec, how it starts (fork or exec), and its restart history."""
+
+    def __init__(self, proc: dict, reason: str) -> None:
+        self.proc = proc
+        self.reason = reason  # "": forked from the preload; else why it execs ("exec" when nothing was preloaded)
+        self.pid = 0
+        self.started = 0.0
+        self.restarts = 0
+        self.last_exit: int | None = None
+        self.streak = 0  # crashes in a row, each soon after its start: the back-off grows with it
+        self.due = 0.0  # monotonic time of a pending restart (0: none)
+
+    def start(self, preloaded: bool) -> int:
+        reason = self.reason if preloaded or self.reason else "exec"
         for stream in (sys.stdout, sys.stderr):
             stream.flush()  # nothing buffered may be written twice
         pid = os.fork()
         if pid == 0:  # the child never returns from here
-            _redirect(proc["log"])
-            if unsafe:
-                _exec(proc["argv"])
-            _run_airflow(proc["argv"])
-        started = time.time()
-        tmp = proc["pidfile"] + ".tmp"
-        with open(tmp, "w") as fh:
-            json.dump({"pid": pid, "started": started, "argv": proc["argv"], "env": proc.get("env", {})}, fh)
-        os.replace(tmp, proc["pidfile"])
-        pids[proc["name"]] = pid
-    return pids
+            global _in_child
+            _in_child = True
+            if _report_fd is not None:
+                os.close(_report_fd)
+            _redirect(self.proc["log"])
+            if reason not in ("", "exec"):
+                os.write(2, f"airflow-stack launcher: {self.proc['name']} starts on its own ({reason})\n".encode())
+            if reason:
+                _exec(self.proc["argv"])
+            _run_airflow(self.proc["argv"])
+        self.pid, self.started = pid, time.time()
+        self.write_record()
+        return pid
+
+    def write_record(self) -> None:
+        _write(self.proc["pidfile"], f"{self.pid}\n", 0o644)
+        if self.proc.get("metafile"):
+            record = {"started": self.started, "boot": self.proc.get("boot"), "argv": self.proc["argv"],
+                      "env": self.proc.get("env", {}), "supervisor": os.getpid(), "restarts": self.restarts,
+                      "last_exit": self.last_exit}
+            _write(self.proc["metafile"], json.dumps(record), 0o600)
+
+    def wanted(self) -> bool:
+        """Still meant to run: its pid file names it. `invoke stop` removes the pid file first, and a
+        new start writes another PID there: either way this child is no longer to be restarted."""
+        return _read(self.proc["pidfile"]) == str(self.pid)
+
+
+def launch(spec: dict) -> list[Child]:
+    """Start ``spec``'s processes in order; with a preload, each one's own modules are imported just
+    before it is forked (so the first can get going on the other core while the rest load theirs)."""
+    unsafe = preload(spec["preload"]) if spec.get("preload") is not None else "exec"
+    children = []
+    for proc in spec["processes"]:
+        # this component's own reason to exec (a module of its own failed to import), or the launcher's
+        reason = unsafe
+        if unsafe.startswith("IMPORT "):  # a shared module failed: forking stays safe, but none is complete
+            reason = unsafe.removeprefix("IMPORT ")
+        elif not unsafe and proc.get("preload"):
+            reason = preload(proc["preload"])
+            if reason.startswith("IMPORT "):
+                reason = reason.removeprefix("IMPORT ")
+                unsafe = fork_unsafe()  # later components may still fork, unless the import left a thread
+            else:
+                unsafe = reason
+        child = Child(proc, reason)
+        child.start(preloaded=True)
+        children.append(child)
+    return children
+
+
+# ---- the resident supervisor -------------------------------------------------------------------
+POLL = 0.5  # seconds between looks at the children (waitpid is polled: the loop also rotates logs)
+BACKOFF_MAX = 30.0  # a component that keeps crashing is tried again at most this often
+STEADY = 60.0  # seconds a restarted child must live before its crash streak is forgotten
+ROTATE_EVERY = 30.0
+
+
+def backoff(streak: int) -> float:
+    """Seconds before restart number ``streak`` of a crash streak: 1, 2, 4, 8, 16, 30, 30, ..."""
+    return min(BACKOFF_MAX, 2.0 ** max(0, streak - 1))
+
+
+def _members(ident: int, kind: str) -> list[int]:
+    """Live PIDs whose process group (``kind`` "group") or session ("session") id is ``ident``."""
+    index = {"group": 2, "session": 3}[kind]  # after the ")" of /proc/PID/stat: state, ppid, pgrp, session
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                parts = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if parts[0] != "Z" and int(parts[index]) == ident:  # a zombie (Z) has exited
+            found.append(int(entry))
+    return found
+
+
+def reap(pgid: int, whole_session: bool, timeout: float = 10.0) -> int:
+    """Stop what a dead child left in its process group (and session): SIGTERM, SIGKILL after ``timeout``.
+    Its group and session ids are never reused while a member lives: every member is what it started."""
+    group = _members(pgid, "group")
+    for pid in group:
+        _signal(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and _members(pgid, "group"):
+        time.sleep(0.1)
+    left = _members(pgid, "group") + (_members(pgid, "session") if whole_session else [])
+    for pid in left:
+        _signal(pid, signal.SIGKILL)
+    return len(group) + len(left)
+
+
+def _signal(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, sig)
+
+
+def rotate(path: str, max_bytes: int, keep: int) -> bool:
+    """Copy a log that grew past ``max_bytes`` to .1 (older ones shift to .2 ... .keep) and empty it.
+    The children write with O_APPEND, so they go on at the start of the emptied file."""
+    try:
+        if max_bytes <= 0 or os.path.getsize(path) <= max_bytes:
+            return False
+        for n in range(keep - 1, 0, -1):
+            if os.path.exists(f"{path}.{n}"):
+                os.replace(f"{path}.{n}", f"{path}.{n + 1}")
+        with open(path, "rb") as src, open(f"{path}.1", "wb") as dst:
+            while chunk := src.read(1 << 20):
+                dst.write(chunk)
+        os.truncate(path, 0)
+    except OSError:
+        return False
+    return True
+
+
+def supervise(spec: dict, children: list[Child]) -> None:
+    """Restart children that die (kill -9, out of memory, a lost database), with back-off, until
+    every child was stopped on purpose; rotate their logs. Runs in the launcher, which keeps the
+    preload: a restart is a fork again, not a new import."""
+    by_pid = {child.pid: child for child in children}
+    pending: list[Child] = []
+    last_rotation = 0.0
+    while by_pid or pending:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            pid, status = 0, 0
+        if pid and pid in by_pid:
+            child = by_pid.pop(pid)
+            child.last_exit = os.waitstatus_to_exitcode(status)
+            if child.wanted():
+                reap(pid, child.proc.get("reap_session", False))
+                child.streak = child.streak + 1 if time.time() - child.started < STEADY else 1
+                child.due = time.monotonic() + backoff(child.streak)
+                child.write_record()  # its last exit code, while it waits
+                pending.append(child)
+            continue  # look again at once: more may have exited
+        now = time.monotonic()
+        for child in [c for c in pending if c.due <= now]:
+            pending.remove(child)
+            if not child.wanted():  # stopped, or started anew by someone else, while it waited
+                continue
+            child.restarts += 1
+            with open(child.proc["log"], "a") as log:
+                log.write(f"\n==== airflow-stack: restarting {child.proc['name']} at "
+                          f"{time.strftime('%Y-%m-%d %H:%M:%S')} after exit {child.last_exit} "
+                          f"(restart {child.restarts}) ====\n")
+            by_pid[child.start(preloaded=not fork_unsafe())] = child
+        if now - last_rotation >= ROTATE_EVERY:
+            last_rotation = now
+            for child in [*by_pid.values(), *pending]:
+                rotate(child.proc["log"], spec.get("log_max_bytes", 0), spec.get("log_keep", 3))
+        time.sleep(POLL)
 
 
 def main(argv: list[str]) -> int:
@@ -143,7 +337,39 @@ def main(argv: list[str]) -> int:
         return 2
     with open(argv[0]) as fh:
         spec = json.load(fh)
-    print(json.dumps(launch(spec)), flush=True)
+    if not spec.get("resident"):
+        children = launch(spec)
+        print(json.dumps({child.proc["name"]: child.pid for child in children}), flush=True)
+        return 0
+    # Resident: a supervisor process of its own (its own session, detached) starts the children, so
+    # that it is their parent and learns of their deaths; this process reports their PIDs and exits.
+    global _report_fd
+    read_end, write_end = os.pipe()
+    if os.fork() == 0:
+        os.close(read_end)
+        _redirect(spec["log"])
+        _report_fd = write_end
+        try:
+            children = launch(spec)
+            os.write(write_end, json.dumps({child.proc["name"]: child.pid for child in children}).encode())
+            os.close(write_end)
+            _report_fd = None
+            supervise(spec, children)
+        except BaseException:
+            if _in_child:  # a component ending: its own exit, through the interpreter's
+                raise
+            import traceback  # the supervisor itself never returns into the caller's code
+
+            traceback.print_exc()
+            os._exit(1)
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as fh:
+        reported = fh.read()
+    if not reported:
+        print(f"the supervisor exited before it started anything; see {spec['log']}", file=sys.stderr)
+        return 1
+    print(reported, flush=True)
     return 0
 
 

@@ -106,7 +106,7 @@ class Homebrew(Platform):
         self._prefixes: dict[str, str] = {}
 
     def _formula(self, pg_version: str) -> str:
-        return f"postgresql@{pg_version}"
+        return shlex.quote(f"postgresql@{pg_version}")
 
     def _prefix(self, c: Context, formula: str = "") -> str:
         if formula not in self._prefixes:
@@ -136,7 +136,7 @@ class Homebrew(Platform):
 
     def pg_bin(self, c: Context, tool: str, pg_version: str) -> str:
         # keg-only formula: its binaries are not on PATH
-        return f"{self._prefix(c, self._formula(pg_version))}/bin/{tool}"
+        return shlex.quote(f"{self._prefix(c, self._formula(pg_version))}/bin/{tool}")
 
     def pg_admin_psql(self, c: Context, port: int, pg_version: str) -> str:
         # Homebrew's initdb makes the login user the superuser, with trust on local sockets

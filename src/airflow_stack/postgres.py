@@ -24,6 +24,8 @@ from .platform import Platform
 from .secrets import redact
 from .settings import Settings
 
+# The comment on a database this stack set up: which checkout (STACK_CHECKOUT_ID) owns it
+OWNER_MARK = "airflow-stack checkout "
 # Settings the Airflow docs recommend for its role; applied with ALTER ROLE ... SET
 ROLE_SETTINGS = {"client_encoding": "utf8", "default_transaction_isolation": "read committed", "timezone": "UTC"}
 READY_TIMEOUT = 30.0
@@ -32,7 +34,8 @@ READY_TIMEOUT = 30.0
 # ---- the server ----------------------------------------------------------------------------
 def is_ready(c: Context, platform: Platform, settings: Settings) -> bool:
     pg_isready = platform.pg_bin(c, "pg_isready", settings.pg_version)
-    return c.run(f"{pg_isready} -q -h {settings.pg_host} -p {settings.pg_port} -t 2", hide=True, warn=True).ok
+    return c.run(f"{pg_isready} -q -h {shlex.quote(settings.pg_host)} -p {settings.pg_port} -t 2",
+                 hide=True, warn=True).ok
 
 
 def ensure_server(c: Context, platform: Platform, settings: Settings) -> list[str]:
@@ -185,6 +188,57 @@ def _reason(exc: Exception, settings: Settings) -> str:
     return redact(lines[-1] if lines else exc.__class__.__name__, settings)
 
 
+# ---- one database per checkout --------------------------------------------------------------
+def owner_mark(settings: Settings) -> str:
+    return OWNER_MARK + (settings.checkout_id or "")
+
+
+def check_owner(settings: Settings, marker: str | None) -> None:
+    """Refuse a database that another checkout of airflow-stack set up (its mark is another one's):
+    taking it over would reset its role's password and lock that checkout's stack out."""
+    if marker and marker.startswith(OWNER_MARK) and marker != owner_mark(settings):
+        raise StackError(f"database {settings.pg_database} on {settings.pg_host}:{settings.pg_port} belongs to "
+                         f"another airflow-stack checkout (its STACK_CHECKOUT_ID differs); give this one its own: "
+                         f"set STACK_PG_DATABASE and STACK_PG_USER in {settings.env_file.name} to new names "
+                         f"(e.g. airflow_{settings.env_file.parent.name.replace('-', '_')}), then run this again")
+
+
+def database_marker(settings: Settings) -> str | None:
+    """The comment on the Airflow database, read as the Airflow role (None: cannot tell)."""
+    try:
+        with psycopg.connect(**settings.pg_conninfo()) as conn:
+            row = conn.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database "
+                               "WHERE datname = current_database()").fetchone()
+    except psycopg.Error:
+        return None
+    return row[0] if row else None
+
+
+def mark_database(settings: Settings) -> bool:
+    """Mark the Airflow database as this checkout's, as its owner (the Airflow role); True when written.
+    A database the role does not own, or one that carries a comment of its own, is left as it is."""
+    if not settings.checkout_id:
+        return False
+    try:
+        with psycopg.connect(**settings.pg_conninfo(), autocommit=True) as conn:
+            current = conn.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database "
+                                   "WHERE datname = current_database()").fetchone()
+            if current and current[0]:
+                return False
+            conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+                sql.Identifier(settings.pg_database), owner_mark(settings)))
+    except psycopg.errors.InsufficientPrivilege:
+        return False
+    return True
+
+
+def _owner_and_marker(admin: Admin, db: str) -> tuple[str | None, str | None]:
+    """(owner, comment) of database ``db``; (None, None) when there is no such database."""
+    found = admin.rows(sql.SQL("SELECT pg_get_userbyid(datdba), coalesce(shobj_description(oid, 'pg_database'), '') "
+                               "FROM pg_database WHERE datname = {}").format(db))
+    return (found[0][0], found[0][1] if len(found[0]) > 1 else "") if found else (None, None)
+
+
 def bootstrap(admin: Admin | None, settings: Settings) -> list[str]:
     """Create the role and its database, idempotently; return what changed (empty: nothing)."""
     if admin is None:
@@ -193,11 +247,15 @@ def bootstrap(admin: Admin | None, settings: Settings) -> list[str]:
             raise StackError(f"cannot connect to {settings.pg_host}:{settings.pg_port}/{settings.pg_database} as "
                              f"{settings.pg_user} ({reason}); create that role and database on the server, "
                              f"or set STACK_PG_ADMIN_DSN to a superuser DSN")
+        check_owner(settings, database_marker(settings))
         check_role_can_create(settings)
-        return []
+        return [f"marked database {settings.pg_database} as this checkout's"] if mark_database(settings) else []
 
     role, db = settings.pg_user, settings.pg_database
     changes: list[str] = []
+    # before anything changes (a role's password above all): is it another checkout's database?
+    owner, marker = _owner_and_marker(admin, db)
+    check_owner(settings, marker)
     found = admin.rows(sql.SQL("SELECT rolsuper, coalesce(array_to_string(rolconfig, ','), '') "
                                "FROM pg_roles WHERE rolname = {}").format(role))
     if found and found[0][0] in ("t", "True"):
@@ -226,24 +284,26 @@ def bootstrap(admin: Admin | None, settings: Settings) -> list[str]:
             sql.Identifier(role), sql.Identifier(key), ROLE_SETTINGS[key]) for key in missing])
         changes.append(f"set {', '.join(missing)} on role {role}")
 
-    owner = admin.rows(sql.SQL("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = {}").format(db))
-    if not owner:
+    if owner is None:
         # OWNER, not GRANT ALL: PostgreSQL 15 no longer lets ordinary roles CREATE in public
         admin.execute([sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(db), sql.Identifier(role))])
         changes.append(f"created database {db} owned by {role}")
-    elif owner[0][0] != role:
+    elif owner != role:
         # someone else's database: grant what Airflow needs, connected to that database itself
         admin.execute([sql.SQL("GRANT CONNECT, TEMPORARY ON DATABASE {} TO {}").format(
                            sql.Identifier(db), sql.Identifier(role)),
                        sql.SQL("GRANT CREATE, USAGE ON SCHEMA public TO {}").format(sql.Identifier(role))],
                       dbname=db)
-        changes.append(f"granted {role} CREATE on {db}.public (database owned by {owner[0][0]})")
+        changes.append(f"granted {role} CREATE on {db}.public (database owned by {owner})")
     check_role_can_create(settings)
+    if mark_database(settings):
+        changes.append(f"marked database {db} as this checkout's")
     return changes
 
 
 def drop(admin: Admin, settings: Settings) -> None:
-    """Drop the database and the role (tests, and `invoke db.drop --yes`)."""
+    """Drop the database and the role (tests, and `invoke db.drop --yes`); never another checkout's."""
+    check_owner(settings, _owner_and_marker(admin, settings.pg_database)[1])
     admin.execute([sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(settings.pg_database))])
     admin.execute([sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(settings.pg_user))])
 

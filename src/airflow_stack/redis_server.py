@@ -7,10 +7,13 @@ stopped or even connected to. DB 0 is the Celery broker, DB 1 the login rate lim
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import redis
 from invoke import Context
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from . import netutil, supervisor
 from .errors import StackError
@@ -27,19 +30,32 @@ def conf_path(settings: Settings) -> Path:
     return settings.redis_dir / "redis.conf"
 
 
+def conf_value(value: str, setting: str) -> str:
+    """A value as one redis.conf argument: plain when it is safe as it is, else double-quoted with
+    escapes (Redis reads a config line as quoted arguments). A line break cannot be written there."""
+    if any(ch in value for ch in "\r\n\0"):
+        raise StackError(f"{setting} holds a line break or NUL, which redis.conf cannot carry; choose a value "
+                         f"without one")
+    if re.fullmatch(r"[A-Za-z0-9._~+/=:@%,-]+", value):
+        return value
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def render_conf(settings: Settings) -> str:
     return TEMPLATE.read_text().format(
         port=settings.redis_port,
-        bind=settings.redis_bind,
-        password=settings.redis_password,
-        dir=settings.redis_dir,
+        bind=settings.redis_bind,  # IP addresses, checked by setup.redis --bind
+        password=conf_value(settings.redis_password or "", "STACK_REDIS_PASSWORD"),
+        dir=conf_value(str(settings.redis_dir), "STACK_STATE_DIR"),
     )
 
 
 def client(settings: Settings, password: str | None = "use-settings", db: int = 0) -> redis.Redis:
     pw = settings.redis_password if password == "use-settings" else password
+    # one attempt: redis-py retries a refused or missing password like a lost connection, with back-off
+    # (~4-10 s), and every caller here (probes, doctor, setup) wants the answer now
     return redis.Redis(host=settings.redis_host, port=settings.redis_port, password=pw, db=db,
-                       socket_connect_timeout=2, socket_timeout=5)
+                       socket_connect_timeout=2, socket_timeout=5, retry=Retry(NoBackoff(), 0))
 
 
 def ping(settings: Settings) -> tuple[bool, str]:

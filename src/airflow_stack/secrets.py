@@ -30,13 +30,12 @@ def _fernet_key() -> str:
     return base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
 
 
+# how each kind of generated secret (Spec.generate) is made
 GENERATORS: dict[str, Callable[[], str]] = {
-    "pg_password": _password,
-    "redis_password": _password,
-    "admin_password": _password,
-    "fernet_key": _fernet_key,
-    "jwt_secret": lambda: secrets.token_urlsafe(48),
-    "api_secret_key": lambda: secrets.token_urlsafe(48),
+    "password": _password,
+    "fernet": _fernet_key,
+    "token": lambda: secrets.token_urlsafe(48),
+    "id": lambda: secrets.token_hex(8),
 }
 
 HEADER = ("# airflow-stack settings and secrets: written by `invoke setup`, kept out of git (mode 0600).\n"
@@ -52,11 +51,11 @@ def ensure_env_file(settings: Settings, names: list[str] | None = None,
     specs = settings_mod.specs()
     existing = settings_mod.read_env_file(path)
     added: dict[str, str] = {}
-    for name in names or list(GENERATORS):
+    for name in names or settings_mod.generated_names():
         env = specs[name].env
         if env in existing or env in environ or getattr(settings, name):
             continue
-        added[env] = GENERATORS[name]()
+        added[env] = GENERATORS[specs[name].generate]()
     if added or not path.exists():
         _append(path, added)
     secure_mode(path)
@@ -103,9 +102,8 @@ def write_private(path: Path, text: str) -> None:
 
 def redact(text: str, settings: Settings) -> str:
     """Replace every secret value in ``text`` (for error messages that quote a command or log)."""
-    for name in settings_mod.secret_names():
-        value = getattr(settings, name)
-        if value and len(value) >= 6:
+    for value in settings_mod.secret_values(settings):
+        if len(value) >= 6:
             text = text.replace(value, "***")
     return text
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,13 +17,14 @@ from urllib.parse import quote
 
 from dotenv.parser import parse_stream
 
+from . import lines
 from .errors import StackError
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 ENV_FILE_VAR = "STACK_ENV_FILE"
 
-AIRFLOW_LINES = ("3.3", "2.11")
 EXECUTORS = ("local", "celery")
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 
 
@@ -40,7 +40,11 @@ class Spec:
     default: Any = None
     kind: type = str
     choices: tuple[str, ...] = ()
-    secret: bool = False  # generated at first setup, stored in .env, never printed
+    secret: bool = False  # never printed, never written outside .env (and files only we read)
+    # generated at first setup into .env when missing: "password", "fernet", "token" or "id"
+    generate: str = ""
+    # every Airflow process must have the same value, a Celery worker on another machine too
+    shared: bool = False
     help: str = ""
 
 
@@ -54,14 +58,16 @@ class Settings:
     state_dir: Path = _spec("STACK_STATE_DIR", ".stack", kind=Path,
                             help="all runtime state: pids, logs, Redis data, AIRFLOW_HOME, the Airflow venv")
     env_file: Path = _spec(ENV_FILE_VAR, ".env", kind=Path, help="the .env file with settings and secrets")
+    checkout_id: str = _spec("STACK_CHECKOUT_ID", generate="id",
+                             help="names this checkout's stack; the database it set up is marked with it, so another "
+                                  "checkout never takes it over (a machine with a copy of this .env is the same stack)")
     dags_folder: Path = _spec("STACK_DAGS_FOLDER", "dags", kind=Path, help="folder the DAG processor reads")
 
     # Airflow
-    airflow_line: str = _spec("STACK_AIRFLOW_LINE", "3.3", choices=AIRFLOW_LINES,
-                              help="Airflow release line: 3.3 (default) or 2.11")
+    airflow_line: str = _spec("STACK_AIRFLOW_LINE", lines.DEFAULT, choices=lines.NAMES, help=lines.HELP)
     executor: str = _spec("STACK_EXECUTOR", "local", choices=EXECUTORS, help="local or celery")
     api_host: str = _spec("STACK_API_HOST", "127.0.0.1", help="interface the API server / webserver binds")
-    api_port: int = _spec("STACK_API_PORT", 8080, kind=int, help="API server (3.x) / webserver (2.11) port")
+    api_port: int = _spec("STACK_API_PORT", 8080, kind=int, help="port of the web component (API server / webserver)")
     scheduler_health_port: int = _spec("STACK_SCHEDULER_HEALTH_PORT", 8974, kind=int,
                                        help="scheduler health-check server port")
     worker_log_port: int = _spec("STACK_WORKER_LOG_PORT", 8793, kind=int, help="task log server port")
@@ -69,11 +75,21 @@ class Settings:
     parallelism: int = _spec("AIRFLOW__CORE__PARALLELISM", max(8, 4 * _cpu_count()), kind=int,
                              help="task slots per scheduler; the fork LocalExecutor starts them all")
     load_examples: bool = _spec("STACK_LOAD_EXAMPLES", False, kind=bool, help="load Airflow's example DAGs")
+    preload: bool = _spec("STACK_PRELOAD", True, kind=bool,
+                          help="start Airflow's components from one launcher that imported Airflow once "
+                               "(false: each component starts on its own, as `airflow COMPONENT` would)")
+    log_max_mb: int = _spec("STACK_LOG_MAX_MB", 100, kind=int,
+                            help="a component's log is rotated when it grows past this many MiB")
+    log_keep: int = _spec("STACK_LOG_KEEP", 3, kind=int, help="rotated logs kept per component (NAME.log.1 ...)")
     admin_user: str = _spec("_AIRFLOW_WWW_USER_USERNAME", "admin", help="the Airflow admin user")
-    admin_password: str = _spec("_AIRFLOW_WWW_USER_PASSWORD", secret=True, help="the Airflow admin's password")
-    fernet_key: str = _spec("AIRFLOW__CORE__FERNET_KEY", secret=True, help="encrypts connections and variables")
-    jwt_secret: str = _spec("AIRFLOW__API_AUTH__JWT_SECRET", secret=True, help="signs task/API tokens (3.x)")
-    api_secret_key: str = _spec("AIRFLOW__API__SECRET_KEY", secret=True, help="signs web sessions")
+    admin_password: str = _spec("_AIRFLOW_WWW_USER_PASSWORD", secret=True, generate="password",
+                                help="the Airflow admin's password")
+    fernet_key: str = _spec("AIRFLOW__CORE__FERNET_KEY", secret=True, generate="fernet", shared=True,
+                            help="encrypts connections and variables")
+    jwt_secret: str = _spec("AIRFLOW__API_AUTH__JWT_SECRET", secret=True, generate="token", shared=True,
+                            help="signs task and API tokens")
+    api_secret_key: str = _spec("AIRFLOW__API__SECRET_KEY", secret=True, generate="token", shared=True,
+                                help="signs web sessions")
     ratelimit_storage_uri: str = _spec("STACK_RATELIMIT_STORAGE_URI", "", secret=True,
                                        help="Flask-Limiter storage; default: our Redis, DB 1")
 
@@ -83,7 +99,8 @@ class Settings:
     pg_port: int = _spec("STACK_PG_PORT", 5432, kind=int, help="PostgreSQL port")
     pg_database: str = _spec("STACK_PG_DATABASE", "airflow", help="Airflow's metadata database")
     pg_user: str = _spec("STACK_PG_USER", "airflow", help="the role that owns it")
-    pg_password: str = _spec("STACK_PG_PASSWORD", secret=True, help="that role's password")
+    pg_password: str = _spec("STACK_PG_PASSWORD", secret=True, generate="password", shared=True,
+                             help="that role's password")
     pg_sslmode: str = _spec("STACK_PG_SSLMODE", "prefer", choices=SSLMODES, help="libpq sslmode")
     pg_admin_dsn: str = _spec("STACK_PG_ADMIN_DSN", "", secret=True,
                               help="superuser DSN for a server we do not run (managed); empty: local superuser")
@@ -92,7 +109,8 @@ class Settings:
     # Redis
     redis_port: int = _spec("STACK_REDIS_PORT", 6380, kind=int,
                             help="port of the Redis this project runs (not a user's 6379)")
-    redis_password: str = _spec("STACK_REDIS_PASSWORD", secret=True, help="our Redis's requirepass")
+    redis_password: str = _spec("STACK_REDIS_PASSWORD", secret=True, generate="password", shared=True,
+                                help="our Redis's requirepass")
     redis_host: str = _spec("STACK_REDIS_HOST", "127.0.0.1",
                             help="where Airflow reaches our Redis (a worker machine: the stack's address)")
     redis_bind: str = _spec("STACK_REDIS_BIND", "127.0.0.1 -::1",
@@ -124,9 +142,24 @@ class Settings:
         return self.state_dir / "airflow"
 
     @property
+    def webserver_config(self) -> Path:
+        return self.airflow_home / "webserver_config.py"
+
+    @property
+    def line(self) -> lines.AirflowLine:
+        """The profile of the configured Airflow line."""
+        return lines.get(self.airflow_line)
+
+    @property
     def airflow_venv(self) -> Path:
         # one venv per line: switching lines back and forth never reinstalls
         return self.state_dir / f"venv-airflow-{self.airflow_line}"
+
+    @property
+    def serve_logs(self) -> bool:
+        """Run Airflow's log servers: only when workers on other machines are let in (the API server
+        listens beyond loopback); they listen on all interfaces, whatever is configured."""
+        return self.api_host not in LOOPBACK
 
     @property
     def pg_is_local(self) -> bool:
@@ -141,12 +174,9 @@ class Settings:
 
     @property
     def sql_alchemy_conn(self) -> str:
-        """``AIRFLOW__DATABASE__SQL_ALCHEMY_CONN``.
-
-        psycopg 3 on 3.x; 2.11 pins SQLAlchemy 1.4, which has no psycopg 3 dialect, so psycopg2 there.
-        """
-        driver = "psycopg2" if self.airflow_line == "2.11" else "psycopg"
-        return (f"postgresql+{driver}://{quote(self.pg_user, safe='')}:{quote(self.pg_password or '', safe='')}"
+        """``AIRFLOW__DATABASE__SQL_ALCHEMY_CONN``, with the line's driver."""
+        return (f"postgresql+{self.line.sql_driver}://"
+                f"{quote(self.pg_user, safe='')}:{quote(self.pg_password or '', safe='')}"
                 f"@{_url_host(self.pg_host)}:{self.pg_port}/{quote(self.pg_database, safe='')}"
                 f"?sslmode={self.pg_sslmode}")
 
@@ -178,6 +208,20 @@ def specs() -> dict[str, Spec]:
 
 def secret_names() -> list[str]:
     return [name for name, spec in specs().items() if spec.secret]
+
+
+def shared_secret_names() -> list[str]:
+    """The secrets every Airflow process must share (a worker on another machine needs them too)."""
+    return [name for name, spec in specs().items() if spec.shared]
+
+
+def generated_names() -> list[str]:
+    return [name for name, spec in specs().items() if spec.generate]
+
+
+def secret_values(settings: Settings) -> list[str]:
+    """The secret values set now (to keep them out of files, output and fingerprints)."""
+    return [value for name in secret_names() if (value := getattr(settings, name))]
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -256,13 +300,3 @@ def load(overrides: dict[str, Any] | None = None, environ: dict[str, str] | None
             raw, source = spec.default, "default"
         values[name] = None if raw is None else _convert(name, spec, raw, source)
     return Settings(**values)
-
-
-def check_python_for_line(line: str, version: tuple[int, int] | None = None) -> None:
-    """Each Airflow line supports a range of Pythons; say so before an install fails oddly."""
-    supported = {"3.3": ((3, 10), (3, 14)), "2.11": ((3, 10), (3, 12))}[line]
-    version = version or sys.version_info[:2]
-    if not supported[0] <= version <= supported[1]:
-        low, high = (f"{v[0]}.{v[1]}" for v in supported)
-        raise StackError(f"Airflow {line} supports Python {low}-{high}, this is {version[0]}.{version[1]}; "
-                         f"recreate .venv with a supported python3 (rm -rf .venv; scripts/up)")

@@ -3,14 +3,21 @@
 A process is ours when its pid file names a live PID whose start time matches the one recorded
 at launch, so a recycled PID is never mistaken for (or signalled as) one of ours. Processes are
 only ever signalled by PID: the one we started, then its process group (the same number).
+
+``run/NAME.pid`` holds the PID alone (``kill $(cat .stack/run/scheduler.pid)`` works);
+``run/NAME.json`` beside it (0600) records the start time, the boot it happened in, the argv and
+the launch environment's fingerprint. Reading (``running``) never changes a file: the operations
+that start or stop collect what a dead process left (``collect``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import hmac
 import json
 import os
+import secrets
 import shlex
 import signal
 import sys
@@ -22,7 +29,7 @@ from pathlib import Path
 import psutil
 from invoke import Context
 
-from .airflow_config import SECRET_KEYS
+from . import settings as settings_mod
 from .errors import StackError
 from .netutil import wait_until
 from .settings import Settings
@@ -36,14 +43,29 @@ class Running:
     started: float
     argv: tuple[str, ...]
     env: dict[str, str] = field(default_factory=dict, hash=False, compare=False)  # fingerprint() of its launch env
+    restarts: int = 0  # how often its supervisor started it again after it died
+    last_exit: int | None = None  # the exit code it died with last (negative: killed by that signal)
+    supervisor: int | None = None  # the PID of the launcher that watches it (restarts it when it dies)
 
 
 def pid_file(settings: Settings, name: str) -> Path:
     return settings.run_dir / f"{name}.pid"
 
 
+def meta_file(settings: Settings, name: str) -> Path:
+    return settings.run_dir / f"{name}.json"
+
+
 def log_file(settings: Settings, name: str) -> Path:
     return settings.log_dir / f"{name}.log"
+
+
+def private_dirs(settings: Settings) -> None:
+    """The state dir (0700: logs, Redis data and records are the user's alone), run/ and logs/ in it."""
+    for path in (settings.state_dir, settings.run_dir, settings.log_dir):
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if settings.state_dir.stat().st_mode & 0o077:
+        settings.state_dir.chmod(0o700)
 
 
 def _alive(pid: int, started: float) -> bool:
@@ -55,38 +77,92 @@ def _alive(pid: int, started: float) -> bool:
         return False
 
 
-def running(settings: Settings, name: str) -> Running | None:
-    """The live process of ``name``, or None (a stale pid file is removed)."""
-    path = pid_file(settings, name)
+def _boot_time() -> float:
+    return psutil.boot_time()
+
+
+def _record(settings: Settings, name: str) -> tuple[int, dict] | None:
+    """(PID, metadata) from the pid file and its record; None when there is none or it is unreadable."""
     try:
-        data = json.loads(path.read_text())
-        info = Running(int(data["pid"]), float(data["started"]), tuple(data.get("argv", ())), data.get("env", {}))
+        text = pid_file(settings, name).read_text().strip()
     except FileNotFoundError:
         return None
-    except (ValueError, KeyError, TypeError):
-        path.unlink(missing_ok=True)
-        return None
-    if _alive(info.pid, info.started):
-        return info
-    # the leader died (killed, crashed): keep its id, its children may still hold ports
-    path.replace(path.with_suffix(".stale"))
-    return None
-
-
-def reap_orphans(settings: Settings, name: str, timeout: float = 10.0, whole_session: bool = False) -> int:
-    """Stop what a dead ``name`` left behind in its process group; return how many there were.
-
-    The group gets SIGTERM (its members may stop what they supervise), SIGKILL after ``timeout``.
-    ``whole_session``: then what is still in the leader's session, having left the group for one of
-    its own (a task process whose supervisor was just stopped), is killed at once.
-    Safe by construction: a process-group or session id is never reused while any member lives,
-    so every process still in the dead leader's group or session is one of ours.
-    """
-    stale = pid_file(settings, name).with_suffix(".stale")
+    if text.startswith("{"):  # written by an earlier airflow-stack: the record was inside the pid file
+        try:
+            legacy = json.loads(text)
+            return int(legacy["pid"]), legacy
+        except (ValueError, KeyError, TypeError):
+            return None
     try:
-        pgid = int(json.loads(stale.read_text())["pid"])
-    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        pid = int(text)
+    except ValueError:
+        return None
+    try:
+        meta = json.loads(meta_file(settings, name).read_text())
+        if not isinstance(meta, dict):
+            meta = {}
+    except (FileNotFoundError, ValueError):
+        meta = {}
+    return pid, meta
+
+
+def running(settings: Settings, name: str) -> Running | None:
+    """The live process of ``name``, or None. Reads only."""
+    record = _record(settings, name)
+    if record is None:
+        return None
+    pid, meta = record
+    try:
+        info = Running(pid, float(meta["started"]), tuple(meta.get("argv", ())), dict(meta.get("env", {})),
+                       int(meta.get("restarts") or 0), meta.get("last_exit"), meta.get("supervisor"))
+    except (KeyError, TypeError, ValueError):
+        return None
+    return info if _alive(info.pid, info.started) else None
+
+
+def restarting(settings: Settings, name: str) -> int | None:
+    """When ``name`` died and its supervisor is about to start it again: the exit code it died with."""
+    record = _record(settings, name)
+    if record is None:
+        return None
+    pid, meta = record
+    sup = meta.get("supervisor")
+    if "started" not in meta or _alive(pid, float(meta["started"])) or not isinstance(sup, int):
+        return None
+    try:
+        alive = psutil.Process(sup).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return None
+    exit_code = meta.get("last_exit")
+    return int(exit_code) if alive and isinstance(exit_code, int) else (-1 if alive else None)
+
+
+def collect(settings: Settings, name: str, timeout: float = 10.0, whole_session: bool = False) -> int:
+    """Forget a dead ``name`` and stop what it left behind; return how many processes that was.
+
+    Its process group gets SIGTERM (its members may stop what they supervise), SIGKILL after
+    ``timeout``. ``whole_session``: what is still in the dead leader's session, having left the
+    group for one of its own (a task process whose supervisor was just stopped), is killed too.
+    A group or session id is never reused while any member lives, so within one boot every process
+    still in the dead leader's group or session is one of ours; a record from another boot (PIDs
+    start over) is only forgotten, nothing is signalled.
+    """
+    record = _record(settings, name)
+    if record is None:
         return 0
+    pid, meta = record
+    if "started" in meta and _alive(pid, float(meta["started"])):
+        return 0  # alive: not ours to collect
+    reaped = 0
+    same_boot = abs(float(meta.get("boot", -1)) - _boot_time()) < 2
+    if same_boot and "started" in meta:
+        reaped = _reap(pid, timeout, whole_session)
+    pid_file(settings, name).unlink(missing_ok=True)
+    meta_file(settings, name).unlink(missing_ok=True)
+    return reaped
+
+
+def _reap(pgid: int, timeout: float, whole_session: bool) -> int:
     orphans = _group_alive(pgid)
     for proc in orphans:
         with contextlib.suppress(psutil.NoSuchProcess):
@@ -97,7 +173,6 @@ def reap_orphans(settings: Settings, name: str, timeout: float = 10.0, whole_ses
         with contextlib.suppress(psutil.NoSuchProcess):
             proc.kill()
     psutil.wait_procs(stragglers, timeout=timeout)
-    stale.unlink(missing_ok=True)
     return len(orphans) + len(stragglers)
 
 
@@ -111,34 +186,41 @@ class Launch:
     name: str
     argv: list[str]
     preload: tuple[str, ...] = ()
+    reap_session: bool = False  # when it dies, what it left in its whole session goes too (see collect)
 
 
-def start(c: Context, settings: Settings, name: str, argv: list[str], env: Mapping[str, str]) -> int:
+def start(c: Context, settings: Settings, name: str, argv: list[str], env: Mapping[str, str],
+          resident: bool = True) -> int:
     """Launch ``argv`` detached, logging to logs/<name>.log; return its PID."""
-    return start_many(c, settings, [Launch(name, argv)], env)[name]
+    return start_many(c, settings, [Launch(name, argv)], env, resident=resident)[name]
 
 
 def start_many(c: Context, settings: Settings, launches: list[Launch], env: Mapping[str, str],
-               python: str = sys.executable, preload: tuple[str, ...] | None = None) -> dict[str, int]:
+               python: str = sys.executable, preload: tuple[str, ...] | None = None,
+               resident: bool = True) -> dict[str, int]:
     """Launch processes detached through launcher.py; return name -> PID.
 
     With ``preload`` (Airflow's components, ``python`` from Airflow's venv) the launcher imports
     those modules once and forks every process from there (see launcher.py); without, each execs.
+    ``resident``: the launcher stays, as their supervisor: it starts again whatever dies, with
+    back-off, and caps the size of their logs; it exits once all were stopped.
     """
-    settings.run_dir.mkdir(parents=True, exist_ok=True)
-    settings.log_dir.mkdir(parents=True, exist_ok=True)
-    launched_env = fingerprint(dict(os.environ) | dict(env))
+    private_dirs(settings)
+    launched_env = fingerprint(settings, dict(os.environ) | dict(env), create_key=True)
     processes = []
     for launch in launches:
-        running(settings, launch.name)  # notices a dead leader
-        reap_orphans(settings, launch.name)  # its children would hold its ports
+        collect(settings, launch.name)  # what a dead predecessor left would hold its ports
         log = log_file(settings, launch.name)
         with log.open("a") as fh:
             fh.write(f"\n==== airflow-stack: starting {launch.name} at {time.strftime('%Y-%m-%d %H:%M:%S')} ====\n")
         processes.append({"name": launch.name, "argv": launch.argv, "log": str(log), "preload": list(launch.preload),
-                          "pidfile": str(pid_file(settings, launch.name)), "env": launched_env})
+                          "pidfile": str(pid_file(settings, launch.name)),
+                          "metafile": str(meta_file(settings, launch.name)), "env": launched_env,
+                          "boot": _boot_time(), "reap_session": launch.reap_session})
     spec = settings.run_dir / f"launch-{os.getpid()}.json"
-    spec.write_text(json.dumps({"preload": None if preload is None else list(preload), "processes": processes}))
+    spec.write_text(json.dumps({"preload": None if preload is None else list(preload), "processes": processes,
+                                "resident": resident, "log": str(log_file(settings, "supervisor")),
+                                "log_max_bytes": settings.log_max_mb << 20, "log_keep": settings.log_keep}))
     try:
         result = c.run(f"{shlex.quote(python)} {shlex.quote(str(LAUNCHER))} {shlex.quote(str(spec))}",
                        env=dict(env), hide=True, warn=True, in_stream=False)
@@ -155,18 +237,40 @@ def start_many(c: Context, settings: Settings, launches: list[Launch], env: Mapp
     return {name: int(pid) for name, pid in pids.items()}
 
 
-def fingerprint(environ: dict[str, str]) -> dict[str, str]:
-    """The settings a process was started with, for doctor: secrets as a hash (and URL scheme) only."""
+def _fingerprint_key(settings: Settings, create: bool) -> bytes | None:
+    """A random key of this state dir's (0600): the recorded digests of secrets are keyed with it,
+    so a copy of the records alone cannot be used to guess a secret offline."""
+    path = settings.run_dir / "fingerprint.key"
+    try:
+        return bytes.fromhex(path.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        if not create:
+            return None
+    key = secrets.token_bytes(32)
+    private_dirs(settings)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(key.hex())
+    os.replace(tmp, path)
+    return key
+
+
+def fingerprint(settings: Settings, environ: Mapping[str, str], create_key: bool = False) -> dict[str, str]:
+    """The settings a process was started with, for doctor: a secret as a keyed digest (and URL scheme) only."""
+    key = _fingerprint_key(settings, create_key) or b""
+    secret_values = [v for v in settings_mod.secret_values(settings) if len(v) >= 6]
     kept = {}
-    for key, value in environ.items():
-        if not key.startswith(("AIRFLOW__", "STACK_", "AIRFLOW_HOME")):
+    for name, value in environ.items():
+        if not name.startswith(("AIRFLOW__", "STACK_", "AIRFLOW_HOME", "_AIRFLOW")):
             continue
-        if key in SECRET_KEYS or key.endswith(("PASSWORD", "_DSN")):
-            digest = hashlib.sha256(value.encode()).hexdigest()[:16]
+        if (any(secret in value for secret in secret_values)
+                or name.endswith(("PASSWORD", "_DSN", "_KEY", "_SECRET", "_URI", "_URL", "_CONN"))):
+            digest = hmac.new(key, value.encode(), hashlib.sha256).hexdigest()[:16]
             scheme = value.split("://", 1)[0] + "://" if "://" in value else ""
-            kept[key] = f"{scheme}sha256:{digest}"
+            kept[name] = f"{scheme}hmac:{digest}"
         else:
-            kept[key] = value
+            kept[name] = value
     return kept
 
 
@@ -190,14 +294,36 @@ def _members(ident: int, of: Callable[[int], int]) -> list[psutil.Process]:
     return members
 
 
+def supervisors(settings: Settings, names: list[str]) -> set[int]:
+    """The PIDs of the live launchers that supervise ``names`` (read before they are stopped)."""
+    found = set()
+    for name in names:
+        record = _record(settings, name)
+        pid = record[1].get("supervisor") if record else None
+        if isinstance(pid, int) and psutil.pid_exists(pid):
+            found.add(pid)
+    return found
+
+
+def wait_gone(pids: set[int], timeout: float = 5.0) -> None:
+    """Wait for processes to exit (a supervisor whose last child was stopped exits within a second)."""
+    procs = []
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            procs.append(psutil.Process(pid))
+    psutil.wait_procs(procs, timeout=timeout)
+
+
 def stop(settings: Settings, name: str, timeout: float = STOP_TIMEOUT, sig: int = signal.SIGTERM,
          whole_session: bool = False) -> str:
     """Stop ``name``: ``sig`` to its PID, wait up to ``timeout``, then SIGKILL its process group.
-    ``whole_session``: what a dead ``name`` left is reaped in its whole session (see reap_orphans)."""
+    ``whole_session``: what a dead ``name`` left is reaped in its whole session (see collect)."""
     info = running(settings, name)
     if info is None:
-        reaped = reap_orphans(settings, name, whole_session=whole_session)
+        reaped = collect(settings, name, whole_session=whole_session)
         return f"not running (stopped {reaped} processes it left behind)" if reaped else "not running"
+    # the pid file goes first: it is the intent its supervisor reads, so this exit is not restarted
+    pid_file(settings, name).unlink(missing_ok=True)
     with contextlib.suppress(ProcessLookupError):
         os.kill(info.pid, sig)
     graceful = wait_until(lambda: not _alive(info.pid, info.started), timeout)
@@ -216,6 +342,7 @@ def stop(settings: Settings, name: str, timeout: float = STOP_TIMEOUT, sig: int 
             os.killpg(info.pid, signal.SIGKILL)
         wait_until(lambda: not _alive(info.pid, info.started), 10)
     pid_file(settings, name).unlink(missing_ok=True)
+    meta_file(settings, name).unlink(missing_ok=True)
     return "stopped" if graceful else f"killed after {timeout:.0f} s"
 
 

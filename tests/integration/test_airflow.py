@@ -1,24 +1,30 @@
 """Airflow on PostgreSQL with the LocalExecutor, from nothing through `invoke up`, on one line
-(STACK_TEST_AIRFLOW_LINE; nox runs both). Tests run in file order: the login-limit test is last
+(pytest --line; nox runs every line). Tests run in file order: the login-limit test is last
 because it leaves this client rate limited for 40 s."""
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import json
+import os
 import re
 import socket
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
 
 import httpx
+import psutil
 import psycopg
 import pytest
 import redis
 
-from airflow_stack import components, supervisor
+from airflow_stack import airflow_config, airflow_install, registry, supervisor
 
-from .conftest import EXECUTOR, airflow_api
+from .conftest import EXECUTOR, REPO, airflow_api, free_ports
 from .test_bad_input import assert_one_line_error
 
 pytestmark = pytest.mark.integration
@@ -33,10 +39,30 @@ def test_up_brings_every_component_to_healthy(stack, airflow_up):
     print(f"\n[figure] invoke up --executor {EXECUTOR} from nothing (Airflow {stack.settings().airflow_line}): "
           f"{airflow_up['up_seconds']:.1f} s")
     rows = status(stack)
-    expected = {c.name for c in components.for_line(stack.settings().airflow_line, EXECUTOR)}
+    expected = {c.name for c in stack.settings().line.for_executor(EXECUTOR)}
     assert expected <= set(rows)
     for name in [*expected, "postgresql", "redis"]:
         assert rows[name]["up"] and rows[name]["healthy"], rows[name]
+
+
+@pytest.mark.once_per_line
+def test_every_module_the_launcher_preloads_imports_in_the_pinned_venv(stack, airflow_up):
+    """The preload lists name Airflow's internal modules: a release that renames one must show here,
+    not only as a slower start (the launcher then starts that component without its preload)."""
+    settings = stack.settings()
+    code = ("import importlib, sys\nfailed = []\nfor name in sys.argv[1:]:\n    try:\n"
+            "        importlib.import_module(name)\n    except Exception as exc:\n"
+            "        failed.append(f'{name}: {exc!r}')\nprint('\\n'.join(failed))\nsys.exit(1 if failed else 0)")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "STACK_"))}
+    env |= airflow_config.environment(settings, EXECUTOR)
+    modules = settings.line.all_preloads()
+    proc = subprocess.run([str(airflow_install.airflow_python(settings)), "-c", code, *modules], env=env,
+                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, f"modules that do not import: {proc.stdout}{proc.stderr[-2000:]}"
+    # and the running stack was started with its preload: no component fell back to a plain start
+    for name in registry.running(settings):
+        log = supervisor.log_file(settings, name).read_text()
+        assert "starts on its own" not in log, f"{name}: {log[-1000:]}"
 
 
 def test_up_again_does_nothing(stack, airflow_up):
@@ -46,6 +72,37 @@ def test_up_again_does_nothing(stack, airflow_up):
     assert "already running" in out
     for line in out.strip().splitlines():  # every step reports that it had nothing to do
         assert "already" in line or line.startswith("run: Airflow UI"), out
+
+
+@pytest.mark.once_per_line
+def test_two_ups_at_once_start_one_set_of_processes(stack, airflow_up):
+    """The second `invoke up` waits for the first (one operation at a time per state dir), then finds
+    the stack running: one process per component, one live job of each kind in PostgreSQL."""
+    settings = stack.settings()
+    stack.inv("stop")
+    ups = [subprocess.Popen([sys.executable, "-m", "invoke", "up"], cwd=REPO, env=stack.env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+           for _ in range(2)]
+    outputs = [up.communicate(timeout=600) for up in ups]
+    for up, (out, err) in zip(ups, outputs, strict=True):
+        assert up.returncode == 0, out + err
+        assert not [secret for secret in stack.secrets() if secret in out + err]
+    assert sum("waiting for invoke up (pid" in err for _, err in outputs) == 1, outputs
+    assert sum("already running" in out for out, _ in outputs) == 1, outputs
+    running = registry.running(settings)
+    assert set(running) == {c.name for c in settings.line.for_executor(EXECUTOR)}
+    redis = supervisor.running(settings, "redis")
+    # every process that holds one of the stack's ports or names its state dir is in the session of a
+    # recorded component, of our Redis, or of the launcher that supervises them: nothing runs untracked
+    recorded = [*running.values(), redis]
+    sessions = {proc.pid for proc in recorded} | {proc.supervisor for proc in recorded}
+    assert len({proc.supervisor for proc in running.values()}) == 1  # one launcher started them all
+    assert [p.pid for p in stack.leftovers() if os.getsid(p.pid) not in sessions] == []
+    time.sleep(6)  # a heartbeat from each (every 5 s)
+    with psycopg.connect(**settings.pg_conninfo()) as conn:
+        live = dict(conn.execute("SELECT job_type, count(*) FROM job WHERE state = 'running' "
+                                 "AND latest_heartbeat > now() - interval '5 seconds' GROUP BY job_type").fetchall())
+    assert live and set(live.values()) == {1}, live
 
 
 def test_no_sqlite_anywhere_and_the_executor_is_ours(stack, airflow_up):
@@ -59,6 +116,44 @@ def test_no_sqlite_anywhere_and_the_executor_is_ours(stack, airflow_up):
         alive = conn.execute("SELECT count(*) FROM job WHERE job_type = 'SchedulerJob' AND state = 'running' "
                              "AND latest_heartbeat > now() - interval '30 seconds'").fetchone()[0]
     assert alive == 1
+
+
+@pytest.mark.once_per_line
+def test_only_loopback_listeners_by_default(stack, airflow_up):
+    """Nothing is opted in for other machines: every socket the stack listens on is on loopback
+    (Airflow's log servers, which bind all interfaces, are not started at all)."""
+    settings = stack.settings()
+    procs = [*registry.running(settings).values(), supervisor.running(settings, "redis")]
+    sessions = {proc.pid for proc in procs} | {proc.supervisor for proc in procs}
+    listening = set()
+    for conn in psutil.net_connections(kind="inet"):
+        if conn.status == psutil.CONN_LISTEN and conn.pid:
+            with contextlib.suppress(OSError):
+                if os.getsid(conn.pid) in sessions:
+                    listening.add((conn.laddr.ip, conn.laddr.port))
+    assert {settings.api_port, settings.redis_port} <= {port for _, port in listening}, listening
+    assert [(ip, port) for ip, port in listening if not ipaddress.ip_address(ip).is_loopback] == []
+    assert settings.worker_log_port not in {port for _, port in listening}
+
+
+@pytest.mark.once_per_line
+def test_a_proxy_in_the_environment_does_not_carry_the_stacks_own_traffic(stack, airflow_up):
+    """With http_proxy and friends pointing at a closed port (a company proxy that is down, or not
+    meant for local traffic): the stack starts, its probes pass and a DAG run succeeds, its tasks
+    calling the execution API directly. The stack goes on running with that environment."""
+    proxy = f"http://127.0.0.1:{free_ports(1)[0]}"  # nothing listens there
+    env = {var: proxy for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY")}
+    env |= {"NO_PROXY": None, "no_proxy": None}
+    stack.inv("stop")
+    stack.inv("up", env=env, timeout=300)
+    settings = stack.settings()
+    api = airflow_api(settings)
+    api.wait_for_dag("noop_forty")
+    api.unpause("noop_forty")
+    run_id = api.trigger("noop_forty")
+    assert api.wait_for_run("noop_forty", run_id) == "success"
+    status, text = api.task_log("noop_forty", run_id, "noop_0")
+    assert status == 200 and text.strip(), (status, text[:500])
 
 
 def test_eight_sleeps_run_in_parallel(stack, api):
@@ -91,7 +186,7 @@ def test_new_dag_file_becomes_triggerable(stack, api):
 def test_restarts_only_what_is_down_and_refuses_a_taken_port(stack, airflow_up):
     settings = stack.settings()
     pids = {c.name: supervisor.running(settings, c.name).pid
-            for c in components.for_line(settings.airflow_line, EXECUTOR)}
+            for c in settings.line.for_executor(EXECUTOR)}
     assert "triggerer: stopped" in stack.inv("stop", "-c", "triggerer").stdout
     holder = socket.socket()
     holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -146,7 +241,7 @@ def _login_page(client: httpx.Client, line: str) -> tuple[str, str]:
 
 def test_no_production_warnings(stack, airflow_up):
     settings = stack.settings()
-    web = components.web(settings.airflow_line).name
+    web = settings.line.web.name
     # 3.x: the FAB auth manager in the api-server warns at start when Flask-Limiter keeps limits in memory
     log = supervisor.log_file(settings, web).read_text().lower()
     assert "application startup complete" in log or "listening at" in log or "booting worker" in log
@@ -170,7 +265,7 @@ def test_no_production_warnings(stack, airflow_up):
 
 def test_login_attempts_are_limited_in_redis_across_restarts(stack, airflow_up):
     settings = stack.settings()
-    web = components.web(settings.airflow_line).name
+    web = settings.line.web.name
     limiter = redis.Redis(port=settings.redis_port, password=settings.redis_password, db=1)
     with httpx.Client(base_url=settings.api_url, timeout=30) as client:
         path, token = _login_page(client, settings.airflow_line)

@@ -10,7 +10,7 @@ import pytest
 
 from .test_bad_input import assert_one_line_error, env_digest
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.once_per_line]
 
 
 def variable(stack, key: str) -> str:

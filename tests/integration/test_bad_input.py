@@ -20,11 +20,11 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from airflow_stack import components, redis_server, stack, supervisor
+from airflow_stack import postgres, redis_server, registry, supervisor
 
 from .conftest import EXECUTOR, Stack, free_ports
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.once_per_line]
 FINGERPRINT_TABLES = ("dag_run", "task_instance", "connection", "variable", "slot_pool")
 OTHER_EXECUTOR = "celery" if EXECUTOR == "local" else "local"
 
@@ -55,7 +55,7 @@ def db_fingerprint(settings) -> dict[str, object]:
 
 
 def running_pids(settings) -> dict[str, int]:
-    found = {name: proc.pid for name, proc in stack.running_components(settings).items()}
+    found = {name: proc.pid for name, proc in registry.running(settings).items()}
     redis = supervisor.running(settings, redis_server.NAME)
     return found | ({redis_server.NAME: redis.pid} if redis else {})
 
@@ -199,7 +199,7 @@ def component_port_in_use(b):
     port = b.hold_port()  # held by this test's own process: "another program"
     ports = dict(zip(("STACK_SCHEDULER_HEALTH_PORT", "STACK_WORKER_LOG_PORT", "STACK_TRIGGER_LOG_PORT",
                       "STACK_FLOWER_PORT"), free_ports(4), strict=True))
-    b.values |= {"port": port, "web": components.web(b.stack.settings().airflow_line).name, "pid": os.getpid()}
+    b.values |= {"port": port, "web": b.stack.settings().line.web.name, "pid": os.getpid()}
     return [f"run.{EXECUTOR}"], b.other_state_dir(STACK_API_PORT=port, **ports)
 
 
@@ -209,7 +209,7 @@ def another_state_dirs_stack(b):
     names the port, its setting, and the process holding it (the running stack's: its log in that state dir)."""
     settings = b.stack.settings()
     component, setting, port = next((comp.name, name, port)
-                                    for comp in components.for_line(settings.airflow_line, EXECUTOR)
+                                    for comp in settings.line.for_executor(EXECUTOR)
                                     for name, port in comp.listen_ports(settings, EXECUTOR))
     leader = supervisor.running(settings, component).pid
     b.values |= {"component": component, "setting": f"STACK_{setting.upper()}", "port": port, "leader": leader}
@@ -342,6 +342,30 @@ def clean_without_yes_or_terminal(b):
 
     b.verify = nothing_removed
     return ["clean"], env
+
+
+# ---- another checkout of the repo on the same PostgreSQL ---------------------------------------------
+def second_checkout(b) -> dict[str, str]:
+    """A fresh clone's state: its own state dir and .env (none yet: setup writes its own secrets and
+    checkout id), the same role and database names as the running stack (its defaults, say)."""
+    home = b.tmp / "second-clone"
+    home.mkdir()
+
+    def first_stack_still_logs_in(proc) -> None:
+        assert postgres.ping(b.stack.settings()) == (True, "")  # its role's password was not reset
+
+    b.verify = first_stack_still_logs_in
+    return {"STACK_ENV_FILE": str(home / ".env"), "STACK_STATE_DIR": str(home)}
+
+
+@case("belongs to another airflow-stack checkout", "set STACK_PG_DATABASE and STACK_PG_USER in .env to new names")
+def setup_of_another_checkouts_database(b):
+    return ["setup.postgres"], second_checkout(b)
+
+
+@case("belongs to another airflow-stack checkout")
+def drop_of_another_checkouts_database(b):
+    return ["db.drop", "--yes"], second_checkout(b)
 
 
 @pytest.mark.parametrize("build, needles, stdout_needles", CASES)

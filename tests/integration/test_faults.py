@@ -1,8 +1,9 @@
-"""Failure recovery: a DAG run in flight when the scheduler or the API server (the webserver on 2.11)
-is killed with `kill -9` finishes after `invoke up`, with no task instance lost or stuck. Both
-executors, both lines (a killed Celery worker is test_celery's). Each test prints how long
-`invoke status` took to report the component down and `invoke up` to heal it; the scheduler's also
-prints the PSS of one running task, the figure doctor.TASK_PSS_MIB holds."""
+"""Failure recovery: a DAG run in flight when the scheduler or the web component is killed with
+`kill -9` finishes after the component came back by itself (its supervisor, the resident launcher,
+starts it again), with no task instance lost or stuck and the try numbers the kill explains. Both
+executors, both lines (a killed Celery worker is test_celery's). Each test prints how long the
+component took to be healthy again; the scheduler's also prints the PSS of one running task, the
+figure the line profile holds (task_pss_mib)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import psutil
 import psycopg
 import pytest
 
-from airflow_stack import components, doctor, supervisor
+from airflow_stack import supervisor
 from airflow_stack.netutil import wait_until
 
 from .conftest import EXECUTOR
@@ -25,7 +26,6 @@ pytestmark = pytest.mark.integration
 DAG_ID = "fault_recovery"  # tests/integration/dags: three 10 s tasks at once, then one after them
 HOLDS = 3
 NOT_DONE = {"scheduled", "queued", "running", "up_for_retry", "up_for_reschedule", "restarting", "deferred"}
-SEEN_DOWN_WITHIN = 10.0
 
 
 def status(stack) -> dict[str, dict]:
@@ -63,7 +63,7 @@ def print_task_memory(settings, pids: list[int]) -> None:
     parent = sum(p for _, p in found) / len(found)
     print(f"\n[figure] one running task ({settings.airflow_line}, {EXECUTOR}, {len(found)} running): PSS task "
           f"runner {runner:.0f} + its supervisor {parent:.0f} = {runner + parent:.0f} MiB (doctor assumes "
-          f"{doctor.TASK_PSS_MIB[(settings.airflow_line, EXECUTOR)]})")
+          f"{settings.line.task_pss_mib[EXECUTOR]})")
 
 
 def session_members(sid: int) -> list[int]:
@@ -77,9 +77,10 @@ def session_members(sid: int) -> list[int]:
 
 
 @pytest.mark.parametrize("role", ["scheduler", "web"])
-def test_a_run_in_flight_finishes_after_its_killed_component_is_healed(stack, api, role):
+def test_a_run_in_flight_finishes_after_its_killed_component_came_back_by_itself(stack, api, role):
     settings = stack.settings()
-    name = "scheduler" if role == "scheduler" else components.web(settings.airflow_line).name
+    name = "scheduler" if role == "scheduler" else settings.line.web.name
+    component = settings.line.component(name)
     api.wait_for_dag(DAG_ID, timeout=90)
     api.unpause(DAG_ID)
     run_id = api.trigger(DAG_ID)
@@ -89,21 +90,22 @@ def test_a_run_in_flight_finishes_after_its_killed_component_is_healed(stack, ap
 
     assert wait_until(lambda: len(running_pids()) == HOLDS, 90), task_instances(settings, run_id)
     time.sleep(1)  # in flight: each has most of its 10 s still to go
+    assert len(running_pids()) == HOLDS  # the kill lands while all of them run
     if role == "scheduler":
         print_task_memory(settings, running_pids())
 
     victim = supervisor.running(settings, name)
     os.kill(victim.pid, signal.SIGKILL)  # the main process only, as when it crashes; its children live on
     killed = time.monotonic()
-    while status(stack)[name]["up"]:
-        assert time.monotonic() - killed < SEEN_DOWN_WITHIN, f"invoke status still shows {name} up"
-    seen = time.monotonic() - killed
-    left = len(supervisor._group_alive(victim.pid))
 
-    began = time.monotonic()
-    out = stack.inv("up").stdout
-    healed = time.monotonic() - began
-    assert f"started {name}" in out, out
+    def back() -> bool:  # started again by its supervisor, no command run, and healthy
+        row = status(stack)[name]
+        return row["healthy"] and row["pid"] not in (None, victim.pid)
+
+    assert wait_until(back, 60), status(stack)[name]
+    healed = time.monotonic() - killed
+    row = status(stack)[name]
+    assert (row["restarts"], row["last_exit"]) == (1, -9), row
     assert supervisor._group_alive(victim.pid) == []  # what it left in its process group was reaped
 
     assert wait_until(lambda: run_state(settings, run_id) in ("success", "failed"), 240), \
@@ -112,12 +114,17 @@ def test_a_run_in_flight_finishes_after_its_killed_component_is_healed(stack, ap
     state, rows = run_state(settings, run_id), task_instances(settings, run_id)
     tries = ", ".join(f"{task_id} {try_number}" for task_id, _, try_number, _ in rows)
     print(f"\n[figure] kill -9 {name} ({settings.airflow_line}, {EXECUTOR}) under a running DAG run: "
-          f"invoke status showed it down after {seen:.1f} s; invoke up healed it in {healed:.1f} s "
-          f"(reaped {left} processes it left); the run ended {state} {ended:.1f} s after the kill; tries: {tries}")
+          f"healthy again by itself after {healed:.1f} s; the run ended {state} {ended:.1f} s after the kill; "
+          f"tries: {tries}")
     assert state == "success"
     assert len(rows) == HOLDS + 1 and {row[1] for row in rows} == {"success"}, rows
     assert not [row for row in rows if row[1] in NOT_DONE]
+    # The tasks survive the kill (try 1) unless they ran inside the killed component's session and went
+    # with it: a LocalExecutor scheduler whose task processes are reaped with it (reap_session); those
+    # are failed by the heartbeat check and retried (try 2). The task after them runs once.
+    went_with_it = component.reap_session and component.runs_tasks and EXECUTOR == "local"
+    holds = {task_id: try_number for task_id, _, try_number, _ in rows if task_id != "after"}
+    assert set(holds.values()) == {2 if went_with_it else 1}, rows
+    assert [try_number for task_id, _, try_number, _ in rows if task_id == "after"] == [1], rows
     # task runners leave the killed leader's process group, but not its session: none is left behind
     assert wait_until(lambda: not session_members(victim.pid), 15), session_members(victim.pid)
-    row = status(stack)[name]
-    assert row["up"] and row["healthy"], row

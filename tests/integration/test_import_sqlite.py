@@ -13,7 +13,7 @@ from airflow_stack import airflow_install
 
 from .test_bad_input import assert_one_line_error
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.once_per_line]
 OLD_PASSWORD = "old-db-password-7"
 
 

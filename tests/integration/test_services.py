@@ -13,7 +13,7 @@ import redis
 
 from airflow_stack import supervisor
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.once_per_line]
 
 
 def test_first_setup_creates_role_database_and_redis(services):

@@ -6,7 +6,7 @@ import ast
 
 import pytest
 
-from airflow_stack import airflow_config, components
+from airflow_stack import airflow_config, lines
 
 from .conftest import SECRETS
 
@@ -35,12 +35,13 @@ def test_211_environment(settings):
 
 
 def test_every_component_gets_the_same_secrets(settings):
-    for line in ("3.3", "2.11"):
+    for line in lines.NAMES:
         s = settings.replace(airflow_line=line)
         local, celery = airflow_config.environment(s, "local"), airflow_config.environment(s, "celery")
-        shared = {k for k in airflow_config.SECRET_KEYS if k in local}
-        assert shared and all(local[k] == celery[k] for k in shared)
-        assert len(components.for_line(line)) >= 3  # one environment is handed to all of them
+        shared = airflow_config.secret_keys(local, s)
+        assert {"AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"} <= shared
+        assert all(local[k] == celery[k] for k in shared)
+        assert len(lines.get(line).components) >= 3  # one environment is handed to all of them
 
 
 def test_celery_result_backend_uses_db_plus_postgresql(settings):
@@ -51,12 +52,23 @@ def test_celery_result_backend_uses_db_plus_postgresql(settings):
 
 
 def test_airflow_cfg_holds_no_secret(settings):
-    for line in ("3.3", "2.11"):
-        cfg = airflow_config.render_airflow_cfg(airflow_config.environment(settings.replace(airflow_line=line)))
+    for line in lines.NAMES:
+        s = settings.replace(airflow_line=line)
+        cfg = airflow_config.render_airflow_cfg(airflow_config.environment(s), s)
         assert "[core]" in cfg and "executor = LocalExecutor" in cfg
         assert not any(secret in cfg for secret in SECRETS)
         assert "sql_alchemy_conn" not in cfg and "sqlite" not in cfg
         assert "[flask_limiter]" not in cfg  # has no effect; the limiter is set in webserver_config.py
+
+
+def test_the_stacks_own_hosts_bypass_a_proxy(settings, monkeypatch):
+    monkeypatch.setenv("NO_PROXY", "corp.example,.internal")
+    monkeypatch.delenv("no_proxy", raising=False)
+    env = airflow_config.environment(settings.replace(pg_host="10.1.2.3", redis_host="10.1.2.4"))
+    assert env["NO_PROXY"] == env["no_proxy"]
+    hosts = env["NO_PROXY"].split(",")
+    assert hosts[:2] == ["corp.example", ".internal"]  # the user's list is kept, first
+    assert {"localhost", "127.0.0.1", "::1", "10.1.2.3", "10.1.2.4"} <= set(hosts)
 
 
 def test_missing_secrets_say_run_setup(settings):

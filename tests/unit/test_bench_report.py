@@ -3,8 +3,8 @@ place in docs/benchmarks.md while the rest of the file is kept."""
 
 from __future__ import annotations
 
-from airflow_stack import bench, bench_report
-from airflow_stack.bench import Sample
+from tests.support import bench, bench_report
+from tests.support.bench import Sample
 
 
 def result(line: str = "3.3") -> bench_report.Result:

@@ -1,21 +1,36 @@
 from __future__ import annotations
 
 from airflow_stack import airflow_config, doctor, supervisor
-from airflow_stack.detach import fingerprint
 
 from .conftest import SECRETS
 
 
 def test_fingerprint_keeps_settings_and_hides_secrets(settings):
     env = airflow_config.environment(settings, "celery")
-    printed = fingerprint(env | {"PATH": "/usr/bin", "HOME": "/root"})
+    printed = supervisor.fingerprint(settings, env | {"PATH": "/usr/bin", "HOME": "/root"}, create_key=True)
     assert printed["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
-    assert printed["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg://sha256:")
-    assert printed["STACK_RATELIMIT_STORAGE_URI"].startswith("redis://sha256:")
+    assert printed["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg://hmac:")
+    assert printed["STACK_RATELIMIT_STORAGE_URI"].startswith("redis://hmac:")
+    assert printed["AIRFLOW__CORE__FERNET_KEY"].startswith("hmac:")
     assert "PATH" not in printed and "HOME" not in printed
     assert not any(secret in value for value in printed.values() for secret in SECRETS)
     # the same environment, the same fingerprint: how doctor compares a process with .env
-    assert fingerprint(env) == fingerprint(dict(env))
+    assert supervisor.fingerprint(settings, env) == supervisor.fingerprint(settings, dict(env))
+
+
+def test_fingerprints_are_keyed_per_state_dir(settings, tmp_path):
+    """A digest of a secret in the records cannot be checked against guesses without the state
+    dir's key (0600), unlike a plain hash."""
+    import hashlib
+
+    env = {"AIRFLOW__CORE__FERNET_KEY": settings.fernet_key}
+    mine = supervisor.fingerprint(settings, env, create_key=True)["AIRFLOW__CORE__FERNET_KEY"]
+    plain = hashlib.sha256(settings.fernet_key.encode()).hexdigest()[:16]
+    assert plain not in mine
+    key = settings.run_dir / "fingerprint.key"
+    assert key.stat().st_mode & 0o777 == 0o600
+    other = settings.replace(state_dir=tmp_path / "other")
+    assert supervisor.fingerprint(other, env, create_key=True)["AIRFLOW__CORE__FERNET_KEY"] != mine
 
 
 def test_render_lists_fixes_for_failures_only():

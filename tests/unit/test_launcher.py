@@ -37,6 +37,7 @@ def fake_airflow(tmp_path) -> Path:
             time.sleep(60)
     """))
     (root / "preloaded_marker.py").write_text("VALUE = 1\n")
+    (root / "renamed_module.py").write_text("raise ImportError('renamed in this release')\n")
     (root / "starts_a_thread.py").write_text("import threading, time\n"
                                              "threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n")
     # what exec runs when the preload is unsafe: a script that reports the same way
@@ -86,6 +87,40 @@ def test_a_preload_that_starts_a_thread_falls_back_to_exec(settings, fake_airflo
         assert not reports["api-server"]["preloaded"]  # a fresh interpreter, not a fork of the launcher
     finally:
         supervisor.stop(settings, "api-server", timeout=5)
+
+
+def test_a_module_that_fails_to_import_costs_only_its_component_a_fork(settings, fake_airflow):
+    """A preload is best effort: the component that wanted a missing module starts plainly (exec), with
+    one line in its log saying why; the components after it are still forked from the preload."""
+    launches = [supervisor.Launch("dag-processor", [str(fake_airflow / "bin" / "airflow"), "dag-processor"],
+                                  ("renamed_module",)),
+                supervisor.Launch("triggerer", [str(fake_airflow / "bin" / "airflow"), "triggerer"])]
+    pids = supervisor.start_many(Context(), settings, launches, {"PYTHONPATH": str(fake_airflow)},
+                                 python=sys.executable, preload=("preloaded_marker",))
+    try:
+        reports = {}
+        for name in pids:
+            log = supervisor.log_file(settings, name)
+            assert wait_until(lambda log=log: '"argv"' in log.read_text(), 15), log.read_text()
+            reports[name] = log.read_text()
+        said = [line for line in reports["dag-processor"].splitlines() if "airflow-stack launcher" in line]
+        assert len(said) == 1 and "cannot preload renamed_module (ImportError: renamed in this release)" in said[0]
+        assert '"preloaded": false' in reports["dag-processor"]
+        assert '"preloaded": true' in reports["triggerer"] and "airflow-stack launcher" not in reports["triggerer"]
+    finally:
+        for name in pids:
+            supervisor.stop(settings, name, timeout=5)
+
+
+def test_the_pid_file_holds_the_pid_alone(settings, fake_airflow):
+    pids, _ = launch(settings, fake_airflow, ["scheduler"], ("preloaded_marker",))
+    try:
+        assert supervisor.pid_file(settings, "scheduler").read_text() == f"{pids['scheduler']}\n"
+        record = supervisor.meta_file(settings, "scheduler")
+        assert record.stat().st_mode & 0o777 == 0o600  # the launch fingerprint sits beside it, private
+        assert json.loads(record.read_text())["argv"][1] == "scheduler"
+    finally:
+        supervisor.stop(settings, "scheduler", timeout=5)
 
 
 def test_without_preload_every_process_is_execed(settings, fake_airflow):

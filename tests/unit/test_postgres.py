@@ -12,8 +12,8 @@ from airflow_stack.errors import StackError
 
 
 class RecordingAdmin(postgres.Admin):
-    def __init__(self, role=None, owner=None):
-        self.role, self.owner = role, owner  # role: (rolsuper, rolconfig) or None
+    def __init__(self, role=None, owner=None, marker=""):
+        self.role, self.owner, self.marker = role, owner, marker  # role: (rolsuper, rolconfig) or None
         self.executed: list[tuple[str, str]] = []
 
     def rows(self, query, dbname="postgres"):
@@ -21,7 +21,7 @@ class RecordingAdmin(postgres.Admin):
         if "FROM pg_roles" in text:
             return [self.role] if self.role else []
         if "FROM pg_database" in text:
-            return [(self.owner,)] if self.owner else []
+            return [(self.owner, self.marker)] if self.owner else []
         raise AssertionError(text)
 
     def execute(self, statements, dbname="postgres"):
@@ -32,6 +32,8 @@ class RecordingAdmin(postgres.Admin):
 def role_works(monkeypatch):
     monkeypatch.setattr(postgres, "check_role_can_create", lambda s: None)
     monkeypatch.setattr(postgres, "role_can_login", lambda s: (True, ""))
+    monkeypatch.setattr(postgres, "mark_database", lambda s: False)
+    monkeypatch.setattr(postgres, "database_marker", lambda s: None)
 
 
 ALL_SET = "client_encoding=utf8,default_transaction_isolation=read committed,TimeZone=UTC"
@@ -62,6 +64,24 @@ def test_changed_password_is_resynced_from_env_file(settings, monkeypatch):
     changes = postgres.bootstrap(admin, settings)
     assert [s for s, _ in admin.executed][1].startswith('ALTER ROLE "airflow" WITH LOGIN PASSWORD')
     assert changes == ["reset the password of role airflow to the one in .env"]
+
+
+def test_another_checkouts_database_is_refused_before_anything_changes(settings, monkeypatch):
+    """A second clone with the default names would reset the first's role password and take over its
+    database; the first's mark on the database stops it, naming the settings to change."""
+    monkeypatch.setattr(postgres, "role_can_login", lambda s: (False, "password authentication failed"))
+    mine = settings.replace(checkout_id="aaaa1111")
+    admin = RecordingAdmin(role=("f", ALL_SET), owner="airflow", marker=postgres.OWNER_MARK + "bbbb2222")
+    with pytest.raises(StackError, match=r"belongs to another airflow-stack checkout .* set STACK_PG_DATABASE "
+                                         r"and STACK_PG_USER in \.env to new names"):
+        postgres.bootstrap(admin, mine)
+    assert admin.executed == []  # no password reset, nothing
+    with pytest.raises(StackError, match="another airflow-stack checkout"):
+        postgres.drop(admin, mine)
+    assert admin.executed == []
+    # its own mark, no mark (a database set up before marks existed), or a comment of the user's: go on
+    for marker in (postgres.OWNER_MARK + "aaaa1111", "", "the team's warehouse"):
+        postgres.check_owner(mine, marker)
 
 
 def test_superuser_role_is_refused(settings):

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 
+from airflow_stack import lines
 from airflow_stack import settings as settings_mod
 from airflow_stack.errors import StackError
 
@@ -72,7 +73,7 @@ def test_env_file_that_is_not_utf8(env, tmp_path):
                                                ("2.11", (3, 13), False), ("3.3", (3, 9), False)])
 def test_python_support_per_line(line, version, ok):
     if ok:
-        settings_mod.check_python_for_line(line, version)
+        lines.get(line).check_python(version)
     else:
         with pytest.raises(StackError, match=f"Airflow {line} supports Python"):
-            settings_mod.check_python_for_line(line, version)
+            lines.get(line).check_python(version)

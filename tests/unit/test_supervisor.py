@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 
+import psutil
 import pytest
 from invoke import Context
 
-from airflow_stack import stack, supervisor
+from airflow_stack import launcher, lifecycle, registry, status, supervisor
 from airflow_stack.errors import StackError
 from airflow_stack.netutil import wait_until
 
@@ -18,9 +20,9 @@ from airflow_stack.netutil import wait_until
 def started(settings):
     names: list[str] = []
 
-    def start(name: str, argv: list[str]) -> int:
+    def start(name: str, argv: list[str], resident: bool = True) -> int:
         names.append(name)
-        return supervisor.start(Context(), settings, name, argv, env={})
+        return supervisor.start(Context(), settings, name, argv, env={}, resident=resident)
 
     yield start
     for name in names:
@@ -36,6 +38,7 @@ def test_start_records_pid_and_logs_and_stop_removes_them(settings, started):
     assert supervisor.stop(settings, "sleeper", timeout=5) == "stopped"
     assert supervisor.running(settings, "sleeper") is None
     assert not supervisor.pid_file(settings, "sleeper").exists()
+    assert not supervisor.meta_file(settings, "sleeper").exists()
 
 
 def test_a_process_that_ignores_sigterm_is_killed_after_the_bound(settings, started):
@@ -56,13 +59,32 @@ def test_children_left_behind_in_the_group_are_stopped_too(settings, started):
     assert supervisor._group_alive(pid) == []
 
 
-def test_a_stale_pid_file_is_not_trusted(settings):
+def test_a_stale_pid_file_is_not_trusted_and_reading_it_changes_nothing(settings):
     settings.run_dir.mkdir(parents=True)
     # this PID exists (our own), but was not started at the recorded time: a recycled PID
-    supervisor.pid_file(settings, "ghost").write_text(json.dumps({"pid": os.getpid(), "started": 1.0}))
+    supervisor.pid_file(settings, "ghost").write_text(f"{os.getpid()}\n")
+    supervisor.meta_file(settings, "ghost").write_text(json.dumps({"started": 1.0, "boot": psutil.boot_time()}))
+    before = sorted(p.name for p in settings.run_dir.iterdir())
     assert supervisor.running(settings, "ghost") is None
-    assert not supervisor.pid_file(settings, "ghost").exists()
-    assert supervisor.stop(settings, "ghost") == "not running"
+    assert sorted(p.name for p in settings.run_dir.iterdir()) == before  # status and doctor only read
+    assert supervisor.stop(settings, "ghost") == "not running"  # an operation collects it
+    assert not supervisor.pid_file(settings, "ghost").exists() and not supervisor.meta_file(settings, "ghost").exists()
+
+
+def test_a_record_from_an_earlier_boot_is_forgotten_without_a_signal(settings, started):
+    """PIDs start over after a reboot: a group id from before names somebody else's processes now."""
+    code = ("import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']);"
+            "time.sleep(60)")
+    pid = started("leader", [sys.executable, "-c", code], resident=False)
+    assert wait_until(lambda: len(supervisor._group_alive(pid)) == 2, 10)
+    os.kill(pid, 9)
+    assert wait_until(lambda: supervisor.running(settings, "leader") is None, 10)
+    meta = json.loads(supervisor.meta_file(settings, "leader").read_text())
+    supervisor.meta_file(settings, "leader").write_text(json.dumps(meta | {"boot": meta["boot"] - 3600}))
+    assert supervisor.collect(settings, "leader", timeout=2) == 0
+    assert len(supervisor._group_alive(pid)) == 1  # not ours to prove: left alone
+    assert not supervisor.pid_file(settings, "leader").exists()
+    os.killpg(pid, 9)  # the test's own cleanup, by the group it started
 
 
 def test_a_missing_program_fails_with_its_name_in_the_log(settings):
@@ -74,11 +96,10 @@ def test_a_missing_program_fails_with_its_name_in_the_log(settings):
 
 def test_start_refuses_a_second_executor_while_the_stack_runs(settings, started, monkeypatch):
     started("scheduler", [sys.executable, "-c", "import time; time.sleep(60)"])
-    settings.run_dir.mkdir(parents=True, exist_ok=True)
-    (settings.run_dir / "stack.json").write_text(json.dumps({"executor": "celery", "line": "3.3"}))
-    monkeypatch.setattr(stack, "preflight", lambda s: None)
+    registry.record(settings, "celery", "3.3")
+    monkeypatch.setattr(lifecycle.preflight, "check_start", lambda s: None)
     with pytest.raises(StackError, match=r"runs Airflow 3\.3 with the celery executor; stop it first"):
-        stack.start(Context(), settings, "local")
+        lifecycle.start(Context(), settings, "local")
 
 
 def test_usage_sums_a_process_tree(settings, started):
@@ -86,17 +107,21 @@ def test_usage_sums_a_process_tree(settings, started):
             "time.sleep(60)")
     pid = started("tree", [sys.executable, "-c", code])
     assert wait_until(lambda: len(supervisor._group_alive(pid)) == 2, 10)
-    memory, cpu = stack.usage(pid)
+    memory, cpu = status.usage(pid)
     assert 5 < memory < 1000 and cpu >= 0
-    assert stack.usage(2**22 + 7) is None  # no such process
-    table = stack.status_table([stack.Row("tree", pid, True, True, "ok", [], memory, cpu)])
+    assert status.usage(2**22 + 7) is None  # no such process
+    table = status.to_table([status.Row("tree", pid, True, True, "ok", [], memory, cpu),
+                             status.Row("worker-a-long-name", None, False, False, "not running", [])])
     assert "total (ours)" in table and f"{memory:.0f}" in table
+    header, row, long_row = table.splitlines()[:3]
+    # the columns line up, also for a worker-NAME longer than the heading
+    assert header.index("STATE") == row.index(" up ") + 1 == long_row.index(" down ") + 1
 
 
 def test_children_of_a_killed_leader_are_reaped_before_a_restart(settings, started):
     code = ("import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']);"
             "time.sleep(60)")
-    pid = started("leader", [sys.executable, "-c", code])
+    pid = started("leader", [sys.executable, "-c", code], resident=False)  # nobody restarts it
     assert wait_until(lambda: len(supervisor._group_alive(pid)) == 2, 10)
     os.kill(pid, 9)  # the leader dies; its child lives on, holding whatever it held
     assert wait_until(lambda: supervisor.running(settings, "leader") is None, 10)
@@ -109,15 +134,64 @@ def test_a_dead_leaders_session_is_reaped_only_when_asked(settings, started):
     """A task process that left the leader's group for its own (setpgid) is still in its session."""
     code = ("import os, subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'],"
             " preexec_fn=os.setpgrp); time.sleep(60)")
-    pid = started("leader", [sys.executable, "-c", code])
+    pid = started("leader", [sys.executable, "-c", code], resident=False)
     assert wait_until(lambda: len(supervisor._session_alive(pid)) == 2, 10)
     assert len(supervisor._group_alive(pid)) == 1  # the child has a group of its own
     os.kill(pid, 9)
     assert wait_until(lambda: supervisor.running(settings, "leader") is None, 10)
-    stale = supervisor.pid_file(settings, "leader").with_suffix(".stale")
-    saved = stale.read_text()
-    assert supervisor.reap_orphans(settings, "leader", timeout=2) == 0  # the group is empty: the child stays
+    saved = {path: path.read_text() for path in (supervisor.pid_file(settings, "leader"),
+                                                 supervisor.meta_file(settings, "leader"))}
+    assert supervisor.collect(settings, "leader", timeout=2) == 0  # the group is empty: the child stays
     assert len(supervisor._session_alive(pid)) == 1
-    stale.write_text(saved)
-    assert supervisor.reap_orphans(settings, "leader", timeout=2, whole_session=True) == 1
+    for path, text in saved.items():
+        path.write_text(text)
+    assert supervisor.collect(settings, "leader", timeout=2, whole_session=True) == 1
     assert wait_until(lambda: supervisor._session_alive(pid) == [], 5)
+
+
+CHILD_AND_GRANDCHILD = ("import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', "
+                        "'import time; time.sleep(60)']); print('up', flush=True); time.sleep(60)")
+
+
+def test_a_killed_process_is_started_again_by_its_supervisor(settings, started):
+    """kill -9 (a crash, the OOM killer): its supervisor reaps what it left in its group and starts it
+    again, without anyone running a command; status can tell how often and how it ended."""
+    pid = started("crasher", [sys.executable, "-c", CHILD_AND_GRANDCHILD])
+    assert wait_until(lambda: len(supervisor._group_alive(pid)) == 2, 10)
+    first = supervisor.running(settings, "crasher")
+    assert first.supervisor and first.restarts == 0 and psutil.Process(first.supervisor).is_running()
+    os.kill(pid, 9)
+    assert wait_until(lambda: (p := supervisor.running(settings, "crasher")) is not None and p.pid != pid, 10)
+    again = supervisor.running(settings, "crasher")
+    assert (again.restarts, again.last_exit, again.supervisor) == (1, -9, first.supervisor)
+    assert supervisor._group_alive(pid) == []  # the grandchild it left was stopped before the restart
+    log = supervisor.log_file(settings, "crasher").read_text()
+    assert "restarting crasher" in log and "after exit -9 (restart 1)" in log
+
+
+def test_a_stopped_process_stays_stopped_and_its_supervisor_exits(settings, started):
+    pid = started("quitter", [sys.executable, "-c", "import time; time.sleep(60)"])
+    boss = supervisor.running(settings, "quitter").supervisor
+    assert supervisor.stop(settings, "quitter", timeout=5) == "stopped"
+    time.sleep(2 * launcher.POLL + 1.5)  # longer than the first back-off: a restart would have happened
+    assert supervisor.running(settings, "quitter") is None and not psutil.pid_exists(pid)
+    assert wait_until(lambda: not psutil.pid_exists(boss) or psutil.Process(boss).status() == "zombie", 5)
+
+
+def test_a_process_that_keeps_crashing_is_tried_with_growing_pauses():
+    assert [launcher.backoff(n) for n in range(1, 9)] == [1, 2, 4, 8, 16, 30, 30, 30]
+
+
+def test_a_log_past_its_cap_is_rotated_and_the_writer_goes_on(tmp_path):
+    log = tmp_path / "scheduler.log"
+    with open(log, "ab", buffering=0) as writer:  # as a child writes: O_APPEND
+        writer.write(b"x" * 2000)
+        assert launcher.rotate(str(log), 1000, keep=2)
+        writer.write(b"after\n")
+        assert log.read_bytes() == b"after\n"  # appended at the new end, no hole of zeros
+        assert (tmp_path / "scheduler.log.1").stat().st_size == 2000
+        writer.write(b"y" * 2000)
+        assert launcher.rotate(str(log), 1000, keep=2)
+    assert (tmp_path / "scheduler.log.2").stat().st_size == 2000
+    assert (tmp_path / "scheduler.log.1").read_bytes().startswith(b"after")
+    assert not launcher.rotate(str(log), 1000, keep=2)  # small again: nothing to do

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from invoke import MockContext
 
-from airflow_stack import stack
+from airflow_stack import preflight
 from airflow_stack.errors import StackError
 from airflow_stack.tasks import _common, run, setup
 
@@ -28,17 +28,17 @@ def test_run_worker_rejects_bad_names_and_queues(flags, message):
 def test_a_worker_machine_without_secrets_names_what_to_copy(settings):
     bare = settings.replace(fernet_key=None, jwt_secret=None)
     with pytest.raises(StackError) as err:
-        stack.check_worker_machine(bare)
+        preflight.check_worker_machine(bare)
     message = str(err.value)
     assert "AIRFLOW__CORE__FERNET_KEY, AIRFLOW__API_AUTH__JWT_SECRET" in message and "copy" in message
     assert not any(secret in message for secret in SECRETS)
 
 
 def test_a_worker_machine_that_cannot_reach_redis_is_told_so(settings, monkeypatch):
-    monkeypatch.setattr(stack.postgres, "ping", lambda s: (True, ""))
-    monkeypatch.setattr(stack.redis_server, "ping", lambda s: (False, "Redis at 10.0.0.5:6380 is not answering"))
+    monkeypatch.setattr(preflight.postgres, "ping", lambda s: (True, ""))
+    monkeypatch.setattr(preflight.redis_server, "ping", lambda s: (False, "Redis at 10.0.0.5:6380 is not answering"))
     with pytest.raises(StackError, match=r"invoke setup\.redis \(with --bind"):
-        stack.check_worker_machine(settings)
+        preflight.check_worker_machine(settings)
 
 
 def test_numeric_flags_are_text_to_invoke_and_numbers_to_us():
@@ -68,3 +68,26 @@ def test_redis_bind_addresses_are_checked_before_anything_is_written(bind, messa
 def test_redis_bind_accepts_this_machines_addresses_and_optional_ones():
     for bind in ("127.0.0.1", "127.0.0.1 127.0.0.2 -::1", "0.0.0.0 ::", "* -::*", "127.0.0.1 -192.0.2.7"):
         setup.check_bind(bind)
+
+
+def test_the_admin_password_never_reaches_a_command_line(settings, monkeypatch):
+    """Every local user can read a process's argv (ps): the password travels in the environment and
+    is appended to the CLI's own sys.argv inside the process."""
+    from invoke import Result
+
+    from airflow_stack import airflow_db
+
+    for exists, reset in ((False, True), (True, True), (True, False)):
+        monkeypatch.setattr(airflow_db, "admin_exists", lambda s, exists=exists: exists)
+        # a line that resets the password, and one that re-creates the user instead
+        line = settings.replace(airflow_line="3.3" if reset else "2.11")
+        ctx = MockContext(run=Result(""), repeat=True)
+        airflow_db.ensure_admin(ctx, line, {"AIRFLOW_HOME": "/x"})
+        commands = [call.args[0] for call in ctx.run.call_args_list]
+        envs = [call.kwargs["env"] for call in ctx.run.call_args_list]
+        assert commands and not [cmd for cmd in commands if "admin-secret-value-3" in cmd]
+        with_password = [cmd for cmd in commands if "users create" in cmd or "reset-password" in cmd]
+        assert with_password and all(cmd.split(" >> ")[0].endswith(" _AIRFLOW_WWW_USER_PASSWORD")
+                                     for cmd in with_password), with_password
+        assert all(env["_AIRFLOW_WWW_USER_PASSWORD"] == "admin-secret-value-3" for env in envs)
+        (line.airflow_home / ".airflow-stack-admin.json").unlink()

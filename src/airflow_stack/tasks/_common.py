@@ -10,6 +10,7 @@ from typing import Any
 import psycopg
 import redis
 
+from .. import oplock
 from .. import settings as settings_mod
 from ..errors import StackError
 from ..settings import Settings
@@ -57,6 +58,20 @@ def one_line_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             raise StackError("interrupted", code=130) from None
 
     return wrapper
+
+
+def exclusive(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Run the task holding the state dir's operation lock (oplock.py): one operation at a time."""
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with oplock.exclusive(load(), what):
+                return func(*args, **kwargs)
+
+        return wrapper
+
+    return decorate
 
 
 def _first_line(exc: Exception) -> str:

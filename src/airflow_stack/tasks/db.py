@@ -7,9 +7,9 @@ from pathlib import Path
 from invoke import Context, task
 
 from .. import backup as backup_mod
-from .. import platform, postgres, stack
+from .. import platform, postgres, registry
 from ..errors import StackError
-from ._common import load, one_line_errors, say
+from ._common import exclusive, load, one_line_errors, say
 
 
 def _local_platform(settings):
@@ -18,6 +18,7 @@ def _local_platform(settings):
 
 @task(help={"output": "file to write (default: <state dir>/backups/<db>-<UTC time>.dump)"})
 @one_line_errors
+@exclusive("invoke db.backup")
 def backup(c: Context, output: str | None = None) -> None:
     """Back up Airflow's database (pg_dump custom format, mode 0600), safe while Airflow runs."""
     settings = load()
@@ -28,12 +29,13 @@ def backup(c: Context, output: str | None = None) -> None:
 @task(positional=["file"], help={"file": "a backup made by invoke db.backup",
                                  "yes": "really replace the database's content (required)"})
 @one_line_errors
+@exclusive("invoke db.restore")
 def restore(c: Context, file: str, yes: bool = False) -> None:
     """Restore a backup into Airflow's database (refuses while Airflow runs, and without --yes)."""
     settings = load()
     path = Path(file).resolve()
     backup_mod.check_readable(c, _local_platform(settings), settings, path)  # before asking for a stop
-    running = stack.running_components(settings)
+    running = registry.running(settings)
     if running:
         raise StackError(f"Airflow is running ({', '.join(running)}); stop it first: invoke stop")
     if not yes:
@@ -47,13 +49,14 @@ def restore(c: Context, file: str, yes: bool = False) -> None:
 
 @task(help={"yes": "really drop it (required: this deletes every DAG run and connection)"})
 @one_line_errors
+@exclusive("invoke db.drop")
 def drop(c: Context, yes: bool = False) -> None:
     """Drop Airflow's database and role (refuses while Airflow runs, and without --yes)."""
     settings = load()
     if not yes:
         raise StackError(f"this deletes database {settings.pg_database} and role {settings.pg_user}; "
                          f"re-run with --yes to do it")
-    if stack.running_components(settings):
+    if registry.running(settings):
         raise StackError("Airflow is running on this database; stop it first: invoke stop")
     plat = _local_platform(settings)
     admin = postgres.admin_for(c, plat, settings)
@@ -70,16 +73,19 @@ def drop(c: Context, yes: bool = False) -> None:
 
 @task(name="import-sqlite", positional=["path"], help={
     "path": "the old Airflow's SQLite database (airflow.db); it is only read",
-    "fernet_key": "the old installation's fernet key (default: from the airflow.cfg beside the DB)",
+    "fernet_key_file": "a file holding the old installation's fernet key (or set STACK_IMPORT_FERNET_KEY; "
+                       "default: the airflow.cfg beside the DB)",
     "dry_run": "only report what would be imported",
 })
 @one_line_errors
-def import_sqlite(c: Context, path: str, fernet_key: str | None = None, dry_run: bool = False) -> None:
+@exclusive("invoke db.import-sqlite")
+def import_sqlite(c: Context, path: str, fernet_key_file: str | None = None, dry_run: bool = False) -> None:
     """Carry connections, variables and pools over from a SQLite Airflow (re-run safe)."""
     from .. import carryover
 
     settings = load()
-    report = carryover.carry_over(c, settings, Path(path).expanduser().resolve(), fernet_key, dry_run)
+    key_file = Path(fernet_key_file).expanduser() if fernet_key_file else None
+    report = carryover.carry_over(c, settings, Path(path).expanduser().resolve(), key_file, dry_run)
     verb = "would import" if dry_run else "imported"
     for kind in carryover.KINDS:
         new, kept = report.new.get(kind, []), report.kept.get(kind, [])

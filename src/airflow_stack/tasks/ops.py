@@ -8,26 +8,39 @@ import sys
 
 from invoke import Context, task
 
-from .. import airflow_config, airflow_install, components, platform, redis_server, stack, supervisor
+from .. import airflow_config, airflow_install, lifecycle, lines, platform, redis_server, registry, secrets, supervisor
+from .. import status as status_mod
 from ..errors import StackError
 from . import db, run, setup
-from ._common import load, number, one_line_errors, say
+from ._common import exclusive, load, number, one_line_errors, say
 
 
-@task(help={"executor": "local (default) or celery", "line": "Airflow line: 3.3 (default) or 2.11",
+@task(help={"executor": "local (default) or celery; kept in .env for the next invoke up",
+            "line": f"{lines.HELP}; kept in .env for the next invoke up",
             "timeout": "seconds to wait for health (default 180)"})
 @one_line_errors
+@exclusive("invoke up")
 def up(c: Context, executor: str | None = None, line: str | None = None, timeout: str | None = None) -> None:
     """Bring the whole stack up: set up PostgreSQL, Redis and Airflow, then run it (re-run safe)."""
-    timeout = number(timeout, "--timeout", stack.HEALTH_TIMEOUT)
+    timeout = number(timeout, "--timeout", lifecycle.HEALTH_TIMEOUT)
     settings = load(executor=executor, airflow_line=line)
+    rec = registry.recorded(settings)
+    running = registry.running(settings)
+    # a plain `invoke up` keeps what runs; only a flag switches
+    if running and executor is None and rec.get("executor"):
+        settings = settings.replace(executor=rec["executor"])
+    if running and line is None and rec.get("line") in lines.NAMES:
+        settings = settings.replace(airflow_line=rec["line"])
     setup.all_(c, line=settings.airflow_line)
-    rec = stack.recorded(settings)
-    if stack.running_components(settings) and rec.get("executor") not in (None, settings.executor):
+    if running and rec.get("executor") not in (None, settings.executor):
         # an explicit switch: same database and DAG history, other executor
         say(f"up: switching from the {rec['executor']} to the {settings.executor} executor",
-            *stack.stop(settings))
+            *lifecycle.stop(settings))
     run.start_stack(c, settings.executor, timeout, settings.airflow_line)
+    # what a flag chose is kept once it runs: the next plain `invoke up` brings back the same stack
+    for flag, key, value in (("executor", "STACK_EXECUTOR", executor), ("line", "STACK_AIRFLOW_LINE", line)):
+        if value is not None and secrets.set_env_value(settings.env_file, key, value):
+            say(f"up: --{flag} {value} kept in {settings.env_file.name} ({key})")
 
 
 @task(help={
@@ -36,17 +49,16 @@ def up(c: Context, executor: str | None = None, line: str | None = None, timeout
     "timeout": "seconds to wait for a graceful stop before killing (default 30)",
 })
 @one_line_errors
+@exclusive("invoke stop")
 def stop(c: Context, component: str = "", postgres: bool = False, timeout: str | None = None) -> None:
     """Stop the Airflow processes and our Redis (PostgreSQL only with --postgres)."""
     timeout = number(timeout, "--timeout", supervisor.STOP_TIMEOUT)
     settings = load()
-    if component == redis_server.NAME:
-        say(f"redis: {redis_server.stop(settings)}")
-        return
-    say(*stack.stop(settings, [component] if component else None, timeout))
     if component:
+        say(*lifecycle.stop(settings, [component], timeout))
         return
-    say(f"redis: {redis_server.stop(settings)}")
+    say(*lifecycle.stop(settings, None, timeout))
+    say(*lifecycle.stop(settings, [redis_server.NAME], timeout))
     if postgres:
         if not settings.pg_is_local:
             raise StackError(f"PostgreSQL at {settings.pg_host} is not ours to stop")
@@ -57,13 +69,13 @@ def stop(c: Context, component: str = "", postgres: bool = False, timeout: str |
 @task(name="status", help={"json": "print JSON instead of a table"})
 @one_line_errors
 def status_(c: Context, json: bool = False) -> None:
-    """Show each component: pid, up/down, health, ports."""
-    rows = stack.status(load())
-    say(stack.status_json(rows) if json else stack.status_table(rows))
+    """Show each component: pid, up/down, health, memory, CPU, ports."""
+    rows = status_mod.rows(load())
+    say(status_mod.to_json(rows) if json else status_mod.to_table(rows))
 
 
 @task(help={
-    "component": "one component (default: all); 'redis' for our Redis",
+    "component": "one component, e.g. scheduler, redis or worker-w2 (default: all)",
     "follow": "keep printing new lines (tail -F)",
     "lines": "how many lines to show first (default 50)",
 })
@@ -71,13 +83,10 @@ def logs(c: Context, component: str = "", follow: bool = False, lines: str | Non
     """Show the logs of the stack's processes (all in the state dir's logs/)."""
     lines = number(lines, "--lines", 50, int)
     settings = load()
-    line = stack.recorded(settings).get("line", settings.airflow_line)
-    if component == redis_server.NAME:
-        names = [redis_server.NAME]
-    elif component:
-        names = [components.by_name(line, component).name]
+    if component:
+        names = [registry.find(settings, component).name]
     else:
-        names = [redis_server.NAME, *(comp.name for comp in components.for_line(line))]
+        names = [inst.name for inst in registry.instances(settings, with_logs=True)]
     files = [supervisor.log_file(settings, name) for name in names]
     existing = [str(f) for f in files if f.exists()]
     if not existing:
@@ -92,7 +101,7 @@ def airflow_cli(c: Context, args: str = "version") -> None:
     settings = load()
     if not airflow_install.airflow_bin(settings).exists():
         raise StackError("Airflow is not installed; run: invoke setup.airflow")
-    env = airflow_config.environment(settings, stack.recorded(settings).get("executor"))
+    env = airflow_config.environment(settings, registry.executor(settings))
     c.run(f"{shlex.quote(str(airflow_install.airflow_bin(settings)))} {args}", env=env, pty=False)
 
 
@@ -116,10 +125,11 @@ def doctor(c: Context, json: bool = False) -> None:
 @task(help={"yes": "do not ask (required when nobody can answer: no terminal)",
             "drop_db": "also drop Airflow's database and role (every DAG run and connection)"})
 @one_line_errors
+@exclusive("invoke clean")
 def clean(c: Context, yes: bool = False, drop_db: bool = False) -> None:
     """Remove runtime state (logs, pids, Redis data, AIRFLOW_HOME); the database only with --drop-db."""
     settings = load()
-    if stack.running_components(settings):
+    if registry.running(settings):
         raise StackError("Airflow is running; stop it first: invoke stop")
     what = f"{settings.state_dir} (logs, pids, Redis data, AIRFLOW_HOME; backups and venvs are kept)"
     if drop_db:

@@ -6,16 +6,16 @@ import re
 
 from invoke import Context, task
 
-from .. import airflow_install, secrets, stack
+from .. import airflow_install, lifecycle, lines, preflight, secrets
 from ..errors import StackError
-from ._common import load, number, one_line_errors, say
+from ._common import exclusive, load, number, one_line_errors, say
 
 
 def start_stack(c: Context, executor: str, timeout: float, line: str | None = None,
                 extras: tuple[str, ...] = ()) -> None:
     settings = load(executor=executor, airflow_line=line)
-    report = stack.start(c, settings, executor, timeout=timeout, extras=extras)
-    web = "api-server" if settings.airflow_line != "2.11" else "webserver"
+    report = lifecycle.start(c, settings, executor, timeout=timeout, extras=extras)
+    web = settings.line.web.name
     if not report.started:
         say(f"run: already running ({', '.join(report.already)}), Airflow {settings.airflow_line}, {executor}")
     else:
@@ -27,20 +27,22 @@ def start_stack(c: Context, executor: str, timeout: float, line: str | None = No
 
 
 @task(help={"timeout": "seconds to wait for every component to be healthy (default 180)",
-            "line": "Airflow line: 3.3 (default) or 2.11"})
+            "line": lines.HELP})
 @one_line_errors
+@exclusive("invoke run.local")
 def local(c: Context, timeout: str | None = None, line: str | None = None) -> None:
     """Run Airflow with the LocalExecutor: scheduler, dag-processor, triggerer, API server."""
-    start_stack(c, "local", number(timeout, "--timeout", stack.HEALTH_TIMEOUT), line)
+    start_stack(c, "local", number(timeout, "--timeout", lifecycle.HEALTH_TIMEOUT), line)
 
 
 @task(help={"timeout": "seconds to wait for every component to be healthy (default 180)",
-            "line": "Airflow line: 3.3 (default) or 2.11",
+            "line": lines.HELP,
             "flower": "also run Flower, Celery's monitoring UI, on STACK_FLOWER_PORT (loopback)"})
 @one_line_errors
+@exclusive("invoke run.celery")
 def celery(c: Context, timeout: str | None = None, line: str | None = None, flower: bool = False) -> None:
     """Run Airflow with the CeleryExecutor: the Local set plus one Celery worker (Redis broker)."""
-    start_stack(c, "celery", number(timeout, "--timeout", stack.HEALTH_TIMEOUT), line,
+    start_stack(c, "celery", number(timeout, "--timeout", lifecycle.HEALTH_TIMEOUT), line,
                 extras=("flower",) if flower else ())
 
 
@@ -51,6 +53,7 @@ def celery(c: Context, timeout: str | None = None, line: str | None = None, flow
     "timeout": "seconds to wait until it answers a ping (default 180)",
 })
 @one_line_errors
+@exclusive("invoke run.worker")
 def worker(c: Context, queues: str = "default", concurrency: str | None = None, name: str = "w2",
            timeout: str | None = None) -> None:
     """Add a Celery worker, here or on another machine that has the stack's .env."""
@@ -59,12 +62,12 @@ def worker(c: Context, queues: str = "default", concurrency: str | None = None, 
     if not re.fullmatch(r"[A-Za-z0-9_.-]+(,[A-Za-z0-9_.-]+)*", queues):
         raise StackError(f"queues {queues!r}: give a comma-separated list of names, e.g. --queues default,gpu")
     slots = number(concurrency, "--concurrency", None, int, example=8)
-    timeout = number(timeout, "--timeout", stack.HEALTH_TIMEOUT)
+    timeout = number(timeout, "--timeout", lifecycle.HEALTH_TIMEOUT)
     settings = load()
-    stack.check_worker_machine(settings)
+    preflight.check_worker_machine(settings)
     secrets.secure_mode(settings.env_file)
     airflow_install.ensure(c, settings)  # a fresh worker machine gets Airflow here
-    instance, already = stack.start_worker(c, settings, name, queues, slots or settings.worker_concurrency,
+    instance, already = lifecycle.start_worker(c, settings, name, queues, slots or settings.worker_concurrency,
                                            timeout)
     if already:
         say(f"run: worker {instance} already running")

@@ -10,17 +10,17 @@ from .. import (
     airflow_config,
     airflow_db,
     airflow_install,
+    lifecycle,
+    lines,
     netutil,
     platform,
     postgres,
     redis_server,
     secrets,
-    stack,
     supervisor,
 )
 from ..errors import StackError
-from ..settings import check_python_for_line
-from ._common import Timer, load, one_line_errors, say
+from ._common import Timer, exclusive, load, one_line_errors, say
 
 
 def _report(what: str, changes: list[str], seconds: float, nothing: str) -> None:
@@ -38,6 +38,7 @@ def _report(what: str, changes: list[str], seconds: float, nothing: str) -> None
     "allow_from": "opt in: admit the Airflow role from this network with scram, e.g. 10.0.0.0/24",
 })
 @one_line_errors
+@exclusive("invoke setup.postgres")
 def postgres_(c: Context, host: str | None = None, port: int | None = None, sslmode: str | None = None,
               listen: str | None = None, allow_from: str | None = None) -> None:
     """Install and start PostgreSQL if needed; create Airflow's role and database (PG15-safe)."""
@@ -84,6 +85,7 @@ def check_bind(bind: str) -> None:
             "bind": "opt in: interfaces to listen on, e.g. '0.0.0.0 ::' for Celery workers on other machines "
                     "(kept in .env as STACK_REDIS_BIND; the password still applies)"})
 @one_line_errors
+@exclusive("invoke setup.redis")
 def redis(c: Context, port: int | None = None, bind: str | None = None) -> None:
     """Install redis-server if needed and run our own password-protected Redis on loopback."""
     if bind is not None:
@@ -97,17 +99,18 @@ def redis(c: Context, port: int | None = None, bind: str | None = None) -> None:
         before = supervisor.running(settings, redis_server.NAME)
         changes += redis_server.ensure(c, platform.detect(), settings)
         if supervisor.running(settings, redis_server.NAME) != before:  # (re)started: clients lost it
-            changes += stack.wait_workers_reconnected(settings)
+            changes += lifecycle.wait_workers_reconnected(settings)
     _report("redis", changes, t.seconds, f"already running on 127.0.0.1:{settings.redis_port}")
 
 
-@task(help={"line": "Airflow line: 3.3 (default) or 2.11 (STACK_AIRFLOW_LINE)"})
+@task(help={"line": f"{lines.HELP} (STACK_AIRFLOW_LINE)"})
 @one_line_errors
+@exclusive("invoke setup.airflow")
 def airflow(c: Context, line: str | None = None) -> None:
     """Install Airflow in its own venv, write its config, migrate the schema, create the admin."""
     with Timer() as t:
         settings = load(airflow_line=line)
-        check_python_for_line(settings.airflow_line)
+        settings.line.check_python()
         settings, added = secrets.ensure_env_file(settings)
         settings = load(airflow_line=line)
         changes = [f"generated {name} into {settings.env_file}" for name in added]
@@ -121,21 +124,20 @@ def airflow(c: Context, line: str | None = None) -> None:
 
 
 @task(help={
-    "line": "Airflow line to resolve: 3.3 or 2.11 (default: both)",
-    "version": "Airflow release to pin, e.g. 3.3.2 (default: the line's current pin)",
+    "line": f"Airflow line to resolve: {' or '.join(lines.NAMES)} (default: every line)",
+    "version": f"Airflow release to pin, e.g. {lines.LINES[lines.DEFAULT].default_version} "
+               "(default: the line's current pin)",
 })
 @one_line_errors
 def constraints(c: Context, line: str | None = None, version: str | None = None) -> None:
     """Regenerate config/constraints/airflow-<line>.txt (our own pins; celery<5.7)."""
-    lines = [line] if line else list(airflow_install.DEFAULT_VERSIONS)
-    for one in lines:
-        if one not in airflow_install.DEFAULT_VERSIONS:
-            raise StackError(f"unknown Airflow line {one!r}; use 3.3 or 2.11")
+    for one in [lines.get(line).name] if line else lines.NAMES:
         path = airflow_install.regenerate_constraints(c, one, version)
         say(f"constraints: wrote {path} (apache-airflow=={airflow_install.pinned_version(one)})")
 
 
-@task(name="all", default=True, help={"line": "Airflow line: 3.3 (default) or 2.11"})
+@task(name="all", default=True, help={"line": lines.HELP})
+@exclusive("invoke setup")
 def all_(c: Context, line: str | None = None) -> None:
     """Set up everything: PostgreSQL, our Redis, and Airflow."""
     postgres_(c)

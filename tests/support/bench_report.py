@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .measure import Summary
+from airflow_stack.measure import Summary
 
 # (Sample attribute, row label, unit)
 METRICS: tuple[tuple[str, str, str], ...] = (

@@ -1,6 +1,6 @@
 """`nox -s bench`: `airflow standalone` against our Local and Celery stacks, in one run, on one machine.
 
-    python -m airflow_stack.bench [--line 3.3] [--repeats 3] [--scenarios standalone,local,celery]
+    python -m tests.support.bench [--line L] [--repeats 3] [--scenarios standalone,local,celery]
 
 For each scenario and repeat it measures: start command to healthy; trigger to success of a DAG of
 8 parallel sleep(5) tasks and of one of 40 no-op tasks; idle memory as PSS (Airflow's processes,
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import platform
 import shlex
@@ -33,10 +32,12 @@ import psutil
 import psycopg
 import redis
 
-from . import airflow_config, airflow_install, api_client, bench_report, components, measure, stack, supervisor
-from .netutil import wait_until
+from airflow_stack import airflow_install, lifecycle, lines, measure, redis_server, registry, supervisor
+from airflow_stack.netutil import wait_until
+from airflow_stack.settings import PROJECT_DIR
+
+from . import api_client, bench_report
 from .sandbox import Sandbox, clean_environ, free_ports
-from .settings import PROJECT_DIR, check_python_for_line
 
 DAGS = PROJECT_DIR / "tests" / "integration" / "dags"
 DAG_FILES = ("parallel_sleep.py", "noop_forty.py")
@@ -136,7 +137,7 @@ class Target:
 
 class Standalone(Target):
     """`airflow standalone` of the same Airflow, on SQLite, as a user runs it today (examples off, as
-    in our stack; ports moved out of the way; on 2.11 basic auth on for the REST API)."""
+    in our stack; ports moved out of the way; the REST API's basic auth on where the line has it)."""
 
     name = "standalone"
     new_dag_timeout = BASELINE_NEW_DAG_TIMEOUT
@@ -144,6 +145,7 @@ class Standalone(Target):
     def __init__(self, sandbox: Sandbox, dags_folder: Path) -> None:
         settings = sandbox.settings()
         self.line = settings.airflow_line
+        self.profile = settings.line
         self.home = sandbox.state_dir / "standalone"
         self.home.mkdir(exist_ok=True)
         self.log = sandbox.state_dir / "logs" / "standalone.log"
@@ -160,19 +162,9 @@ class Standalone(Target):
             "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(trigger_log),
             "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT": str(health),
         }
-        if self.line == "2.11":
-            env |= {
-                "AIRFLOW__WEBSERVER__WEB_SERVER_HOST": "127.0.0.1",
-                "AIRFLOW__WEBSERVER__WEB_SERVER_PORT": str(api),
-                "AIRFLOW__API__AUTH_BACKENDS": airflow_config.environment(settings)["AIRFLOW__API__AUTH_BACKENDS"],
-                "GUNICORN_CMD_ARGS": f"--control-socket {shlex.quote(str(self.home / 'gunicorn.ctl'))}",
-            }
-        else:
-            env |= {
-                "AIRFLOW__API__HOST": "127.0.0.1",
-                "AIRFLOW__API__PORT": str(api),
-                "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.url}/execution/",
-            }
+        env |= self.profile.web_listen_env("127.0.0.1", api, self.url)
+        # gunicorn (where the line's web server is one) opens a control socket in ~/.gunicorn otherwise
+        env["GUNICORN_CMD_ARGS"] = f"--control-socket {shlex.quote(str(self.home / 'gunicorn.ctl'))}"
         self.env = env
         self.proc: subprocess.Popen | None = None
 
@@ -196,11 +188,7 @@ class Standalone(Target):
         return True
 
     def api(self) -> api_client.AirflowAPI:
-        if self.line == "2.11":
-            password = (self.home / "standalone_admin_password.txt").read_text().strip()
-        else:
-            password = json.loads((self.home / "simple_auth_manager_passwords.json.generated").read_text())["admin"]
-        return api_client.AirflowAPI(self.url, self.line, "admin", password)
+        return api_client.AirflowAPI(self.url, self.line, "admin", self.profile.standalone_password(self.home))
 
     def memory(self, sample: Sample) -> None:
         assert self.proc is not None
@@ -263,19 +251,19 @@ class OurStack(Target):
     def memory(self, sample: Sample) -> None:
         settings = self.sandbox.settings()
         everything: list[int] = []
-        for name, proc in stack.running_components(settings).items():
+        for name, proc in registry.running(settings).items():
             pids = measure.group(proc.pid)
             sample.components[name] = measure.pss_mib(pids)
             everything += pids
         sample.airflow_pss = measure.pss_mib(everything)
         sample.processes = len(everything)
-        redis_proc = supervisor.running(settings, "redis")
+        redis_proc = supervisor.running(settings, redis_server.NAME)
         sample.redis_pss = measure.pss_mib(measure.group(redis_proc.pid)) if redis_proc else None
         postmaster = measure.listener(settings.pg_port)
         sample.postgres_pss = measure.pss_mib(measure.tree(postmaster)) if postmaster else None
 
     def stop(self) -> None:
-        stack.stop(self.sandbox.settings(), timeout=20)  # Airflow only: Redis stays for the next start
+        lifecycle.stop(self.sandbox.settings(), timeout=20)  # Airflow only: Redis stays for the next start
 
 
 # ---- one run -------------------------------------------------------------------------------------
@@ -318,8 +306,6 @@ def versions(sandbox: Sandbox) -> dict[str, str]:
     with contextlib.suppress(psycopg.Error), psycopg.connect(**settings.pg_conninfo()) as conn:
         found["postgresql"] = conn.execute("SHOW server_version").fetchone()[0].split()[0]
     with contextlib.suppress(redis.RedisError):
-        from . import redis_server
-
         found["redis"] = redis_server.client(settings).info("server")["redis_version"]
     return found
 
@@ -335,7 +321,7 @@ def machine() -> dict[str, str]:
 
 
 def run(args: argparse.Namespace, progress: Progress) -> bench_report.Result:
-    check_python_for_line(args.line)
+    lines.get(args.line).check_python()
     base = Path(args.state_dir) if args.state_dir else Path(tempfile.mkdtemp(prefix="airflow-stack-bench-"))
     base.mkdir(parents=True, exist_ok=True)
     dags_folder = base / "dags"
@@ -388,7 +374,8 @@ def run(args: argparse.Namespace, progress: Progress) -> bench_report.Result:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="nox -s bench --", description=__doc__.splitlines()[0])
-    parser.add_argument("--line", choices=sorted(components.TABLE), default="3.3", help="Airflow line (default 3.3)")
+    parser.add_argument("--line", choices=lines.NAMES, default=lines.DEFAULT,
+                        help=f"Airflow line (default {lines.DEFAULT})")
     parser.add_argument("--repeats", type=int, default=3, help="repeats per scenario (default 3)")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS),
                         help="comma-separated, from: standalone,local,celery (default: all)")

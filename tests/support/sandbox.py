@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -17,9 +18,9 @@ from pathlib import Path
 
 import psutil
 
-from . import settings as settings_mod
-from .netutil import port_bindable
-from .settings import PROJECT_DIR
+from airflow_stack import settings as settings_mod
+from airflow_stack.netutil import port_bindable
+from airflow_stack.settings import PROJECT_DIR
 
 # the ports a sandbox takes, one setting each
 PORT_SETTINGS = ("STACK_API_PORT", "STACK_SCHEDULER_HEALTH_PORT", "STACK_WORKER_LOG_PORT", "STACK_TRIGGER_LOG_PORT",
@@ -47,6 +48,8 @@ class Sandbox:
     state_dir: Path
     env: dict[str, str]
     outputs: list[str] = field(default_factory=list)
+    # a command line the tasks run under (the remote-worker test: its own hostname namespace)
+    wrapper: list[str] = field(default_factory=list)
 
     @classmethod
     def create(cls, state_dir: Path, line: str, executor: str, dags_folder: Path, name: str,
@@ -71,18 +74,35 @@ class Sandbox:
     def ports(self) -> set[int]:
         return {int(self.env[name]) for name in PORT_SETTINGS if name in self.env}
 
+    def derive(self, state_dir: Path, **env: str) -> Sandbox:
+        """Another machine's view of this stack: its own state dir and a copy of the .env (with
+        ``env`` on top); the same role, database and services."""
+        state_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copy(self.env["STACK_ENV_FILE"], state_dir / ".env")
+        return type(self)(state_dir, self.env | {"STACK_ENV_FILE": str(state_dir / ".env"),
+                                              "STACK_STATE_DIR": str(state_dir)} | env)
+
     def secrets(self) -> list[str]:
         """The secret values in the sandbox's .env (output is checked for them)."""
         values = settings_mod.read_env_file(Path(self.env["STACK_ENV_FILE"]))
         names = {spec.env for spec in settings_mod.specs().values() if spec.secret}
         return [v for k, v in values.items() if k in names and len(v) >= 8]
 
-    def inv(self, *args: str, timeout: float = 900, env: dict[str, str] | None = None
+    def inv(self, *args: str, check: bool = False, timeout: float = 900, env: dict[str, str | None] | None = None
             ) -> subprocess.CompletedProcess[str]:
-        """Run ``invoke ARGS`` in the repo as a user would; the output is kept in ``outputs``."""
-        proc = subprocess.run([sys.executable, "-m", "invoke", *args], cwd=PROJECT_DIR, env=self.env | (env or {}),
-                              capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
-        self.outputs.append(proc.stdout + proc.stderr)
+        """Run ``invoke ARGS`` in the repo as a user would, with no standard input. ``env`` goes on top
+        of the sandbox's (a None value takes that variable away). The output is kept in ``outputs`` and
+        must hold no secret of the sandbox's .env; ``check``: exit 0 too."""
+        environ = {k: v for k, v in (self.env | (env or {})).items() if v is not None}
+        proc = subprocess.run([*self.wrapper, sys.executable, "-m", "invoke", *args], cwd=PROJECT_DIR,
+                              env=environ, capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL)
+        out = proc.stdout + proc.stderr
+        self.outputs.append(out)
+        for secret in self.secrets():
+            assert secret not in out, f"a secret from .env appeared in the output of invoke {' '.join(args)}"
+        if check:
+            assert proc.returncode == 0, f"invoke {' '.join(args)} exited {proc.returncode}:\n{out[-3000:]}"
         return proc
 
     def leftovers(self) -> list[psutil.Process]:
@@ -102,9 +122,9 @@ class Sandbox:
 
     def teardown(self) -> list[int]:
         """Stop the stack, drop its role and database, kill (by PID) whatever survived; return those PIDs."""
-        self.inv("stop", "--timeout", "20")
+        self.inv("stop", "--timeout", "20", check=False)
         if Path(self.env["STACK_ENV_FILE"]).exists():
-            self.inv("db.drop", "--yes")
+            self.inv("db.drop", "--yes", check=False)
         survivors = self.leftovers()
         for proc in survivors:
             with contextlib.suppress(psutil.NoSuchProcess):

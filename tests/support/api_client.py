@@ -1,8 +1,8 @@
-"""A small client for the REST API of either Airflow line, as the tests and the benchmark use it.
+"""A small client for the REST API of any Airflow line, as the tests and the benchmark use it.
 
-3.x: a JWT from ``POST /auth/token`` (the FAB and the simple auth manager both issue one), then
-``/api/v2``. 2.11: basic auth on ``/api/v1`` (the stack enables that backend). Needs httpx, which
-the ``test`` and ``bench`` dependency groups install.
+The line's profile says how: ``auth="token"``, a JWT from ``POST /auth/token`` (the FAB and the
+simple auth manager both issue one); ``auth="basic"``, user and password on every request (the stack
+enables that backend). Needs httpx, which the ``test`` and ``bench`` dependency groups install.
 """
 
 from __future__ import annotations
@@ -11,19 +11,21 @@ import time
 
 import httpx
 
+from airflow_stack import lines
+
 
 class AirflowAPI:
     def __init__(self, base_url: str, line: str, user: str, password: str, timeout: float = 30) -> None:
-        self.line = line
-        self.client = httpx.Client(base_url=base_url, timeout=timeout)
-        if line == "2.11":
+        self.rest = lines.get(line).rest
+        self.prefix = self.rest.prefix
+        # the stack's own address: never through a proxy the environment names
+        self.client = httpx.Client(base_url=base_url, timeout=timeout, trust_env=False)
+        if self.rest.auth == "basic":
             self.client.auth = (user, password)
-            self.prefix = "/api/v1"
         else:
             token = self.client.post("/auth/token", json={"username": user, "password": password})
             token.raise_for_status()
             self.client.headers["Authorization"] = f"Bearer {token.json()['access_token']}"
-            self.prefix = "/api/v2"
 
     def close(self) -> None:
         self.client.close()
@@ -50,10 +52,15 @@ class AirflowAPI:
         assert resp.status_code == 200, resp.text
 
     def trigger(self, dag_id: str) -> str:
-        body = {} if self.line == "2.11" else {"logical_date": None}
-        resp = self.client.post(f"{self.prefix}/dags/{dag_id}/dagRuns", json=body)
+        resp = self.client.post(f"{self.prefix}/dags/{dag_id}/dagRuns", json=dict(self.rest.trigger_body))
         assert resp.status_code == 200, resp.text
         return resp.json()["dag_run_id"]
+
+    def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int = 1) -> tuple[int, str]:
+        """(HTTP status, text) of a task's log as the UI shows it."""
+        resp = self.client.get(f"{self.prefix}/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/"
+                               f"{try_number}", headers={"Accept": "text/plain"})
+        return resp.status_code, resp.text
 
     def run_state(self, dag_id: str, run_id: str) -> str:
         return self.client.get(f"{self.prefix}/dags/{dag_id}/dagRuns/{run_id}").json()["state"]
@@ -70,15 +77,11 @@ class AirflowAPI:
         return state
 
 
-def health_path(line: str) -> str:
-    return "/health" if line == "2.11" else "/api/v2/monitor/health"
-
-
 def all_healthy(base_url: str, line: str, timeout: float = 2) -> bool:
     """True when the API answers and every component its health endpoint lists is healthy
-    (the metadatabase, scheduler, triggerer and, on 3.x, the dag-processor)."""
+    (the metadatabase, scheduler, triggerer and, where it runs apart, the dag-processor)."""
     try:
-        resp = httpx.get(base_url + health_path(line), timeout=timeout)
+        resp = httpx.get(base_url + lines.get(line).rest.health_path, timeout=timeout, trust_env=False)
         body = resp.json()
     except (httpx.HTTPError, ValueError):
         return False

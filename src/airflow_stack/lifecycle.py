@@ -1,0 +1,153 @@
+"""Start and stop the stack's Airflow processes (supervisor.py), and wait until they are healthy.
+
+What a start needs is checked first (preflight.py); what runs is known from the registry.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from invoke import Context
+
+from . import airflow_config, airflow_install, health, netutil, preflight, registry, supervisor
+from .components import WORKER, WORKER_PREFIX, Component, worker_command
+from .errors import StackError
+from .settings import Settings
+
+HEALTH_TIMEOUT = 180.0
+POLL_INTERVAL = 0.3  # seconds between health probes while waiting for a start
+
+
+@dataclass
+class StartReport:
+    started: list[str] = field(default_factory=list)
+    already: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def start(c: Context, settings: Settings, executor: str, timeout: float = HEALTH_TIMEOUT,
+          extras: tuple[str, ...] = ()) -> StartReport:
+    """Start whatever of the executor's components is not running, then wait until all are healthy."""
+    rec = registry.recorded(settings)
+    live = registry.running(settings)
+    if live and rec and (rec.get("executor"), rec.get("line")) != (executor, settings.airflow_line):
+        raise StackError(f"the stack runs Airflow {rec.get('line')} with the {rec.get('executor')} executor; "
+                         f"stop it first (invoke stop), or switch with: invoke up --executor {executor}")
+    preflight.check_start(settings)
+    wanted = list(settings.line.for_executor(executor, extras))
+    to_start = [comp for comp in wanted if comp.name not in live]
+    report = StartReport(already=[comp.name for comp in wanted if comp.name in live])
+    env = airflow_config.environment(settings, executor)
+    airflow_config.write_config(settings, env)
+    began = time.monotonic()
+    if to_start:
+        for comp in to_start:  # what a killed component left behind would hold its ports
+            supervisor.collect(settings, comp.name, whole_session=comp.reap_session)
+        preflight.check_ports(settings, to_start, executor)
+        registry.record(settings, executor, settings.airflow_line)
+        airflow = str(airflow_install.airflow_bin(settings))
+        launch_airflow(c, settings, [supervisor.Launch(comp.name, comp.command(airflow, settings),
+                                                       settings.line.preload_for(comp), comp.reap_session)
+                                     for comp in to_start], env)
+        report.started += [comp.name for comp in to_start]
+    wait_healthy(settings, [(comp.name, comp) for comp in wanted], timeout)
+    report.seconds = time.monotonic() - began
+    return report
+
+
+def launch_airflow(c: Context, settings: Settings, launches: list[supervisor.Launch], env: dict[str, str]) -> None:
+    """Start Airflow processes from one launcher on Airflow's own Python, which imports Airflow once
+    (unless STACK_PRELOAD is off: then each starts as `airflow COMPONENT` would)."""
+    preload = settings.line.preload if settings.preload else None
+    supervisor.start_many(c, settings, launches, env, python=str(airflow_install.airflow_python(settings)),
+                          preload=preload)
+
+
+def wait_healthy(settings: Settings, wanted: list[tuple[str, Component]], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    pending = dict(wanted)
+    details: dict[str, str] = {}
+    while pending:
+        for name, comp in list(pending.items()):
+            proc = supervisor.running(settings, name)
+            if proc is None:
+                log = supervisor.log_file(settings, name)
+                _print_log_tail(name, log)
+                raise StackError(f"{name} exited during start-up; see {log} (last lines above)")
+            ok, details[name] = health.check(comp.probe, settings, proc.started, name)
+            if ok and comp.probe.warmup:
+                ok, details[name] = health.warm_up(comp.probe, settings)
+            if ok:
+                del pending[name]
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            for name, comp in pending.items():
+                _print_log_tail(name, supervisor.log_file(settings, name),
+                                f"probe: {comp.probe.describe(settings)} -> {details.get(name)}")
+            raise StackError(f"{', '.join(pending)} did not report healthy within {timeout:.0f} s (probe and "
+                             f"last log lines above); fix the cause, then run invoke up again")
+        # a steady, short poll: each probe is a local HTTP GET or one small query, and a longer or growing
+        # interval (it was up to 2 s) only adds to the time a start reports
+        time.sleep(POLL_INTERVAL)
+
+
+def wait_workers_reconnected(settings: Settings, timeout: float = HEALTH_TIMEOUT) -> list[str]:
+    """After our Redis (re)started: wait until the running Celery workers answer pings again.
+
+    A worker whose broker went away reconnects with a growing back-off (kombu's), which can take
+    10-20 s; a setup step that restarted Redis is done only once the workers are back.
+    """
+    workers = [(inst.name, inst.component) for inst in registry.airflow_instances(settings)
+               if inst.component.probe.kind == "celery" and supervisor.running(settings, inst.name)]
+    if not workers:
+        return []
+    began = time.monotonic()
+    wait_healthy(settings, workers, timeout)
+    return [f"Celery workers reconnected ({', '.join(name for name, _ in workers)}) in "
+            f"{time.monotonic() - began:.0f} s"]
+
+
+def _print_log_tail(name: str, log: Path, headline: str = "") -> None:
+    print(f"--- {name}{': ' + headline if headline else ''}; last lines of {log}:", file=sys.stderr)
+    print(supervisor.tail(log, 12), file=sys.stderr)
+
+
+def start_worker(c: Context, settings: Settings, name: str, queues: str, concurrency: int,
+                 timeout: float = HEALTH_TIMEOUT) -> tuple[str, bool]:
+    """Start an additional Celery worker ``worker-NAME``; (its name, whether it was already running)."""
+    instance = f"{WORKER_PREFIX}{name}"
+    if supervisor.running(settings, instance):
+        return instance, True
+    env = airflow_config.environment(settings, "celery")
+    airflow_config.write_config(settings, env)
+    # the first worker on a machine serves task logs on the log port (when other machines need them);
+    # others find it taken
+    serve_logs = settings.serve_logs and netutil.port_bindable(settings.worker_log_port, "0.0.0.0")
+    argv = worker_command(str(airflow_install.airflow_bin(settings)), name, queues, concurrency, serve_logs)
+    launch_airflow(c, settings, [supervisor.Launch(instance, argv, settings.line.preload_for(WORKER))], env)
+    wait_healthy(settings, [(instance, WORKER)], timeout)
+    return instance, False
+
+
+def stop(settings: Settings, names: list[str] | None = None, timeout: float = supervisor.STOP_TIMEOUT) -> list[str]:
+    """Stop Airflow processes (all, or ``names``), last started first; one line per process.
+
+    A Celery worker gets SIGTERM, its warm shutdown: it takes no new task and finishes the running
+    ones within ``timeout``; the scheduler requeues what a killed worker leaves behind.
+    """
+    # find() raises with the valid names
+    selected = [registry.find(settings, name) for name in names] if names else registry.airflow_instances(settings)
+    watching = supervisor.supervisors(settings, [inst.name for inst in selected])
+    results = [(inst.name, supervisor.stop(settings, inst.name, timeout, whole_session=inst.component.reap_session))
+               for inst in reversed(selected)]
+    # a supervisor with nothing left to watch exits by itself: the stop is done once it did
+    still_watching = supervisor.supervisors(settings, [inst.name for inst in registry.instances(settings)])
+    supervisor.wait_gone(watching - still_watching)
+    lines = [f"{name}: {result}" for name, result in results if names or result != "not running"]
+    if not registry.running(settings):
+        registry.forget(settings)
+    return lines or ["airflow: nothing was running"]

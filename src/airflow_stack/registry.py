@@ -1,0 +1,107 @@
+"""What runs now: every instance this state dir may run, and which of them are running.
+
+An instance is a named process of a component: the running line's components, the extra Celery
+workers started with ``run.worker`` (``worker-NAME``, instances of the line's ``worker``), and our
+Redis. run, stop, status, logs, doctor and the benchmark ask this module; none globs pid files or
+special-cases a name. It only reads: collecting what a dead process left is supervisor.collect's
+job, called by the operations that start or stop.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import lines, supervisor
+from .components import REDIS, WORKER, WORKER_PREFIX, Component
+from .errors import StackError
+from .settings import Settings
+
+
+@dataclass(frozen=True)
+class Instance:
+    name: str
+    component: Component
+
+    @property
+    def extra_worker(self) -> bool:
+        return self.name.startswith(WORKER_PREFIX)
+
+
+# ---- what the running stack was started as ---------------------------------------------------
+def _state_path(settings: Settings) -> Path:
+    return settings.run_dir / "stack.json"
+
+
+def recorded(settings: Settings) -> dict[str, str]:
+    """What the running stack was started as ({"executor", "line"}), or {}."""
+    try:
+        found = json.loads(_state_path(settings).read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def record(settings: Settings, executor: str, line: str) -> None:
+    supervisor.private_dirs(settings)
+    _state_path(settings).write_text(json.dumps({"executor": executor, "line": line}))
+
+
+def forget(settings: Settings) -> None:
+    _state_path(settings).unlink(missing_ok=True)
+
+
+def line(settings: Settings) -> lines.AirflowLine:
+    """The line of the running stack, else the configured one."""
+    name = recorded(settings).get("line", settings.airflow_line)
+    return lines.LINES.get(name, settings.line)
+
+
+def executor(settings: Settings) -> str:
+    """The executor of the running stack, else the configured one."""
+    return recorded(settings).get("executor", settings.executor)
+
+
+# ---- the instances ---------------------------------------------------------------------------
+def extra_workers(settings: Settings, with_logs: bool = False) -> list[str]:
+    """Names (worker-NAME) of the additional workers this state dir has records (or logs) of."""
+    found = {p.stem for p in settings.run_dir.glob(f"{WORKER_PREFIX}*.pid")} if settings.run_dir.is_dir() else set()
+    if with_logs and settings.log_dir.is_dir():
+        found |= {p.stem for p in settings.log_dir.glob(f"{WORKER_PREFIX}*.log")}
+    return sorted(found)
+
+
+def instances(settings: Settings, with_logs: bool = False) -> list[Instance]:
+    """Every instance this state dir may run, in start order: our Redis, the line's components,
+    the extra workers (``with_logs``: also those that only left a log)."""
+    found = [Instance(REDIS.name, REDIS)]
+    found += [Instance(comp.name, comp) for comp in line(settings).components]
+    found += [Instance(name, WORKER) for name in extra_workers(settings, with_logs)]
+    return found
+
+
+def airflow_instances(settings: Settings) -> list[Instance]:
+    return [inst for inst in instances(settings) if inst.component.airflow]
+
+
+def find(settings: Settings, name: str) -> Instance:
+    """The instance called ``name``; a ``worker-NAME`` is one even when it no longer runs (it may
+    have left processes or a log behind)."""
+    for inst in instances(settings, with_logs=True):
+        if inst.name == name:
+            return inst
+    if name.startswith(WORKER_PREFIX) and len(name) > len(WORKER_PREFIX):
+        return Instance(name, WORKER)
+    names = ", ".join(inst.name for inst in instances(settings, with_logs=True))
+    raise StackError(f"no component {name!r} in this stack (Airflow {line(settings).name}); use one of: {names}")
+
+
+def running(settings: Settings, of: list[Instance] | None = None) -> dict[str, supervisor.Running]:
+    """name -> its live process, for ``of`` (default: every Airflow instance)."""
+    found = {}
+    for inst in airflow_instances(settings) if of is None else of:
+        proc = supervisor.running(settings, inst.name)
+        if proc:
+            found[inst.name] = proc
+    return found

@@ -1,0 +1,35 @@
+"""Options every test session shares: which Airflow line and executor the integration stack runs.
+
+``pytest --line 2.11 --executor celery`` (nox passes them); without them, STACK_TEST_AIRFLOW_LINE /
+STACK_TEST_EXECUTOR, else the default line and the LocalExecutor.
+"""
+
+from __future__ import annotations
+
+import os
+
+from airflow_stack import lines
+from airflow_stack.settings import EXECUTORS
+
+LINE_VAR = "STACK_TEST_AIRFLOW_LINE"
+EXECUTOR_VAR = "STACK_TEST_EXECUTOR"
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("airflow-stack")
+    group.addoption("--line", choices=lines.NAMES, default=None,
+                    help=f"Airflow line the integration stack runs (default: ${LINE_VAR} or {lines.DEFAULT})")
+    group.addoption("--executor", choices=EXECUTORS, default=None,
+                    help=f"executor the integration stack runs (default: ${EXECUTOR_VAR} or local)")
+
+
+def pytest_configure(config):
+    # test modules read these when collected (after this hook), as do the tasks they start
+    for option, var in (("--line", LINE_VAR), ("--executor", EXECUTOR_VAR)):
+        if config.getoption(option):
+            os.environ[var] = config.getoption(option)
+
+
+def pytest_report_header(config):
+    return (f"airflow-stack: line {os.environ.get(LINE_VAR, lines.DEFAULT)}, "
+            f"executor {os.environ.get(EXECUTOR_VAR, 'local')}")
