@@ -79,6 +79,30 @@ def environment(settings: Settings, executor: str | None = None) -> dict[str, st
     return env
 
 
+# What of the caller's environment reaches the Airflow processes, and so DAG code: what any program
+# needs, the proxies and CA bundles of its network, Airflow's own configuration, connection and
+# variable variables, and the names the user lists in STACK_PASSTHROUGH. Everything else stays out,
+# above all what .env holds for the tooling (the admin password, a superuser DSN, the bare database
+# and Redis passwords), which a shell with direnv exports.
+PASSED_NAMES = frozenset({
+    "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TERM", "PYTHONPATH",
+    "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
+    "http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY",
+})
+PASSED_PREFIXES = ("LC_", "AIRFLOW__", "AIRFLOW_CONN_", "AIRFLOW_VAR_")
+
+
+def process_environment(settings: Settings, airflow_env: dict[str, str],
+                        environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The whole environment of a process the stack starts: the allowed part of the caller's, then
+    ``airflow_env`` (environment()) on top."""
+    environ = dict(os.environ if environ is None else environ)
+    extra = {name.strip() for name in settings.passthrough.split(",") if name.strip()}
+    base = {key: value for key, value in environ.items()
+            if key in PASSED_NAMES or key.startswith(PASSED_PREFIXES) or key in extra}
+    return base | airflow_env
+
+
 def no_proxy(settings: Settings, environ: dict[str, str] | None = None) -> str:
     """The user's NO_PROXY list plus loopback and every host the stack's processes dial."""
     environ = dict(os.environ if environ is None else environ)

@@ -19,7 +19,7 @@ def main(argv: list[str]) -> int:
     except StackError as err:
         print(f"airflow-stack: {err}", file=sys.stderr)
         return err.code
-    os.execve(binary, [str(binary), *argv], os.environ | env)
+    os.execve(binary, [str(binary), *argv], airflow_config.process_environment(conf, env))
     return 0  # not reached
 
 

@@ -164,8 +164,27 @@ def role_can_login(settings: Settings) -> tuple[bool, str]:
         with psycopg.connect(**settings.pg_conninfo()):
             return True, ""
     except psycopg.Error as exc:
-        text = str(exc).strip().splitlines()
-        return False, redact(text[-1] if text else exc.__class__.__name__, settings)
+        return False, describe_error(exc, settings)
+
+
+def describe_error(exc: Exception, settings: Settings) -> str:
+    """libpq's multi-line, tab-indented message as one sentence a user can act on (no secret in it)."""
+    text = " ".join(str(exc).split())
+    where = f"{settings.pg_host}:{settings.pg_port}"
+    known = (
+        ("password authentication failed", f"the server refused the password of role {settings.pg_user}"),
+        ("Connection refused", f"nothing accepts connections at {where}"),
+        ("timeout expired", f"no answer from {where} within the connect timeout"),
+        (f'database "{settings.pg_database}" does not exist', f"database {settings.pg_database} does not exist"),
+        (f'role "{settings.pg_user}" does not exist', f"role {settings.pg_user} does not exist"),
+        ("no pg_hba.conf entry", f"the server's pg_hba.conf does not admit role {settings.pg_user} from here"),
+        ("could not translate host name", f"host name {settings.pg_host} does not resolve"),
+    )
+    for needle, sentence in known:
+        if needle in text:
+            return sentence
+    text = text.removeprefix("connection failed: ")
+    return redact(text[:200] or exc.__class__.__name__, settings)
 
 
 def check_role_can_create(settings: Settings) -> None:

@@ -74,6 +74,9 @@ class Settings:
     trigger_log_port: int = _spec("STACK_TRIGGER_LOG_PORT", 8794, kind=int, help="triggerer log server port")
     parallelism: int = _spec("AIRFLOW__CORE__PARALLELISM", max(8, 4 * _cpu_count()), kind=int,
                              help="task slots per scheduler; the fork LocalExecutor starts them all")
+    passthrough: str = _spec("STACK_PASSTHROUGH", "",
+                             help="comma-separated names of more environment variables the Airflow processes (and "
+                                  "so DAG code) may see, e.g. AWS_PROFILE; see airflow_config.PASSED_NAMES")
     load_examples: bool = _spec("STACK_LOAD_EXAMPLES", False, kind=bool, help="load Airflow's example DAGs")
     preload: bool = _spec("STACK_PRELOAD", True, kind=bool,
                           help="start Airflow's components from one launcher that imported Airflow once "

@@ -29,6 +29,7 @@ from pathlib import Path
 import psutil
 from invoke import Context
 
+from . import airflow_config
 from . import settings as settings_mod
 from .errors import StackError
 from .netutil import wait_until
@@ -206,7 +207,8 @@ def start_many(c: Context, settings: Settings, launches: list[Launch], env: Mapp
     back-off, and caps the size of their logs; it exits once all were stopped.
     """
     private_dirs(settings)
-    launched_env = fingerprint(settings, dict(os.environ) | dict(env), create_key=True)
+    environ = airflow_config.process_environment(settings, dict(env))
+    launched_env = fingerprint(settings, environ, create_key=True)
     processes = []
     for launch in launches:
         collect(settings, launch.name)  # what a dead predecessor left would hold its ports
@@ -223,7 +225,7 @@ def start_many(c: Context, settings: Settings, launches: list[Launch], env: Mapp
                                 "log_max_bytes": settings.log_max_mb << 20, "log_keep": settings.log_keep}))
     try:
         result = c.run(f"{shlex.quote(python)} {shlex.quote(str(LAUNCHER))} {shlex.quote(str(spec))}",
-                       env=dict(env), hide=True, warn=True, in_stream=False)
+                       env=environ, replace_env=True, hide=True, warn=True, in_stream=False)
     finally:
         spec.unlink(missing_ok=True)
     names = ", ".join(launch.name for launch in launches)

@@ -23,6 +23,7 @@ import pytest
 import redis
 
 from airflow_stack import airflow_config, airflow_install, registry, supervisor
+from airflow_stack import settings as settings_mod
 
 from .conftest import EXECUTOR, REPO, airflow_api, free_ports
 from .test_bad_input import assert_one_line_error
@@ -31,7 +32,7 @@ pytestmark = pytest.mark.integration
 
 
 def status(stack) -> dict[str, dict]:
-    rows = json.loads(stack.inv("status", "--json").stdout)
+    rows = json.loads(stack.inv("status", "--json", check=False).stdout)  # exit 1 while one is down
     return {row["name"]: row for row in rows}
 
 
@@ -98,11 +99,12 @@ def test_two_ups_at_once_start_one_set_of_processes(stack, airflow_up):
     sessions = {proc.pid for proc in recorded} | {proc.supervisor for proc in recorded}
     assert len({proc.supervisor for proc in running.values()}) == 1  # one launcher started them all
     assert [p.pid for p in stack.leftovers() if os.getsid(p.pid) not in sessions] == []
-    time.sleep(6)  # a heartbeat from each (every 5 s)
+    # the stopped set's jobs ended (state success); a second set would show as a second live job
     with psycopg.connect(**settings.pg_conninfo()) as conn:
         live = dict(conn.execute("SELECT job_type, count(*) FROM job WHERE state = 'running' "
-                                 "AND latest_heartbeat > now() - interval '5 seconds' GROUP BY job_type").fetchall())
+                                 "AND latest_heartbeat > now() - interval '30 seconds' GROUP BY job_type").fetchall())
     assert live and set(live.values()) == {1}, live
+    assert {"SchedulerJob", "TriggererJob"} <= set(live), live
 
 
 def test_no_sqlite_anywhere_and_the_executor_is_ours(stack, airflow_up):
@@ -137,23 +139,34 @@ def test_only_loopback_listeners_by_default(stack, airflow_up):
 
 
 @pytest.mark.once_per_line
-def test_a_proxy_in_the_environment_does_not_carry_the_stacks_own_traffic(stack, airflow_up):
-    """With http_proxy and friends pointing at a closed port (a company proxy that is down, or not
-    meant for local traffic): the stack starts, its probes pass and a DAG run succeeds, its tasks
-    calling the execution API directly. The stack goes on running with that environment."""
+def test_a_company_shell_proxy_set_and_env_exported_reaches_no_secret_into_dag_code(stack, airflow_up):
+    """The shell that runs `invoke up` has http_proxy and friends pointing at a closed port (a company
+    proxy that is down, or not meant for local traffic) and all of .env exported (direnv with
+    .envrc.example). The stack starts, its probes pass, a DAG run succeeds with its tasks calling the
+    execution API directly, its task log reads through the API, and the task's environment holds
+    none of the tooling's secrets. The stack goes on running with that environment."""
+    settings = stack.settings()
     proxy = f"http://127.0.0.1:{free_ports(1)[0]}"  # nothing listens there
-    env = {var: proxy for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY")}
+    exported = settings_mod.read_env_file(settings.env_file)
+    env = exported | {var: proxy for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY")}
     env |= {"NO_PROXY": None, "no_proxy": None}
     stack.inv("stop")
     stack.inv("up", env=env, timeout=300)
-    settings = stack.settings()
     api = airflow_api(settings)
-    api.wait_for_dag("noop_forty")
-    api.unpause("noop_forty")
-    run_id = api.trigger("noop_forty")
-    assert api.wait_for_run("noop_forty", run_id) == "success"
-    status, text = api.task_log("noop_forty", run_id, "noop_0")
+    for dag_id in ("noop_forty", "env_probe"):
+        api.wait_for_dag(dag_id)
+        api.unpause(dag_id)
+        run_id = api.trigger(dag_id)
+        assert api.wait_for_run(dag_id, run_id) == "success", dag_id
+    status, text = api.task_log("env_probe", run_id, "dump")
     assert status == 200 and text.strip(), (status, text[:500])
+    probe = settings.dags_folder / "env_probe.json"
+    seen = json.loads(probe.read_text())
+    probe.unlink()
+    assert seen["HTTPS_PROXY"] == proxy and "127.0.0.1" in seen["NO_PROXY"].split(",")  # the user's, and ours
+    kept_out = {"_AIRFLOW_WWW_USER_PASSWORD", "STACK_PG_PASSWORD", "STACK_REDIS_PASSWORD", "STACK_CHECKOUT_ID"}
+    assert not kept_out & set(seen), sorted(kept_out & set(seen))
+    assert settings.admin_password not in json.dumps(seen)
 
 
 def test_eight_sleeps_run_in_parallel(stack, api):
@@ -187,21 +200,25 @@ def test_restarts_only_what_is_down_and_refuses_a_taken_port(stack, airflow_up):
     settings = stack.settings()
     pids = {c.name: supervisor.running(settings, c.name).pid
             for c in settings.line.for_executor(EXECUTOR)}
-    assert "triggerer: stopped" in stack.inv("stop", "-c", "triggerer").stdout
+    # the last started component that listens on a port (which ones do depends on the line and on
+    # whether the log servers run)
+    victim, setting, port = next((comp.name, name, port) for comp in reversed(settings.line.for_executor(EXECUTOR))
+                                 for name, port in comp.listen_ports(settings, EXECUTOR))
+    assert f"{victim}: stopped" in stack.inv("stop", "-c", victim).stdout
     holder = socket.socket()
     holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    holder.bind(("0.0.0.0", settings.trigger_log_port))
+    holder.bind(("0.0.0.0", port))
     holder.listen()
     try:
         proc = stack.inv(f"run.{EXECUTOR}", check=False)
-        assert_one_line_error(proc, str(settings.trigger_log_port), "STACK_TRIGGER_LOG_PORT")
+        assert_one_line_error(proc, str(port), f"STACK_{setting.upper()}")
     finally:
         holder.close()
     out = stack.inv("up").stdout
-    assert "started triggerer" in out
+    assert f"started {victim}" in out
     for name, pid in pids.items():
         now = supervisor.running(settings, name).pid
-        assert (now != pid) if name == "triggerer" else (now == pid), name
+        assert (now != pid) if name == victim else (now == pid), name
 
 
 def test_run_refuses_missing_services_and_folders(stack, airflow_up, tmp_path):

@@ -57,10 +57,15 @@ class AirflowAPI:
         return resp.json()["dag_run_id"]
 
     def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int = 1) -> tuple[int, str]:
-        """(HTTP status, text) of a task's log as the UI shows it."""
+        """(HTTP status, text) of a task's log as the UI shows it (its ``content``: a text, or a list
+        of structured log events on newer lines)."""
         resp = self.client.get(f"{self.prefix}/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/"
-                               f"{try_number}", headers={"Accept": "text/plain"})
-        return resp.status_code, resp.text
+                               f"{try_number}", headers={"Accept": "application/json"})
+        try:
+            content = resp.json().get("content", "")
+        except ValueError:
+            return resp.status_code, resp.text
+        return resp.status_code, content if isinstance(content, str) else "\n".join(map(str, content))
 
     def run_state(self, dag_id: str, run_id: str) -> str:
         return self.client.get(f"{self.prefix}/dags/{dag_id}/dagRuns/{run_id}").json()["state"]

@@ -98,3 +98,24 @@ def test_write_config_is_idempotent(settings):
     env = airflow_config.environment(settings)
     assert airflow_config.write_config(settings, env) == ["airflow.cfg", "webserver_config.py"]
     assert airflow_config.write_config(settings, env) == []
+
+
+def test_airflow_processes_get_only_what_they_need_of_the_callers_environment(settings):
+    """A shell with direnv exports all of .env: the admin password, a superuser DSN and the bare
+    passwords must not reach the Airflow processes, where any DAG could read them."""
+    exported = {f"STACK_{k}": v for k, v in (("PG_PASSWORD", "pg-secret-value-1"), ("PG_ADMIN_DSN", "postgresql://x:y@z/"),
+                                            ("REDIS_PASSWORD", "redis-secret-value-2"), ("CHECKOUT_ID", "abc"))}
+    caller = exported | {"_AIRFLOW_WWW_USER_PASSWORD": "admin-secret-value-3", "PATH": "/usr/bin", "HOME": "/root",
+                         "LC_ALL": "C.UTF-8", "https_proxy": "http://proxy:3128", "AWS_PROFILE": "dev",
+                         "AIRFLOW__CORE__DEFAULT_TIMEZONE": "utc", "AIRFLOW_CONN_WAREHOUSE": "postgres://w",
+                         "SSH_AUTH_SOCK": "/tmp/agent", "GITHUB_TOKEN": "t0ken"}
+    env = airflow_config.environment(settings)
+    got = airflow_config.process_environment(settings, env, caller)
+    passed = {"PATH", "HOME", "LC_ALL", "https_proxy", "AIRFLOW__CORE__DEFAULT_TIMEZONE", "AIRFLOW_CONN_WAREHOUSE"}
+    assert passed <= set(got)
+    assert not {"_AIRFLOW_WWW_USER_PASSWORD", "SSH_AUTH_SOCK", "GITHUB_TOKEN", "AWS_PROFILE", *exported} & set(got)
+    assert "admin-secret-value-3" not in "".join(got.values())
+    assert got["AIRFLOW__CORE__FERNET_KEY"] == env["AIRFLOW__CORE__FERNET_KEY"]  # what Airflow needs is there
+    # a name the user lists explicitly passes
+    listed = airflow_config.process_environment(settings.replace(passthrough="AWS_PROFILE, GITHUB_TOKEN"), env, caller)
+    assert listed["AWS_PROFILE"] == "dev" and listed["GITHUB_TOKEN"] == "t0ken"

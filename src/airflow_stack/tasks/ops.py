@@ -69,9 +69,15 @@ def stop(c: Context, component: str = "", postgres: bool = False, timeout: str |
 @task(name="status", help={"json": "print JSON instead of a table"})
 @one_line_errors
 def status_(c: Context, json: bool = False) -> None:
-    """Show each component: pid, up/down, health, memory, CPU, ports."""
+    """Show each component: pid, up/down, health, memory, CPU, ports (exit 1 when one is down or unhealthy)."""
     rows = status_mod.rows(load())
     say(status_mod.to_json(rows) if json else status_mod.to_table(rows))
+    down = [row.name for row in rows if not row.up]
+    unhealthy = [row.name for row in rows if row.up and not row.healthy]
+    if down or unhealthy:  # for scripts and CI: the table above says why
+        parts = [f"{', '.join(down)} {'is' if len(down) == 1 else 'are'} down"] if down else []
+        parts += [f"{', '.join(unhealthy)} {'is' if len(unhealthy) == 1 else 'are'} unhealthy"] if unhealthy else []
+        raise StackError(f"status: {'; '.join(parts)}")
 
 
 @task(help={
