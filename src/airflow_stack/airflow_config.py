@@ -29,7 +29,8 @@ def secret_keys(env: dict[str, str], settings: Settings) -> set[str]:
 def result_backend(settings: Settings) -> str:
     # Celery's SQLAlchemy backend wants db+postgresql://; postgresql+psycopg2:// kills the scheduler
     return (f"db+postgresql://{quote(settings.pg_user, safe='')}:{quote(settings.pg_password or '', safe='')}"
-            f"@{settings.pg_host}:{settings.pg_port}/{quote(settings.pg_database, safe='')}")
+            f"@{settings.url_host(settings.pg_host)}:{settings.pg_port}/{quote(settings.pg_database, safe='')}"
+            f"?sslmode={settings.pg_sslmode}")
 
 
 def environment(settings: Settings, executor: str | None = None) -> dict[str, str]:

@@ -17,7 +17,7 @@ from pathlib import Path
 import psycopg
 from invoke import Context
 
-from . import airflow_install, supervisor
+from . import airflow_install, progress, supervisor
 from .errors import StackError
 from .secrets import redact, write_private
 from .settings import Settings
@@ -76,7 +76,8 @@ def run_cli(c: Context, settings: Settings, env: dict[str, str], args: str, log_
     else:
         program = f"{shlex.quote(str(airflow_install.airflow_bin(settings)))} {args}"
     cmd = f"{program} >> {shlex.quote(str(log))} 2>&1"
-    result = c.run(cmd, env=env, hide=True, warn=True)
+    with progress.step(f"airflow {' '.join(args.split()[:2])}", progress.last_line(log)):
+        result = c.run(cmd, env=env, hide=True, warn=True)
     if result.failed:
         last = redact(supervisor.tail(log, 1), settings)
         raise StackError(f"airflow {args.split()[0]} {args.split()[1] if len(args.split()) > 1 else ''} failed "

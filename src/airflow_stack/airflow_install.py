@@ -16,7 +16,7 @@ from pathlib import Path
 
 from invoke import Context
 
-from . import lines
+from . import lines, progress
 from .errors import StackError
 from .settings import PROJECT_DIR, Settings
 
@@ -102,7 +102,7 @@ def ensure(c: Context, settings: Settings) -> list[str]:
     if not python.exists():
         _run(c, f"{uv} venv -q --python {shlex.quote(sys.executable)} {shlex.quote(str(venv))}", "creating the venv")
     req = requirement(settings.airflow_line)
-    _run(c, f"{uv} pip install -q --python {shlex.quote(str(python))} "
+    _run(c, f"{uv} pip install --python {shlex.quote(str(python))} "
             f"-c {shlex.quote(str(constraints_file(settings.airflow_line)))} {shlex.quote(req)}",
          f"installing {req}")
     _stamp_path(settings).write_text(json.dumps(_wanted_stamp(settings), indent=1))
@@ -110,7 +110,8 @@ def ensure(c: Context, settings: Settings) -> list[str]:
 
 
 def _run(c: Context, cmd: str, what: str) -> None:
-    result = c.run(cmd, hide=True, warn=True)
+    with progress.step(what) as step:  # uv's own lines (Resolved, Prepared, Installed N packages) as detail
+        result = c.run(cmd, hide=False, warn=True, out_stream=step, err_stream=step, in_stream=False)
     if result.failed:
         lines = [ln for ln in (result.stderr or result.stdout).strip().splitlines() if ln.strip()]
         raise StackError(f"{what} failed: {lines[-1] if lines else f'exit {result.exited}'}; "

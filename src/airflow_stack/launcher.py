@@ -192,7 +192,7 @@ class Child:
         if self.proc.get("metafile"):
             record = {"started": self.started, "boot": self.proc.get("boot"), "argv": self.proc["argv"],
                       "env": self.proc.get("env", {}), "supervisor": os.getpid(), "restarts": self.restarts,
-                      "last_exit": self.last_exit}
+                      "last_exit": self.last_exit, **self.proc.get("record", {})}
             _write(self.proc["metafile"], json.dumps(record), 0o600)
 
     def wanted(self) -> bool:

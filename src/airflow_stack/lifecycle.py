@@ -12,7 +12,7 @@ from pathlib import Path
 
 from invoke import Context
 
-from . import airflow_config, airflow_install, health, netutil, preflight, registry, supervisor
+from . import airflow_config, airflow_install, health, netutil, preflight, progress, registry, supervisor
 from .components import WORKER, WORKER_PREFIX, Component, worker_command
 from .errors import StackError
 from .settings import Settings
@@ -25,6 +25,7 @@ POLL_INTERVAL = 0.3  # seconds between health probes while waiting for a start
 class StartReport:
     started: list[str] = field(default_factory=list)
     already: list[str] = field(default_factory=list)
+    restarted: list[str] = field(default_factory=list)  # stopped first: they ran another Airflow release
     seconds: float = 0.0
 
 
@@ -38,8 +39,16 @@ def start(c: Context, settings: Settings, executor: str, timeout: float = HEALTH
                          f"stop it first (invoke stop), or switch with: invoke up --executor {executor}")
     preflight.check_start(settings)
     wanted = list(settings.line.for_executor(executor, extras))
+    version = airflow_install.installed_version(settings)
+    # a component started before the venv changed (another pin, a new patch) runs code that is no longer
+    # installed: it is started again, so that no process runs other packages than the venv holds
+    stale = [comp.name for comp in wanted if comp.name in live and live[comp.name].version not in (None, version)]
+    report = StartReport()
+    if stale:
+        report.restarted = stop(settings, stale)
+        live = registry.running(settings)
     to_start = [comp for comp in wanted if comp.name not in live]
-    report = StartReport(already=[comp.name for comp in wanted if comp.name in live])
+    report.already = [comp.name for comp in wanted if comp.name in live]
     env = airflow_config.environment(settings, executor)
     airflow_config.write_config(settings, env)
     began = time.monotonic()
@@ -50,7 +59,7 @@ def start(c: Context, settings: Settings, executor: str, timeout: float = HEALTH
         registry.record(settings, executor, settings.airflow_line)
         airflow = str(airflow_install.airflow_bin(settings))
         launch_airflow(c, settings, [supervisor.Launch(comp.name, comp.command(airflow, settings),
-                                                       settings.line.preload_for(comp), comp.reap_session)
+                                                       settings.line.preload_for(comp), comp.reap_session, version)
                                      for comp in to_start], env)
         report.started += [comp.name for comp in to_start]
     wait_healthy(settings, [(comp.name, comp) for comp in wanted], timeout)
@@ -67,10 +76,17 @@ def launch_airflow(c: Context, settings: Settings, launches: list[supervisor.Lau
 
 
 def wait_healthy(settings: Settings, wanted: list[tuple[str, Component]], timeout: float) -> None:
+    with progress.step("waiting until healthy") as step:
+        _wait_healthy(settings, wanted, timeout, step)
+
+
+def _wait_healthy(settings: Settings, wanted: list[tuple[str, Component]], timeout: float,
+                  step: progress.Step) -> None:
     deadline = time.monotonic() + timeout
     pending = dict(wanted)
     details: dict[str, str] = {}
     while pending:
+        step.note(f"waiting for {', '.join(pending)}")
         for name, comp in list(pending.items()):
             proc = supervisor.running(settings, name)
             if proc is None:
@@ -128,7 +144,8 @@ def start_worker(c: Context, settings: Settings, name: str, queues: str, concurr
     # others find it taken
     serve_logs = settings.serve_logs and netutil.port_bindable(settings.worker_log_port, "0.0.0.0")
     argv = worker_command(str(airflow_install.airflow_bin(settings)), name, queues, concurrency, serve_logs)
-    launch_airflow(c, settings, [supervisor.Launch(instance, argv, settings.line.preload_for(WORKER))], env)
+    launch_airflow(c, settings, [supervisor.Launch(instance, argv, settings.line.preload_for(WORKER),
+                                                   version=airflow_install.installed_version(settings))], env)
     wait_healthy(settings, [(instance, WORKER)], timeout)
     return instance, False
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from invoke import Context
 
+from . import progress
 from .errors import StackError
 
 
@@ -92,7 +93,8 @@ class Platform:
         raise NotImplementedError
 
     def _run(self, c: Context, cmd: str, what: str, hint: str, **kwargs: object) -> None:
-        result = c.run(cmd, hide=True, warn=True, **kwargs)
+        with progress.step(what) as step:  # the package manager's lines as detail (Unpacking ..., Pouring ...)
+            result = c.run(cmd, hide=False, warn=True, out_stream=step, err_stream=step, **kwargs)
         if result.failed:
             detail = (result.stderr or result.stdout).strip().splitlines()
             raise StackError(f"{what} failed ({detail[-1] if detail else f'exit {result.exited}'}); {hint}")

@@ -196,6 +196,10 @@ class Settings:
         host = "127.0.0.1" if self.api_host in ("0.0.0.0", "::", "") else self.api_host
         return f"http://{_url_host(host)}:{self.api_port}"
 
+    @staticmethod
+    def url_host(host: str) -> str:
+        return _url_host(host)
+
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 

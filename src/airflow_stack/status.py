@@ -27,6 +27,7 @@ class Row:
     ports: list[int]
     memory_mib: float | None = None  # PSS where the kernel gives it (else RSS), process and children
     cpu_seconds: float | None = None  # user + system CPU time so far, process and children
+    version: str | None = None  # the Airflow release the process runs
     restarts: int = 0  # started again by its supervisor after it died
     last_exit: int | None = None  # the exit code it died with last (negative: the signal)
 
@@ -76,8 +77,10 @@ def rows(settings: Settings) -> list[Row]:
             unused = [q for q in queues if in_use is not None and q not in in_use and q != DEFAULT_QUEUE]
             if unused and len(unused) == len(queues):
                 detail += f"; no task has used its queues ({','.join(queues)}) yet"
+        if proc.version:
+            detail += f"; Airflow {proc.version}"
         found.append(Row(inst.name, proc.pid, True, ok, detail, ports, *(usage(proc.pid) or (None, None)),
-                         proc.restarts, proc.last_exit))
+                         proc.version, proc.restarts, proc.last_exit))
     return found
 
 

@@ -47,6 +47,7 @@ class Running:
     restarts: int = 0  # how often its supervisor started it again after it died
     last_exit: int | None = None  # the exit code it died with last (negative: killed by that signal)
     supervisor: int | None = None  # the PID of the launcher that watches it (restarts it when it dies)
+    version: str | None = None  # the Airflow release it runs (what was installed when it started)
 
 
 def pid_file(settings: Settings, name: str) -> Path:
@@ -115,7 +116,8 @@ def running(settings: Settings, name: str) -> Running | None:
     pid, meta = record
     try:
         info = Running(pid, float(meta["started"]), tuple(meta.get("argv", ())), dict(meta.get("env", {})),
-                       int(meta.get("restarts") or 0), meta.get("last_exit"), meta.get("supervisor"))
+                       int(meta.get("restarts") or 0), meta.get("last_exit"), meta.get("supervisor"),
+                       meta.get("version"))
     except (KeyError, TypeError, ValueError):
         return None
     return info if _alive(info.pid, info.started) else None
@@ -188,6 +190,7 @@ class Launch:
     argv: list[str]
     preload: tuple[str, ...] = ()
     reap_session: bool = False  # when it dies, what it left in its whole session goes too (see collect)
+    version: str | None = None  # the Airflow release it runs, kept in its record
 
 
 def start(c: Context, settings: Settings, name: str, argv: list[str], env: Mapping[str, str],
@@ -218,7 +221,8 @@ def start_many(c: Context, settings: Settings, launches: list[Launch], env: Mapp
         processes.append({"name": launch.name, "argv": launch.argv, "log": str(log), "preload": list(launch.preload),
                           "pidfile": str(pid_file(settings, launch.name)),
                           "metafile": str(meta_file(settings, launch.name)), "env": launched_env,
-                          "boot": _boot_time(), "reap_session": launch.reap_session})
+                          "boot": _boot_time(), "reap_session": launch.reap_session,
+                          "record": {"version": launch.version} if launch.version else {}})
     spec = settings.run_dir / f"launch-{os.getpid()}.json"
     spec.write_text(json.dumps({"preload": None if preload is None else list(preload), "processes": processes,
                                 "resident": resident, "log": str(log_file(settings, "supervisor")),

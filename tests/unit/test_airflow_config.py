@@ -48,6 +48,7 @@ def test_celery_result_backend_uses_db_plus_postgresql(settings):
     env = airflow_config.environment(settings, "celery")
     assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
     assert env["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql://airflow:")
+    assert env["AIRFLOW__CELERY__RESULT_BACKEND"].endswith("@127.0.0.1:5432/airflow?sslmode=prefer")  # as every URL
     assert env["AIRFLOW__CELERY__BROKER_URL"] == "redis://:redis-secret-value-2@127.0.0.1:6380/0"
 
 

@@ -195,3 +195,31 @@ def test_a_log_past_its_cap_is_rotated_and_the_writer_goes_on(tmp_path):
     assert (tmp_path / "scheduler.log.2").stat().st_size == 2000
     assert (tmp_path / "scheduler.log.1").read_bytes().startswith(b"after")
     assert not launcher.rotate(str(log), 1000, keep=2)  # small again: nothing to do
+
+
+def test_a_component_running_another_airflow_release_is_started_again(settings, monkeypatch):
+    """After the venv changed (another patch pinned), `invoke up` restarts what runs the old code and
+    leaves the rest alone."""
+    old = supervisor.Running(101, 1.0, (), version="3.3.1")
+    current = supervisor.Running(102, 1.0, (), version="3.3.2")
+    live = {"api-server": current, "scheduler": old, "dag-processor": current, "triggerer": current}
+    stopped, launched = [], []
+    monkeypatch.setattr(lifecycle.registry, "running", lambda s: dict(live))
+    monkeypatch.setattr(lifecycle.preflight, "check_start", lambda s: None)
+    monkeypatch.setattr(lifecycle.preflight, "check_ports", lambda *a: None)
+    monkeypatch.setattr(lifecycle.airflow_install, "installed_version", lambda s: "3.3.2")
+    monkeypatch.setattr(lifecycle.airflow_config, "write_config", lambda *a: [])
+
+    def stop(s, names, timeout=None):
+        stopped.extend(names)
+        for name in names:
+            live.pop(name)
+        return [f"{name}: stopped" for name in names]
+
+    monkeypatch.setattr(lifecycle, "stop", stop)
+    monkeypatch.setattr(lifecycle, "launch_airflow", lambda c, s, launches, env: launched.extend(launches))
+    monkeypatch.setattr(lifecycle, "wait_healthy", lambda *a: None)
+    report = lifecycle.start(Context(), settings, "local")
+    assert stopped == ["scheduler"] and report.restarted == ["scheduler: stopped"]
+    assert [(launch.name, launch.version) for launch in launched] == [("scheduler", "3.3.2")]
+    assert report.started == ["scheduler"] and set(report.already) == {"api-server", "dag-processor", "triggerer"}

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import shutil
 import sys
 
 from invoke import Context, task
 
-from .. import airflow_config, airflow_install, lifecycle, lines, platform, redis_server, registry, secrets, supervisor
+from .. import (
+    airflow_config,
+    airflow_install,
+    lifecycle,
+    lines,
+    platform,
+    progress,
+    redis_server,
+    registry,
+    secrets,
+    supervisor,
+)
 from .. import status as status_mod
 from ..errors import StackError
 from . import db, run, setup
@@ -17,11 +29,15 @@ from ._common import exclusive, load, number, one_line_errors, say
 
 @task(help={"executor": "local (default) or celery; kept in .env for the next invoke up",
             "line": f"{lines.HELP}; kept in .env for the next invoke up",
-            "timeout": "seconds to wait for health (default 180)"})
+            "timeout": "seconds to wait for health (default 180)",
+            "quiet": "no progress lines while steps run (STACK_PROGRESS=off does the same for every task)"})
 @one_line_errors
 @exclusive("invoke up")
-def up(c: Context, executor: str | None = None, line: str | None = None, timeout: str | None = None) -> None:
+def up(c: Context, executor: str | None = None, line: str | None = None, timeout: str | None = None,
+       quiet: bool = False) -> None:
     """Bring the whole stack up: set up PostgreSQL, Redis and Airflow, then run it (re-run safe)."""
+    if quiet:
+        os.environ[progress.MODE_VAR] = "off"
     timeout = number(timeout, "--timeout", lifecycle.HEALTH_TIMEOUT)
     settings = load(executor=executor, airflow_line=line)
     rec = registry.recorded(settings)

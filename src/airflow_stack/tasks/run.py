@@ -15,6 +15,8 @@ def start_stack(c: Context, executor: str, timeout: float, line: str | None = No
                 extras: tuple[str, ...] = ()) -> None:
     settings = load(executor=executor, airflow_line=line)
     report = lifecycle.start(c, settings, executor, timeout=timeout, extras=extras)
+    if report.restarted:
+        say(*(f"run: {line} (it ran another Airflow release than the venv holds now)" for line in report.restarted))
     web = settings.line.web.name
     if not report.started:
         say(f"run: already running ({', '.join(report.already)}), Airflow {settings.airflow_line}, {executor}")

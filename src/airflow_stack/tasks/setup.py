@@ -56,6 +56,10 @@ def postgres_(c: Context, host: str | None = None, port: int | None = None, sslm
                 raise StackError("--listen/--allow-from configure a server this machine runs; for another "
                                  "server change its listen_addresses and pg_hba.conf there")
             changes += postgres.allow_remote(c, plat, admin, settings, listen, allow_from)
+        # a server chosen with a flag is the stack's from now on: the next `invoke up` uses it too
+        for key, value in (("STACK_PG_HOST", host), ("STACK_PG_PORT", port), ("STACK_PG_SSLMODE", sslmode)):
+            if value is not None and secrets.set_env_value(settings.env_file, key, str(value)):
+                changes.append(f"{key}={value} kept in {settings.env_file.name}")
     _report("postgres", changes, t.seconds,
             f"already set up: role {settings.pg_user} owns {settings.pg_database} on "
             f"{settings.pg_host}:{settings.pg_port}")
