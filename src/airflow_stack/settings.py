@@ -83,6 +83,8 @@ class Settings:
                                "(false: each component starts on its own, as `airflow COMPONENT` would)")
     log_max_mb: int = _spec("STACK_LOG_MAX_MB", 100, kind=int,
                             help="a component's log is rotated when it grows past this many MiB")
+    retention_days: int = _spec("STACK_RETENTION_DAYS", 30, kind=int,
+                                help="invoke db.clean removes task logs and metadata rows older than this")
     log_keep: int = _spec("STACK_LOG_KEEP", 3, kind=int, help="rotated logs kept per component (NAME.log.1 ...)")
     admin_user: str = _spec("_AIRFLOW_WWW_USER_USERNAME", "admin", help="the Airflow admin user")
     admin_password: str = _spec("_AIRFLOW_WWW_USER_PASSWORD", secret=True, generate="password",

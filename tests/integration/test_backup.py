@@ -46,3 +46,34 @@ def test_clean_refuses_while_running_and_without_yes_when_nobody_can_confirm(sta
     assert_one_line_error(stack.inv("clean", check=False, env={"STACK_STATE_DIR": str(tmp_path)}), "--yes")
     assert (tmp_path / "logs").exists()
     assert env_digest(stack) == before and stack.settings().airflow_home.exists()
+
+
+def test_retention_removes_only_what_is_older_than_it(stack, airflow_up):
+    """`invoke db.clean`: task logs not written for longer than the retention go, fresh ones stay;
+    Airflow's `db clean` runs against our database and keeps the recent DAG runs, with no archive tables."""
+    import os
+    import time
+
+    import psycopg
+
+    settings = stack.settings()
+    old = settings.log_dir / "airflow" / "dag_id=gone" / "run_id=old" / "task_id=t" / "attempt=1.log"
+    fresh = settings.log_dir / "airflow" / "dag_id=kept" / "run_id=new" / "task_id=t" / "attempt=1.log"
+    for path in (old, fresh):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("a task's log\n")
+    month_ago = time.time() - 31 * 86400
+    os.utime(old, (month_ago, month_ago))
+
+    def dag_runs() -> int:
+        with psycopg.connect(**settings.pg_conninfo()) as conn:
+            return conn.execute("SELECT count(*) FROM dag_run").fetchone()[0]
+
+    before = dag_runs()
+    out = stack.inv("db.clean", "--days", "30").stdout
+    assert "removed 1 task log files older than 30 days" in out, out
+    assert not old.exists() and not old.parent.parent.parent.exists() and fresh.exists()
+    assert dag_runs() == before  # every run of this test session is recent
+    with psycopg.connect(**settings.pg_conninfo()) as conn:
+        archives = conn.execute("SELECT count(*) FROM pg_tables WHERE tablename LIKE '\\_airflow\\_deleted\\_\\_%'")
+        assert archives.fetchone()[0] == 0

@@ -9,7 +9,7 @@ from invoke import Context, task
 from .. import backup as backup_mod
 from .. import platform, postgres, registry
 from ..errors import StackError
-from ._common import exclusive, load, one_line_errors, say
+from ._common import exclusive, load, number, one_line_errors, say
 
 
 def _local_platform(settings):
@@ -45,6 +45,24 @@ def restore(c: Context, file: str, yes: bool = False) -> None:
     # the schema revision may differ from the one stamped: let setup decide whether to migrate
     (settings.airflow_home / ".airflow-stack-migrated.json").unlink(missing_ok=True)
     say(f"db: restored {path.name} into {settings.pg_database}; start with: invoke up")
+
+
+@task(help={"days": "keep this many days (default STACK_RETENTION_DAYS, 30)",
+            "dry_run": "only say what would be removed"})
+@one_line_errors
+@exclusive("invoke db.clean")
+def clean(c: Context, days: str | None = None, dry_run: bool = False) -> None:
+    """Remove task logs and metadata rows (airflow db clean) older than the retention; safe while running."""
+    from .. import retention
+
+    settings = load()
+    keep = number(days, "--days", settings.retention_days, int, example=30)
+    pruned = retention.prune_task_logs(settings, keep, dry_run)
+    verb = "would remove" if dry_run else "removed"
+    say(f"db: {verb} {pruned.files} task log files older than {keep} days ({pruned.bytes / 1024:.0f} KiB)")
+    before = retention.clean_metadata(c, settings, keep, dry_run)
+    say(f"db: {'would clean' if dry_run else 'cleaned'} metadata rows from before {before} "
+        f"(airflow db clean; log: {settings.log_dir / 'db-clean.log'})")
 
 
 @task(help={"yes": "really drop it (required: this deletes every DAG run and connection)"})
