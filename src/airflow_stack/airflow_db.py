@@ -7,15 +7,18 @@ before ``airflow users create`` is started, so a re-run starts no ``airflow`` pr
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import re
 import shlex
 import time
 from pathlib import Path
 
 import psycopg
 from invoke import Context
+from psycopg import sql
 
 from . import airflow_install, progress, supervisor
 from .errors import StackError
@@ -84,14 +87,71 @@ def run_cli(c: Context, settings: Settings, env: dict[str, str], args: str, log_
                          f"(exit {result.exited}): {last.strip()} — full log: {log}")
 
 
+# The comment on the schema's alembic_version table: which Airflow release migrated it last. It goes
+# with the database (a backup and its restore too), so any checkout can tell an older release apart.
+SCHEMA_MARK = "airflow-stack: migrated by Airflow "
+
+
+def _release(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", version)[:3])
+
+
+def _schema_mark(settings: Settings) -> tuple[str | None, str | None]:
+    """(the release in the schema's mark, the schema revision); Nones when there is no schema or the
+    database cannot be read (the steps after this say so)."""
+    try:
+        with psycopg.connect(**settings.pg_conninfo()) as conn:
+            row = conn.execute("SELECT obj_description('alembic_version'::regclass, 'pg_class'), "
+                               "(SELECT version_num FROM alembic_version LIMIT 1)").fetchone()
+    except psycopg.Error:
+        return None, None
+    comment, revision = row if row else (None, None)
+    marked = comment.removeprefix(SCHEMA_MARK) if comment and comment.startswith(SCHEMA_MARK) else None
+    return marked, revision
+
+
+def schema_migrated_by(settings: Settings) -> tuple[str | None, str | None]:
+    """(the Airflow release that last migrated the metadata DB, its schema revision)."""
+    marked, revision = _schema_mark(settings)
+    if marked:
+        return marked, revision
+    try:  # migrated before the mark existed: this checkout's own stamp may know
+        stamp = json.loads(_stamp_path(settings).read_text())
+    except (FileNotFoundError, ValueError):
+        return None, revision
+    found = stamp.get("airflow") if stamp.get("db") == _db_identity(settings) else None
+    return found, revision
+
+
+def refuse_older_release(settings: Settings, target: str) -> None:
+    """Airflow cannot run on a schema a newer release migrated, and `db migrate` of an older one
+    against it may fail half-way: refuse before anything is installed or written."""
+    found, revision = schema_migrated_by(settings)
+    if found and _release(target) < _release(found):
+        raise StackError(f"the metadata DB {settings.pg_database} was migrated by Airflow {found} (schema revision "
+                         f"{revision}); Airflow {target} cannot run on it, so nothing was installed or changed: keep "
+                         f"a line and release >= {found}, or go back to a backup taken before with "
+                         f"invoke db.restore FILE --yes")
+
+
+def _mark_schema(settings: Settings, version: str | None) -> None:
+    if not version:
+        return
+    with contextlib.suppress(psycopg.Error), psycopg.connect(**settings.pg_conninfo(), autocommit=True) as conn:
+        conn.execute(sql.SQL("COMMENT ON TABLE alembic_version IS {}").format(SCHEMA_MARK + version))
+
+
 def migrate(c: Context, settings: Settings, env: dict[str, str]) -> list[str]:
+    version = airflow_install.installed_version(settings)
     if not needs_migration(settings):
+        if _schema_mark(settings)[0] is None:
+            _mark_schema(settings, version)  # a schema migrated before the mark existed
         return []
     started = time.monotonic()
     run_cli(c, settings, env, "db migrate", "setup-airflow")
     _stamp_path(settings).write_text(json.dumps({
-        "airflow": airflow_install.installed_version(settings), "db": _db_identity(settings),
-        "revision": schema_revision(settings)}))
+        "airflow": version, "db": _db_identity(settings), "revision": schema_revision(settings)}))
+    _mark_schema(settings, version)
     return [f"migrated the Airflow schema in {settings.pg_database} ({time.monotonic() - started:.0f} s)"]
 
 

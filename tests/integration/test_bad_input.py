@@ -20,9 +20,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from airflow_stack import postgres, redis_server, registry, supervisor
+from airflow_stack import lines, postgres, redis_server, registry, supervisor
 
-from .conftest import EXECUTOR, Stack, free_ports
+from .conftest import EXECUTOR, LINE, Stack, free_ports
 
 pytestmark = [pytest.mark.integration, pytest.mark.once_per_line]
 FINGERPRINT_TABLES = ("dag_run", "task_instance", "connection", "variable", "slot_pool")
@@ -71,6 +71,7 @@ class Bench:
     secrets: list[str] = field(default_factory=list)  # values that must not show in the output
     verify: Callable[[subprocess.CompletedProcess[str]], None] | None = None  # a last check of the outcome
     sockets: list[socket.socket] = field(default_factory=list)
+    cleanups: list[Callable[[], None]] = field(default_factory=list)  # undo what a case set up, always
 
     def hold_port(self) -> int:
         sock = socket.socket()
@@ -115,6 +116,8 @@ class Bench:
     def close(self) -> None:
         for sock in self.sockets:
             sock.close()
+        for cleanup in self.cleanups:
+            cleanup()
 
 
 CASES = []
@@ -342,6 +345,51 @@ def clean_without_yes_or_terminal(b):
 
     b.verify = nothing_removed
     return ["clean"], env
+
+
+# ---- down onto a schema a newer release migrated ----------------------------------------------------
+def schema_comment(settings, text: str | None = None) -> str | None:
+    """The mark on the schema (which release migrated it); with ``text``, set it (as the Airflow role)."""
+    with psycopg.connect(**settings.pg_conninfo(), autocommit=True) as conn:
+        if text is not None:
+            conn.execute(sql.SQL("COMMENT ON TABLE alembic_version IS {}").format(text))
+        return conn.execute("SELECT obj_description('alembic_version'::regclass, 'pg_class')").fetchone()[0]
+
+
+def nothing_installed(b) -> None:
+    """No venv appeared, airflow.cfg and webserver_config.py stayed as they were."""
+    settings = b.stack.settings()
+    venvs = sorted(p.name for p in settings.state_dir.glob("venv-airflow-*"))
+    b.guarded += [settings.airflow_home / "airflow.cfg", settings.airflow_home / "webserver_config.py"]
+
+    def same_venvs(proc) -> None:
+        assert sorted(p.name for p in settings.state_dir.glob("venv-airflow-*")) == venvs
+
+    b.verify = same_venvs
+
+
+@case("was migrated by Airflow 99.0.0 (schema revision", "nothing was installed or changed", "invoke db.restore")
+def setup_on_a_schema_a_newer_release_migrated(b):
+    settings = b.stack.settings()
+    mark = schema_comment(settings)
+    assert mark and mark.startswith("airflow-stack: migrated by Airflow "), mark  # setup.airflow wrote it
+    schema_comment(settings, "airflow-stack: migrated by Airflow 99.0.0")
+    b.cleanups.append(lambda: schema_comment(settings, mark))
+    nothing_installed(b)
+    return ["setup.airflow"], {}
+
+
+def release(line: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in lines.get(line).default_version.split("."))
+
+
+OLDER_LINES = [name for name in lines.NAMES if release(name) < release(LINE)]
+if OLDER_LINES:
+    @case("Airflow {older}", "cannot run on it, so nothing was installed or changed")
+    def up_with_an_older_line_on_a_running_stack(b):
+        b.values["older"] = lines.get(OLDER_LINES[0]).default_version
+        nothing_installed(b)
+        return ["up", "--line", OLDER_LINES[0]], {}
 
 
 # ---- another checkout of the repo on the same PostgreSQL ---------------------------------------------
