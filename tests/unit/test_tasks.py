@@ -91,3 +91,18 @@ def test_the_admin_password_never_reaches_a_command_line(settings, monkeypatch):
                                      for cmd in with_password), with_password
         assert all(env["_AIRFLOW_WWW_USER_PASSWORD"] == "admin-secret-value-3" for env in envs)
         (line.airflow_home / ".airflow-stack-admin.json").unlink()
+
+
+def test_an_older_release_is_refused_on_a_newer_schema(settings, monkeypatch):
+    from airflow_stack import airflow_db
+
+    monkeypatch.setattr(airflow_db, "schema_migrated_by", lambda s: ("3.3.2", "d2f4e1b3c5a7"))
+    with pytest.raises(StackError, match=r"migrated by Airflow 3\.3\.2 \(schema revision d2f4e1b3c5a7\); "
+                                         r"Airflow 2\.11\.2 cannot run on it, so nothing was installed"):
+        airflow_db.refuse_older_release(settings, "2.11.2")
+    with pytest.raises(StackError, match="Airflow 3.3.1 cannot run"):
+        airflow_db.refuse_older_release(settings, "3.3.1")  # an older patch of the same line too
+    for same_or_newer in ("3.3.2", "3.3.10", "3.4.0"):
+        airflow_db.refuse_older_release(settings, same_or_newer)
+    monkeypatch.setattr(airflow_db, "schema_migrated_by", lambda s: (None, None))  # a new, empty database
+    airflow_db.refuse_older_release(settings, "2.11.2")
