@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import urllib.parse
+
 from . import airflow_db, airflow_install, netutil, postgres, redis_server
 from . import settings as settings_mod
 from .components import Component
@@ -26,12 +28,38 @@ def require_services(settings: Settings, pg_fix: str, redis_fix: str, password_f
         raise StackError(f"{reason}; {password_fix if refused and password_fix else redis_fix}")
 
 
+# Flask-Limiter storages that live on a server, and their default ports
+LIMITER_PORTS = {"redis": 6379, "rediss": 6379, "memcached": 11211, "mongodb": 27017, "mongodb+srv": 27017}
+
+
+def check_limiter_storage(settings: Settings) -> None:
+    """The login limiter's storage must answer before the web component starts: Flask-Limiter falls
+    back to counting in memory when it cannot reach it (the very warning this stack removes)."""
+    uri = settings.limiter_storage_uri
+    scheme = uri.split("://", 1)[0].lower()
+    if scheme not in LIMITER_PORTS:
+        return  # memory:// (doctor says what it costs), or a storage we cannot probe
+    # the first host of the URI (memcached:// and mongodb:// may list several), without credentials
+    netloc = uri.split("://", 1)[1].split("/", 1)[0].rsplit("@", 1)[-1].split(",")[0]
+    parsed = urllib.parse.urlsplit("//" + netloc)
+    host = parsed.hostname or "127.0.0.1"
+    try:
+        port_number = parsed.port or LIMITER_PORTS[scheme]
+    except ValueError:
+        raise StackError("STACK_RATELIMIT_STORAGE_URI names a port that is not a number; fix the URI") from None
+    if not netutil.port_open(port_number, host, timeout=2):
+        raise StackError(f"the login limiter's storage ({scheme}://{host}:{port_number}, STACK_RATELIMIT_STORAGE_URI) "
+                         f"does not answer; start it or fix the URI (unreachable, Flask-Limiter would count in "
+                         f"memory)")
+
+
 def check_start(settings: Settings) -> None:
     """Everything a start of the stack needs."""
     if not settings.dags_folder.is_dir():
         raise StackError(f"DAG folder {settings.dags_folder} does not exist; create it or set STACK_DAGS_FOLDER")
     require_services(settings, "run: invoke setup.postgres", "run: invoke setup.redis", REDIS_PASSWORD_FIX)
     postgres.check_owner(settings, postgres.database_marker(settings))
+    check_limiter_storage(settings)
     if not airflow_install.is_current(settings):
         raise StackError(f"Airflow {settings.airflow_line} is not installed (or its constraints changed); "
                          f"run: invoke setup.airflow")

@@ -347,6 +347,13 @@ def clean_without_yes_or_terminal(b):
     return ["clean"], env
 
 
+@case("the login limiter's storage (memcached://127.0.0.1:{port}, STACK_RATELIMIT_STORAGE_URI) does not answer")
+def limiter_storage_unreachable(b):
+    """Flask-Limiter would silently count in memory: refused before anything starts."""
+    b.values["port"] = free_ports(1)[0]
+    return [f"run.{EXECUTOR}"], {"STACK_RATELIMIT_STORAGE_URI": f"memcached://127.0.0.1:{b.values['port']}"}
+
+
 # ---- down onto a schema a newer release migrated ----------------------------------------------------
 def schema_comment(settings, text: str | None = None) -> str | None:
     """The mark on the schema (which release migrated it); with ``text``, set it (as the Airflow role)."""

@@ -100,9 +100,37 @@ def test_an_older_release_is_refused_on_a_newer_schema(settings, monkeypatch):
     with pytest.raises(StackError, match=r"migrated by Airflow 3\.3\.2 \(schema revision d2f4e1b3c5a7\); "
                                          r"Airflow 2\.11\.2 cannot run on it, so nothing was installed"):
         airflow_db.refuse_older_release(settings, "2.11.2")
-    with pytest.raises(StackError, match="Airflow 3.3.1 cannot run"):
+    with pytest.raises(StackError, match=r"Airflow 3\.3\.1 cannot run"):
         airflow_db.refuse_older_release(settings, "3.3.1")  # an older patch of the same line too
     for same_or_newer in ("3.3.2", "3.3.10", "3.4.0"):
         airflow_db.refuse_older_release(settings, same_or_newer)
     monkeypatch.setattr(airflow_db, "schema_migrated_by", lambda s: (None, None))  # a new, empty database
     airflow_db.refuse_older_release(settings, "2.11.2")
+
+
+@pytest.mark.parametrize("uri, message", [
+    ("memcached://127.0.0.1:{closed}", "(memcached://127.0.0.1:{closed}, STACK_RATELIMIT_STORAGE_URI) does not answer"),
+    ("mongodb://user:pw@127.0.0.1:{closed}/limits", "(mongodb://127.0.0.1:{closed}, "),
+    ("memcached://127.0.0.1:{closed},127.0.0.1:{open}", "(memcached://127.0.0.1:{closed}, "),
+    ("redis://:pw@127.0.0.1:x/1", "names a port that is not a number"),
+])
+def test_an_unreachable_limiter_storage_is_refused_before_a_start(settings, uri, message):
+    """Flask-Limiter falls back to memory when its storage is away: the start says so instead."""
+    import socket
+
+    listening = socket.socket()
+    listening.bind(("127.0.0.1", 0))
+    listening.listen()
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    ports = {"open": listening.getsockname()[1], "closed": closed.getsockname()[1]}
+    closed.close()
+    try:
+        with pytest.raises(StackError) as err:
+            preflight.check_limiter_storage(settings.replace(ratelimit_storage_uri=uri.format(**ports)))
+        assert message.format(**ports) in str(err.value) and "pw" not in str(err.value)
+        # one that answers, and memory:// (doctor says what that costs), pass
+        preflight.check_limiter_storage(settings.replace(ratelimit_storage_uri=f"memcached://127.0.0.1:{ports['open']}"))
+        preflight.check_limiter_storage(settings.replace(ratelimit_storage_uri="memory://"))
+    finally:
+        listening.close()
