@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import shlex
 import sys
 from pathlib import Path
@@ -18,9 +17,8 @@ from invoke import Context
 
 from . import lines, progress
 from .errors import StackError
-from .settings import PROJECT_DIR, Settings
+from .settings import Settings
 
-CONSTRAINTS_DIR = PROJECT_DIR / "config" / "constraints"
 EXTRAS = "postgres,celery,fab,redis"
 # celery 5.7 breaks apache-airflow-providers-celery 3.26 on both lines ("cannot import name 'retry'")
 EXTRA_PINS = ("celery<5.7",)
@@ -33,23 +31,23 @@ def uv_bin() -> str:
 
 
 def constraints_file(line: str) -> Path:
-    return CONSTRAINTS_DIR / f"airflow-{line}.txt"
+    return lines.get(line).constraints_file
 
 
 def pinned_version(line: str) -> str:
-    """The apache-airflow version the line's constraints pin (the constraints are the truth)."""
-    path = constraints_file(line)
-    try:
-        match = re.search(r"^apache-airflow==(\S+)", path.read_text(), re.M)
-    except FileNotFoundError:
-        raise StackError(f"{path} is missing; regenerate it: invoke setup.constraints --line {line}") from None
-    if not match:
-        raise StackError(f"{path} pins no apache-airflow; regenerate it: invoke setup.constraints --line {line}")
-    return match.group(1)
+    return lines.get(line).pinned_version()
 
 
-def requirement(line: str) -> str:
-    return f"apache-airflow[{EXTRAS}]=={pinned_version(line)}"
+def constraints_for(settings: Settings) -> Path:
+    """The constraints the install uses: the repo's for the pinned release; for another release
+    (STACK_AIRFLOW_VERSION) ones resolved into the state dir, so no tracked file changes."""
+    if settings.airflow_release == settings.line.pinned_version():
+        return settings.line.constraints_file
+    return settings.state_dir / "constraints" / f"airflow-{settings.airflow_release}.txt"
+
+
+def requirement(settings: Settings) -> str:
+    return f"apache-airflow[{EXTRAS}]=={settings.airflow_release}"
 
 
 def airflow_bin(settings: Settings) -> Path:
@@ -64,10 +62,14 @@ def _stamp_path(settings: Settings) -> Path:
     return settings.airflow_venv / ".airflow-stack-install.json"
 
 
-def _wanted_stamp(settings: Settings) -> dict[str, str]:
+def _wanted_stamp(settings: Settings) -> dict[str, str] | None:
+    try:
+        constraints = constraints_for(settings).read_bytes()
+    except FileNotFoundError:
+        return None  # another release's constraints, not resolved yet
     return {
-        "requirement": requirement(settings.airflow_line),
-        "constraints_sha256": hashlib.sha256(constraints_file(settings.airflow_line).read_bytes()).hexdigest(),
+        "requirement": requirement(settings),
+        "constraints_sha256": hashlib.sha256(constraints).hexdigest(),
         "python": ".".join(map(str, sys.version_info[:3])),
     }
 
@@ -96,17 +98,22 @@ def ensure(c: Context, settings: Settings) -> list[str]:
     settings.line.check_python()
     if is_current(settings):
         return []
+    done = []
+    constraints = constraints_for(settings)
+    if not constraints.exists():
+        regenerate_constraints(c, settings.airflow_line, settings.airflow_release, constraints)
+        done.append(f"resolved constraints for Airflow {settings.airflow_release} into {constraints}")
     venv = settings.airflow_venv
     uv = shlex.quote(uv_bin())
     python = airflow_python(settings)
     if not python.exists():
         _run(c, f"{uv} venv -q --python {shlex.quote(sys.executable)} {shlex.quote(str(venv))}", "creating the venv")
-    req = requirement(settings.airflow_line)
+    req = requirement(settings)
     _run(c, f"{uv} pip install --python {shlex.quote(str(python))} "
-            f"-c {shlex.quote(str(constraints_file(settings.airflow_line)))} {shlex.quote(req)}",
+            f"-c {shlex.quote(str(constraints))} {shlex.quote(req)}",
          f"installing {req}")
     _stamp_path(settings).write_text(json.dumps(_wanted_stamp(settings), indent=1))
-    return [f"installed {req} into {venv}"]
+    return [*done, f"installed {req} into {venv}"]
 
 
 def _run(c: Context, cmd: str, what: str) -> None:
@@ -118,7 +125,7 @@ def _run(c: Context, cmd: str, what: str) -> None:
                          f"check that PyPI is reachable, then re-run invoke setup.airflow")
 
 
-def regenerate_constraints(c: Context, line: str, version: str | None = None) -> Path:
+def regenerate_constraints(c: Context, line: str, version: str | None = None, out: Path | None = None) -> Path:
     """Resolve the line's Airflow + extras into a universal, fully pinned constraints file.
 
     Airflow's published constraint files cannot be downloaded here; this resolves our own, with uv,
@@ -130,12 +137,10 @@ def regenerate_constraints(c: Context, line: str, version: str | None = None) ->
             version = pinned_version(line)  # re-resolve the current pin (new dependency releases)
         except StackError:
             version = profile.default_version
-    if not re.fullmatch(r"\d+\.\d+\.\d+", version) or not version.startswith(line + "."):
-        raise StackError(f"version {version!r} is not a {line}.x release; pass e.g. --version "
-                         f"{profile.default_version}")
-    CONSTRAINTS_DIR.mkdir(parents=True, exist_ok=True)
-    out = constraints_file(line)
-    reqs = CONSTRAINTS_DIR / f".requirements-{line}.in"
+    profile.check_release(version)
+    out = out or constraints_file(line)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    reqs = out.parent / f".requirements-{version}.in"
     reqs.write_text("\n".join((f"apache-airflow[{EXTRAS}]=={version}", *EXTRA_PINS)) + "\n")
     try:
         _run(c, f"{shlex.quote(uv_bin())} pip compile -q --universal --python-version {profile.lowest_python} "

@@ -65,6 +65,9 @@ class Settings:
 
     # Airflow
     airflow_line: str = _spec("STACK_AIRFLOW_LINE", lines.DEFAULT, choices=lines.NAMES, help=lines.HELP)
+    airflow_version: str = _spec("STACK_AIRFLOW_VERSION", "",
+                                 help="a release of the line (default: the one config/constraints pins); "
+                                      "its constraints are resolved into the state dir, no tracked file changes")
     executor: str = _spec("STACK_EXECUTOR", "local", choices=EXECUTORS, help="local or celery")
     api_host: str = _spec("STACK_API_HOST", "127.0.0.1", help="interface the API server / webserver binds")
     api_port: int = _spec("STACK_API_PORT", 8080, kind=int, help="port of the web component (API server / webserver)")
@@ -156,9 +159,17 @@ class Settings:
         return lines.get(self.airflow_line)
 
     @property
+    def airflow_release(self) -> str:
+        """The Airflow release to run: STACK_AIRFLOW_VERSION, else the one the line's constraints pin."""
+        if self.airflow_version:
+            self.line.check_release(self.airflow_version)
+            return self.airflow_version
+        return self.line.pinned_version()
+
+    @property
     def airflow_venv(self) -> Path:
-        # one venv per line: switching lines back and forth never reinstalls
-        return self.state_dir / f"venv-airflow-{self.airflow_line}"
+        # one venv per release: another release is built beside the running one, and going back never reinstalls
+        return self.state_dir / f"venv-airflow-{self.airflow_release}"
 
     @property
     def serve_logs(self) -> bool:

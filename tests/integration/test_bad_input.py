@@ -387,14 +387,32 @@ def setup_on_a_schema_a_newer_release_migrated(b):
 
 
 def release(line: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in lines.get(line).default_version.split("."))
+    return tuple(int(part) for part in lines.get(line).pinned_version().split("."))
 
 
 OLDER_LINES = [name for name in lines.NAMES if release(name) < release(LINE)]
+OLDER_PATCH = ".".join(map(str, (*release(LINE)[:2], release(LINE)[2] - 1))) if release(LINE)[2] else ""
+
+
+if OLDER_PATCH:
+    @case("Airflow {older} cannot run on it, so nothing was installed or changed")
+    def an_older_patch_of_the_line_on_its_schema(b):
+        """STACK_AIRFLOW_VERSION picks a release of the line: an older one than migrated the schema is
+        refused before its constraints are even resolved."""
+        b.values["older"] = OLDER_PATCH
+        nothing_installed(b)
+        constraints = b.stack.settings().state_dir / "constraints" / f"airflow-{OLDER_PATCH}.txt"
+
+        def nothing_resolved(proc) -> None:
+            assert not constraints.exists()
+
+        checks = [b.verify, nothing_resolved]
+        b.verify = lambda proc: [check(proc) for check in checks]
+        return ["setup.airflow"], {"STACK_AIRFLOW_VERSION": OLDER_PATCH}
 if OLDER_LINES:
     @case("Airflow {older}", "cannot run on it, so nothing was installed or changed")
     def up_with_an_older_line_on_a_running_stack(b):
-        b.values["older"] = lines.get(OLDER_LINES[0]).default_version
+        b.values["older"] = lines.get(OLDER_LINES[0]).pinned_version()
         nothing_installed(b)
         return ["up", "--line", OLDER_LINES[0]], {}
 

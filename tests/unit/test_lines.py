@@ -187,3 +187,18 @@ def test_probes_ignore_a_proxy_the_environment_names(settings, monkeypatch):
         assert health.check(probe, settings.replace(api_port=server.server_address[1])) == (True, "HTTP 200")
     finally:
         server.shutdown()
+
+
+def test_another_release_of_the_line_gets_its_own_venv_and_resolved_constraints(settings):
+    """STACK_AIRFLOW_VERSION picks a patch without editing a tracked file: its constraints are resolved
+    into the state dir and it is installed beside the running release."""
+    pinned = settings.line.pinned_version()
+    assert settings.airflow_release == pinned and settings.airflow_venv.name == f"venv-airflow-{pinned}"
+    assert airflow_install.constraints_for(settings) == settings.line.constraints_file
+    other = settings.replace(airflow_version="3.3.1")
+    assert other.airflow_venv.name == "venv-airflow-3.3.1"
+    assert airflow_install.constraints_for(other) == settings.state_dir / "constraints" / "airflow-3.3.1.txt"
+    assert airflow_install.requirement(other).endswith("==3.3.1")
+    assert not airflow_install.is_current(other)  # nothing resolved or installed yet
+    with pytest.raises(StackError, match=r"'2\.11\.2' is not an Airflow 3\.3\.x release"):
+        _ = settings.replace(airflow_version="2.11.2").airflow_venv

@@ -9,6 +9,7 @@ profile module here plus its constraints file (config/constraints/airflow-<line>
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from ..settings import Settings
 
 
+CONSTRAINTS_DIR = Path(__file__).resolve().parents[3] / "config" / "constraints"
 # a new DAG file is listed within this many seconds (Airflow's default, 300, makes users wait 5 min)
 DAG_DIR_REFRESH_SECONDS = 5
 
@@ -58,6 +60,27 @@ class AirflowLine:
     standalone_password: Callable[[Path], str]
     # the environment that moves `airflow standalone`'s web server to a host and port (the benchmark)
     web_listen_env: Callable[[str, int, str], dict[str, str]]
+
+    @property
+    def constraints_file(self) -> Path:
+        """The line's pinned constraints in the repo (config/constraints/airflow-<line>.txt)."""
+        return CONSTRAINTS_DIR / f"airflow-{self.name}.txt"
+
+    def pinned_version(self) -> str:
+        """The apache-airflow release the line's constraints pin (the constraints are the truth)."""
+        path = self.constraints_file
+        try:
+            match = re.search(r"^apache-airflow==(\S+)", path.read_text(), re.M)
+        except FileNotFoundError:
+            raise StackError(f"{path} is missing; regenerate it: invoke setup.constraints --line {self.name}") from None
+        if not match:
+            raise StackError(f"{path} pins no apache-airflow; regenerate it: "
+                             f"invoke setup.constraints --line {self.name}")
+        return match.group(1)
+
+    def check_release(self, version: str) -> None:
+        if not re.fullmatch(r"\d+\.\d+\.\d+", version) or not version.startswith(self.name + "."):
+            raise StackError(f"{version!r} is not an Airflow {self.name}.x release; give e.g. {self.default_version}")
 
     @property
     def lowest_python(self) -> str:

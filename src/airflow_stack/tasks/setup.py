@@ -116,7 +116,7 @@ def airflow(c: Context, line: str | None = None) -> None:
         settings = load(airflow_line=line)
         settings.line.check_python()
         # before anything is installed or written: never down onto a schema a newer release migrated
-        airflow_db.refuse_older_release(settings, airflow_install.pinned_version(settings.airflow_line))
+        airflow_db.refuse_older_release(settings, settings.airflow_release)
         settings, added = secrets.ensure_env_file(settings)
         settings = load(airflow_line=line)
         changes = [f"generated {name} into {settings.env_file}" for name in added]
