@@ -12,13 +12,16 @@ from __future__ import annotations
 import io
 import ipaddress
 import shlex
+import socket
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import psycopg
 from invoke import Context
 from psycopg import sql
 
 from . import netutil
+from . import settings as settings_mod
 from .errors import StackError
 from .platform import Platform
 from .secrets import redact
@@ -209,17 +212,40 @@ def _reason(exc: Exception, settings: Settings) -> str:
 
 # ---- one database per checkout --------------------------------------------------------------
 def owner_mark(settings: Settings) -> str:
-    return OWNER_MARK + (settings.checkout_id or "")
+    """"airflow-stack checkout ID HOST:ENV_FILE": who set the database up, and where that checkout lives."""
+    return f"{OWNER_MARK}{settings.checkout_id or ''} {socket.gethostname()}:{settings.env_file.resolve()}"
 
 
-def check_owner(settings: Settings, marker: str | None) -> None:
-    """Refuse a database that another checkout of airflow-stack set up (its mark is another one's):
-    taking it over would reset its role's password and lock that checkout's stack out."""
-    if marker and marker.startswith(OWNER_MARK) and marker != owner_mark(settings):
-        raise StackError(f"database {settings.pg_database} on {settings.pg_host}:{settings.pg_port} belongs to "
-                         f"another airflow-stack checkout (its STACK_CHECKOUT_ID differs); give this one its own: "
-                         f"set STACK_PG_DATABASE and STACK_PG_USER in {settings.env_file.name} to new names "
-                         f"(e.g. airflow_{settings.env_file.parent.name.replace('-', '_')}), then run this again")
+def _marked_id(marker: str) -> str:
+    return marker[len(OWNER_MARK):].split(" ", 1)[0]
+
+
+def owner_gone(marker: str) -> bool:
+    """The checkout that marked the database was on this machine and is gone (its .env no longer
+    exists or names another checkout): a deleted clone, whose database a new clone may take over."""
+    location = marker[len(OWNER_MARK):].partition(" ")[2]
+    host, _, env_file = location.partition(":")
+    if not env_file or host != socket.gethostname():
+        return False  # another machine's, or no location: cannot tell, so it may be alive
+    try:
+        values = settings_mod.read_env_file(Path(env_file))
+    except StackError:
+        return False  # there, but unreadable to us: somebody's
+    return values.get("STACK_CHECKOUT_ID") != _marked_id(marker)
+
+
+def check_owner(settings: Settings, marker: str | None) -> bool:
+    """Refuse a database that another, living checkout of airflow-stack set up: taking it over would
+    reset its role's password and lock that checkout's stack out. True when the database was marked
+    by a checkout that is gone (a deleted clone): this one may take it over."""
+    if not marker or not marker.startswith(OWNER_MARK) or _marked_id(marker) == settings.checkout_id:
+        return False
+    if owner_gone(marker):
+        return True
+    raise StackError(f"database {settings.pg_database} on {settings.pg_host}:{settings.pg_port} belongs to "
+                     f"another airflow-stack checkout (its STACK_CHECKOUT_ID differs); give this one its own: "
+                     f"set STACK_PG_DATABASE and STACK_PG_USER in {settings.env_file.name} to new names "
+                     f"(e.g. airflow_{settings.env_file.parent.name.replace('-', '_')}), then run this again")
 
 
 def database_marker(settings: Settings) -> str | None:
@@ -233,16 +259,19 @@ def database_marker(settings: Settings) -> str | None:
     return row[0] if row else None
 
 
-def mark_database(settings: Settings) -> bool:
-    """Mark the Airflow database as this checkout's, as its owner (the Airflow role); True when written.
-    A database the role does not own, or one that carries a comment of its own, is left as it is."""
+def mark_database(settings: Settings, take_over: bool = False) -> bool:
+    """Mark the Airflow database as this checkout's, as its owner (the Airflow role); True when written:
+    unmarked, marked by this checkout from another place (it moved), or ``take_over``. A database the
+    role does not own, or one with a comment of the user's, is left as it is."""
     if not settings.checkout_id:
         return False
     try:
         with psycopg.connect(**settings.pg_conninfo(), autocommit=True) as conn:
-            current = conn.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database "
-                                   "WHERE datname = current_database()").fetchone()
-            if current and current[0]:
+            row = conn.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database "
+                               "WHERE datname = current_database()").fetchone()
+            current = row[0] if row else None
+            ours = bool(current) and current.startswith(OWNER_MARK) and _marked_id(current) == settings.checkout_id
+            if current == owner_mark(settings) or (current and not take_over and not ours):
                 return False
             conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(
                 sql.Identifier(settings.pg_database), owner_mark(settings)))
@@ -266,15 +295,19 @@ def bootstrap(admin: Admin | None, settings: Settings) -> list[str]:
             raise StackError(f"cannot connect to {settings.pg_host}:{settings.pg_port}/{settings.pg_database} as "
                              f"{settings.pg_user} ({reason}); create that role and database on the server, "
                              f"or set STACK_PG_ADMIN_DSN to a superuser DSN")
-        check_owner(settings, database_marker(settings))
+        take_over = check_owner(settings, database_marker(settings))
         check_role_can_create(settings)
-        return [f"marked database {settings.pg_database} as this checkout's"] if mark_database(settings) else []
+        marked = mark_database(settings, take_over)
+        return [f"marked database {settings.pg_database} as this checkout's"] if marked else []
 
     role, db = settings.pg_user, settings.pg_database
     changes: list[str] = []
     # before anything changes (a role's password above all): is it another checkout's database?
     owner, marker = _owner_and_marker(admin, db)
-    check_owner(settings, marker)
+    take_over = check_owner(settings, marker)
+    if take_over:
+        gone = (marker or "").partition(":")[2]
+        changes.append(f"took over database {db} from a checkout that no longer exists ({gone})")
     found = admin.rows(sql.SQL("SELECT rolsuper, coalesce(array_to_string(rolconfig, ','), '') "
                                "FROM pg_roles WHERE rolname = {}").format(role))
     if found and found[0][0] in ("t", "True"):
@@ -315,7 +348,7 @@ def bootstrap(admin: Admin | None, settings: Settings) -> list[str]:
                       dbname=db)
         changes.append(f"granted {role} CREATE on {db}.public (database owned by {owner})")
     check_role_can_create(settings)
-    if mark_database(settings):
+    if mark_database(settings, take_over) and not take_over:
         changes.append(f"marked database {db} as this checkout's")
     return changes
 

@@ -32,7 +32,7 @@ class RecordingAdmin(postgres.Admin):
 def role_works(monkeypatch):
     monkeypatch.setattr(postgres, "check_role_can_create", lambda s: None)
     monkeypatch.setattr(postgres, "role_can_login", lambda s: (True, ""))
-    monkeypatch.setattr(postgres, "mark_database", lambda s: False)
+    monkeypatch.setattr(postgres, "mark_database", lambda s, take_over=False: False)
     monkeypatch.setattr(postgres, "database_marker", lambda s: None)
 
 
@@ -204,3 +204,23 @@ def test_forget_remote_removes_only_our_lines(settings):
     admin, plat = RemoteAdmin(hba=f"local all all peer\n{ours}\n{theirs}\n"), FakePlatform()
     assert postgres.forget_remote(None, plat, admin, settings)
     assert plat.written == ("/etc/postgresql/15/main/pg_hba.conf", f"local all all peer\n{theirs}\n")
+
+
+def test_a_database_whose_checkout_was_deleted_may_be_taken_over(settings, tmp_path):
+    """A clone that was deleted (its .env is gone) cannot use its database any more: a new clone on
+    the same machine takes it over; a living one, or one on another machine, is never taken over."""
+    import socket
+
+    mine = settings.replace(checkout_id="aaaa1111")
+    other_env = tmp_path / "old-clone" / ".env"
+    gone = f"{postgres.OWNER_MARK}bbbb2222 {socket.gethostname()}:{other_env}"
+    assert postgres.check_owner(mine, gone) is True
+    other_env.parent.mkdir()
+    other_env.write_text("STACK_CHECKOUT_ID=bbbb2222\n")  # that clone is alive
+    with pytest.raises(StackError, match="belongs to another airflow-stack checkout"):
+        postgres.check_owner(mine, gone)
+    elsewhere = f"{postgres.OWNER_MARK}bbbb2222 another-host:/does/not/exist/.env"
+    with pytest.raises(StackError, match="belongs to another airflow-stack checkout"):
+        postgres.check_owner(mine, elsewhere)
+    assert postgres.owner_mark(mine).startswith(f"{postgres.OWNER_MARK}aaaa1111 {socket.gethostname()}:/")
+    assert postgres.check_owner(mine, postgres.owner_mark(mine)) is False  # its own
