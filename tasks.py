@@ -6,5 +6,5 @@ from invoke import Collection
 from airflow_stack.tasks import db, ops, run, setup
 
 ns = Collection(setup, run, db)
-for top_level in (ops.up, ops.stop, ops.status_, ops.logs, ops.doctor, ops.clean, ops.airflow_cli):
+for top_level in (ops.up, ops.upgrade, ops.stop, ops.status_, ops.logs, ops.doctor, ops.clean, ops.airflow_cli):
     ns.add_task(top_level)

@@ -59,6 +59,27 @@ def up(c: Context, executor: str | None = None, line: str | None = None, timeout
             say(f"up: --{flag} {value} kept in {settings.env_file.name} ({key})")
 
 
+@task(help={"version": "the release to go to, e.g. 3.3.3 (default: the line's pinned one)",
+            "line": f"another Airflow line ({lines.HELP}); a newer one only",
+            "timeout": "seconds to wait for the new release to be healthy (default 180)"})
+@one_line_errors
+@exclusive("invoke upgrade")
+def upgrade(c: Context, version: str | None = None, line: str | None = None, timeout: str | None = None) -> None:
+    """Go to another Airflow release: install it beside, parse the DAGs with it, back up, switch, migrate,
+    start; on failure restore the backup and the previous release."""
+    from .. import upgrade as upgrade_mod
+
+    timeout = number(timeout, "--timeout", lifecycle.HEALTH_TIMEOUT)
+    settings = load()
+    plan = upgrade_mod.prepare(c, settings, line, version)
+    say(f"upgrade: Airflow {settings.airflow_release} -> {plan.target.airflow_release}; the DAGs import with it")
+    if plan.changed:
+        say(f"upgrade: {len(plan.changed)} packages change their major or minor version: {', '.join(plan.changed)}")
+    say(*(f"upgrade: {line_}" for line_ in upgrade_mod.switch(c, plan, timeout)))
+    say(f"upgrade: done; Airflow {plan.target.airflow_release} (kept in {settings.env_file.name} as "
+        f"STACK_AIRFLOW_VERSION); the backup stays in {plan.backup}")
+
+
 @task(help={
     "component": "stop only this component (default: all of Airflow and our Redis)",
     "postgres": "also stop the PostgreSQL server (it may serve other databases: off by default)",
