@@ -134,3 +134,12 @@ def test_an_unreachable_limiter_storage_is_refused_before_a_start(settings, uri,
         preflight.check_limiter_storage(settings.replace(ratelimit_storage_uri="memory://"))
     finally:
         listening.close()
+
+
+def test_an_upgrade_lists_the_packages_whose_major_or_minor_version_changes():
+    from airflow_stack import upgrade
+
+    before = {"apache-airflow": "3.3.1", "sqlalchemy": "2.0.40", "flask": "2.2.5", "gone": "1.0"}
+    after = {"apache-airflow": "3.3.2", "sqlalchemy": "2.1.0", "flask": "2.2.6", "new": "0.1"}
+    assert upgrade.changed_packages(before, after) == [
+        "gone 1.0 -> (none)", "new (none) -> 0.1", "sqlalchemy 2.0.40 -> 2.1.0"]
