@@ -251,10 +251,17 @@ class OurStack(Target):
     def memory(self, sample: Sample) -> None:
         settings = self.sandbox.settings()
         everything: list[int] = []
-        for name, proc in registry.running(settings).items():
+        running = registry.running(settings)
+        for name, proc in running.items():
             pids = measure.group(proc.pid)
             sample.components[name] = measure.pss_mib(pids)
             everything += pids
+        # the resident launcher that supervises them holds the preloaded modules: its share counts too
+        supervisors = {proc.supervisor for proc in running.values() if proc.supervisor}
+        for pid in sorted(supervisors):
+            sample.components.setdefault("supervisor", 0.0)
+            sample.components["supervisor"] += measure.pss_mib([pid])
+            everything.append(pid)
         sample.airflow_pss = measure.pss_mib(everything)
         sample.processes = len(everything)
         redis_proc = supervisor.running(settings, redis_server.NAME)
