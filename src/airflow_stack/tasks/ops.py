@@ -59,7 +59,7 @@ def up(c: Context, executor: str | None = None, line: str | None = None, timeout
             say(f"up: --{flag} {value} kept in {settings.env_file.name} ({key})")
 
 
-@task(help={"version": "the release to go to, e.g. 3.3.3 (default: the line's pinned one)",
+@task(help={"version": "the release of the line to go to (default: the one its constraints pin)",
             "line": f"another Airflow line ({lines.HELP}); a newer one only",
             "timeout": "seconds to wait for the new release to be healthy (default 180)"})
 @one_line_errors
