@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 import threading
 import time
@@ -18,6 +19,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 MODE_VAR = "STACK_PROGRESS"  # auto (default), plain, off
+# the time and level a log line starts with (3.x structlog, 2.x logging): the detail is the message
+LOG_PREFIX = re.compile(r"^(\d{4}-\d\d-\d\dT[\d:.]+Z? \[ ?\w+ ?\] |\[[^]]+\] \{[^}]+\} \w+ - )")
 HEARTBEAT = 5.0  # seconds between plain lines
 SPIN = "|/-\\"
 
@@ -42,7 +45,7 @@ class Step:
         self._thread: threading.Thread | None = None
 
     def note(self, text: str) -> None:
-        text = " ".join(text.split())
+        text = LOG_PREFIX.sub("", " ".join(text.split()))
         if text:
             self.now = text[:100]
 

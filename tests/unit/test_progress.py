@@ -44,3 +44,13 @@ def test_the_detail_can_come_from_a_log_being_written(tmp_path, monkeypatch, cap
         time.sleep(0.7)
     assert re.search(r"airflow db migrate: \d+ s - Running upgrade 1a2b -> 3c4d, add dag bundles$",
                      capsys.readouterr().out.splitlines()[0])
+
+
+def test_a_log_lines_time_and_level_are_left_out_of_the_detail():
+    step = progress.Step("airflow db migrate")
+    step.note("2026-12-01T01:46:13.827787Z [info     ] Database migration done! [airflow.cli.commands.db_command]")
+    assert step.now == "Database migration done! [airflow.cli.commands.db_command]"
+    step.note("[2026-12-01T01:10:32.357+0000] {db.py:1674} INFO - Creating tables")
+    assert step.now == "Creating tables"
+    step.write("Resolved 178 packages in 759ms\n")
+    assert step.now == "Resolved 178 packages in 759ms"
