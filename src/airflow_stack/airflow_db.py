@@ -155,13 +155,18 @@ def migrate(c: Context, settings: Settings, env: dict[str, str]) -> list[str]:
     return [f"migrated the Airflow schema in {settings.pg_database} ({time.monotonic() - started:.0f} s)"]
 
 
-def admin_exists(settings: Settings) -> bool:
+def _admin_hash(settings: Settings) -> str | None:
+    """The admin's password hash as the database holds it (None: no such user yet)."""
     try:
         with psycopg.connect(**settings.pg_conninfo()) as conn:
-            return conn.execute("SELECT 1 FROM ab_user WHERE username = %s", (settings.admin_user,)).fetchone() \
-                is not None
+            row = conn.execute("SELECT password FROM ab_user WHERE username = %s", (settings.admin_user,)).fetchone()
     except psycopg.errors.UndefinedTable:
-        return False
+        return None
+    return (row[0] or "") if row else None
+
+
+def admin_exists(settings: Settings) -> bool:
+    return _admin_hash(settings) is not None
 
 
 def _admin_stamp_path(settings: Settings) -> Path:
@@ -174,18 +179,25 @@ def _password_digest(settings: Settings, salt: bytes) -> str:
     return hashlib.pbkdf2_hmac("sha256", key, salt, 200_000).hex()
 
 
+def _in_db(settings: Settings) -> str:
+    # what the database holds now: another checkout that set the password, or a database re-created
+    # under the same name, changes it, and this stamp no longer speaks for it
+    return hashlib.sha256((_admin_hash(settings) or "").encode()).hexdigest()
+
+
 def _admin_in_sync(settings: Settings) -> bool:
     try:
         stamp = json.loads(_admin_stamp_path(settings).read_text())
-        return stamp["digest"] == _password_digest(settings, bytes.fromhex(stamp["salt"]))
+        return (stamp["digest"] == _password_digest(settings, bytes.fromhex(stamp["salt"]))
+                and stamp.get("in_db") == _in_db(settings))
     except (FileNotFoundError, ValueError, KeyError):
         return False
 
 
 def _stamp_admin(settings: Settings) -> None:
     salt = os.urandom(16)
-    write_private(_admin_stamp_path(settings),
-                  json.dumps({"salt": salt.hex(), "digest": _password_digest(settings, salt)}))
+    write_private(_admin_stamp_path(settings), json.dumps(
+        {"salt": salt.hex(), "digest": _password_digest(settings, salt), "in_db": _in_db(settings)}))
 
 
 def ensure_admin(c: Context, settings: Settings, env: dict[str, str]) -> list[str]:

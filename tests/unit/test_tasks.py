@@ -78,7 +78,7 @@ def test_the_admin_password_never_reaches_a_command_line(settings, monkeypatch):
     from airflow_stack import airflow_db
 
     for exists, reset in ((False, True), (True, True), (True, False)):
-        monkeypatch.setattr(airflow_db, "admin_exists", lambda s, exists=exists: exists)
+        monkeypatch.setattr(airflow_db, "_admin_hash", lambda s, exists=exists: "pbkdf2:sha256:x$y" if exists else None)
         # a line that resets the password, and one that re-creates the user instead
         line = settings.replace(airflow_line="3.3" if reset else "2.11")
         ctx = MockContext(run=Result(""), repeat=True)
