@@ -92,6 +92,10 @@ def test_a_missing_program_fails_with_its_name_in_the_log(settings):
     log = supervisor.log_file(settings, "missing")
     assert wait_until(lambda: "cannot start /nonexistent/airflow" in log.read_text(), 10)
     assert wait_until(lambda: supervisor.running(settings, "missing") is None, 10)
+    # its supervisor tries again with back-off until it is stopped; then it exits too
+    boss = json.loads(supervisor.meta_file(settings, "missing").read_text())["supervisor"]
+    supervisor.stop(settings, "missing")
+    assert wait_until(lambda: not psutil.pid_exists(boss) or psutil.Process(boss).status() == "zombie", 10)
 
 
 def test_start_refuses_a_second_executor_while_the_stack_runs(settings, started, monkeypatch):
