@@ -35,8 +35,7 @@ def result_backend(settings: Settings) -> str:
 
 def environment(settings: Settings, executor: str | None = None) -> dict[str, str]:
     """The AIRFLOW__* environment (and the limiter URI) shared by every Airflow process."""
-    specs = settings_mod.specs()
-    missing = [specs[name].env for name in settings_mod.shared_secret_names() if not getattr(settings, name)]
+    missing = settings_mod.missing_shared_secrets(settings)
     if missing:
         raise StackError(f"{settings.env_file} lacks {', '.join(missing)}; run: invoke setup")
     executor = executor or settings.executor

@@ -70,8 +70,7 @@ def check_start(settings: Settings) -> None:
 
 def check_worker_machine(settings: Settings) -> None:
     """What a worker needs from the stack's machine, each gap named with what to copy or run."""
-    specs = settings_mod.specs()
-    missing = [specs[name].env for name in settings_mod.shared_secret_names() if not getattr(settings, name)]
+    missing = settings_mod.missing_shared_secrets(settings)
     if missing:
         raise StackError(f"this machine lacks {', '.join(missing)}: copy the stack machine's .env here "
                          f"(every Airflow process must share them), then set STACK_PG_HOST, STACK_REDIS_HOST "

@@ -235,6 +235,12 @@ def shared_secret_names() -> list[str]:
     return [name for name, spec in specs().items() if spec.shared]
 
 
+def missing_shared_secrets(settings: Settings) -> list[str]:
+    """The environment names of the shared secrets ``settings`` lacks."""
+    all_specs = specs()
+    return [all_specs[name].env for name in shared_secret_names() if not getattr(settings, name)]
+
+
 def generated_names() -> list[str]:
     return [name for name, spec in specs().items() if spec.generate]
 

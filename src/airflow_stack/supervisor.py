@@ -33,6 +33,7 @@ from . import airflow_config
 from . import settings as settings_mod
 from .errors import StackError
 from .netutil import wait_until
+from .secrets import write_private
 from .settings import Settings
 
 STOP_TIMEOUT = 30.0
@@ -254,11 +255,7 @@ def _fingerprint_key(settings: Settings, create: bool) -> bytes | None:
             return None
     key = secrets.token_bytes(32)
     private_dirs(settings)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(key.hex())
-    os.replace(tmp, path)
+    write_private(path, key.hex())
     return key
 
 
