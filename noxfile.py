@@ -48,6 +48,15 @@ def integration(session: nox.Session, executor: str, line: str) -> None:
 
 
 @nox.session(default=False)
+def dags(session: nox.Session) -> None:
+    """Your project's DAGs (STACK_PROJECT_DIR): invoke dags.check, then its tests/dags with pytest in the
+    stack's Airflow venv (astro's `dev parse` + `dev pytest`). Extra pytest arguments after --."""
+    install(session)
+    session.run("invoke", "dags.check")
+    session.run("invoke", "dags.pytest", *(("--args", " ".join(session.posargs)) if session.posargs else ()))
+
+
+@nox.session(default=False)
 def bench(session: nox.Session) -> None:
     """Benchmark against `airflow standalone`, write docs/benchmarks.md (-- --line L --repeats N)."""
     install(session, "bench")

@@ -45,7 +45,11 @@ def environment(settings: Settings, executor: str | None = None) -> dict[str, st
         "AIRFLOW__CORE__EXECUTOR": EXECUTOR_CLASSES[executor],
         "AIRFLOW__CORE__FERNET_KEY": settings.fernet_key,
         "AIRFLOW__CORE__LOAD_EXAMPLES": str(settings.load_examples),
+        # the user's project (astro layout): its dags/ and plugins/, and its root on PYTHONPATH, so that DAG
+        # code imports `include.*` (and anything else the project holds) in every process, workers included
         "AIRFLOW__CORE__DAGS_FOLDER": str(settings.dags_folder),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(settings.plugins_folder),
+        "PYTHONPATH": str(settings.project_dir),
         "AIRFLOW__CORE__PARALLELISM": str(settings.parallelism),
         # every component would load Alembic's ~150 migration scripts at start to compare heads:
         # CPU and memory on each; `invoke run.*` checks the schema once before starting any
@@ -100,7 +104,11 @@ def process_environment(settings: Settings, airflow_env: dict[str, str],
     extra = {name.strip() for name in settings.passthrough.split(",") if name.strip()}
     base = {key: value for key, value in environ.items()
             if key in PASSED_NAMES or key.startswith(PASSED_PREFIXES) or key in extra}
-    return base | airflow_env
+    merged = base | airflow_env
+    if base.get("PYTHONPATH") and "PYTHONPATH" in airflow_env:  # the project first, then the user's own
+        merged["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(
+            [*airflow_env["PYTHONPATH"].split(os.pathsep), *base["PYTHONPATH"].split(os.pathsep)]))
+    return merged
 
 
 def no_proxy(settings: Settings, environ: dict[str, str] | None = None) -> str:

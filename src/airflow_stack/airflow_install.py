@@ -1,8 +1,9 @@
-"""Airflow's own venv, built with uv against the pinned constraints in config/constraints/.
+"""Airflow's own venv, built with uv against the pinned constraints in config/constraints/, with the
+project's requirements.txt in it.
 
 Airflow lives apart from the tooling venv so that its hundreds of pins never fight invoke's or
-nox's. Whether anything needs doing is decided from a stamp file (constraints hash, Python,
-version) without starting the ``airflow`` CLI, which costs ~5 s per call.
+nox's. Whether anything needs doing is decided from a stamp file (constraints hash, requirements
+hash, Python, version) without starting the ``airflow`` CLI, which costs ~5 s per call.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from invoke import Context
 
-from . import lines, progress
+from . import lines, progress, project
 from .errors import StackError
 from .settings import Settings
 
@@ -67,11 +68,24 @@ def _wanted_stamp(settings: Settings) -> dict[str, str] | None:
         constraints = constraints_for(settings).read_bytes()
     except FileNotFoundError:
         return None  # another release's constraints, not resolved yet
-    return {
+    stamp = {
         "requirement": requirement(settings),
         "constraints_sha256": hashlib.sha256(constraints).hexdigest(),
         "python": ".".join(map(str, sys.version_info[:3])),
     }
+    proj = project.get(settings)
+    if proj.requirement_lines():
+        stamp["project_requirements_sha256"] = proj.requirements_digest()
+    return stamp
+
+
+def installed_build(settings: Settings) -> str | None:
+    """What the venv holds, in short (release, constraints, the project's requirements): a process
+    started under another build runs code the venv no longer has."""
+    try:
+        return hashlib.sha256(_stamp_path(settings).read_bytes()).hexdigest()[:12]
+    except FileNotFoundError:
+        return None
 
 
 def installed_version(settings: Settings) -> str | None:
@@ -109,18 +123,54 @@ def ensure(c: Context, settings: Settings) -> list[str]:
     if not python.exists():
         _run(c, f"{uv} venv -q --python {shlex.quote(sys.executable)} {shlex.quote(str(venv))}", "creating the venv")
     req = requirement(settings)
-    _run(c, f"{uv} pip install --python {shlex.quote(str(python))} "
-            f"-c {shlex.quote(str(constraints))} {shlex.quote(req)}",
-         f"installing {req}")
+    proj = project.get(settings)
+    requirements = proj.requirement_lines()
+    cmd = (f"{uv} pip install --python {shlex.quote(str(python))} "
+           f"-c {shlex.quote(str(constraints))} {shlex.quote(req)}")
+    if requirements:
+        # one resolution for Airflow and the project: a requirement that conflicts with a pin fails it
+        # before anything is installed, so the venv (and what runs from it) stays as it was
+        cmd += f" -r {shlex.quote(str(proj.requirements))}"
+        with c.cd(str(proj.root)):  # a relative path in requirements.txt means the project's
+            _run(c, cmd, f"installing {req} and {proj.requirements.name} ({len(requirements)} lines)",
+                 failure=_requirements_failure(proj.requirements))
+        done.append(f"installed {proj.requirements} ({len(requirements)} requirements) against the "
+                    f"{settings.airflow_line} constraints")
+    else:
+        _run(c, cmd, f"installing {req}")
     _stamp_path(settings).write_text(json.dumps(_wanted_stamp(settings), indent=1))
     return [*done, f"installed {req} into {venv}"]
 
 
-def _run(c: Context, cmd: str, what: str) -> None:
+def _requirements_failure(path: Path) -> str:
+    return (f"{path}: {{reason}}; nothing was installed, the stack's venv and what runs are as they were: "
+            f"change that requirement (the pins are in {{constraints}})")
+
+
+def uv_reason(output: str) -> str:
+    """The sentence of uv's error that names the package and the pin ("Because you require ...")."""
+    lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
+    for i, line in enumerate(lines):
+        at = line.find("Because ")
+        if at >= 0:
+            sentence = [line[at:]]
+            for more in lines[i + 1:]:  # on a terminal uv wraps its sentence over several lines
+                if more.startswith(("hint:", "help:", "cause:", "error:")) or "unsatisfiable" in sentence[-1]:
+                    break
+                sentence.append(more)
+            return " ".join(sentence)
+    return lines[-1].removeprefix("error:").strip() if lines else "uv failed"
+
+
+def _run(c: Context, cmd: str, what: str, failure: str = "") -> None:
     with progress.step(what) as step:  # uv's own lines (Resolved, Prepared, Installed N packages) as detail
         result = c.run(cmd, hide=False, warn=True, out_stream=step, err_stream=step, in_stream=False)
     if result.failed:
-        lines = [ln for ln in (result.stderr or result.stdout).strip().splitlines() if ln.strip()]
+        output = (result.stderr or "") + "\n" + (result.stdout or "")
+        if failure:
+            constraints = cmd.split(" -c ", 1)[1].split(" ", 1)[0] if " -c " in cmd else "config/constraints"
+            raise StackError(failure.format(reason=uv_reason(output), constraints=constraints))
+        lines = [ln for ln in output.strip().splitlines() if ln.strip()]
         raise StackError(f"{what} failed: {lines[-1] if lines else f'exit {result.exited}'}; "
                          f"check that PyPI is reachable, then re-run invoke setup.airflow")
 

@@ -40,12 +40,18 @@ def start(c: Context, settings: Settings, executor: str, timeout: float = HEALTH
     preflight.check_start(settings)
     wanted = list(settings.line.for_executor(executor, extras))
     version = airflow_install.installed_version(settings)
-    # a component started before the venv changed (another pin, a new patch) runs code that is no longer
-    # installed: it is started again, so that no process runs other packages than the venv holds
-    stale = [comp.name for comp in wanted if comp.name in live and live[comp.name].version not in (None, version)]
+    build = airflow_install.installed_build(settings)
+    # a component started before the venv changed (another pin, a new patch, a requirements.txt change)
+    # runs code that is no longer installed: it is started again, so that no process runs other packages
+    # than the venv holds
+    stale = [comp.name for comp in wanted if comp.name in live
+             and (live[comp.name].version not in (None, version) or live[comp.name].build not in (None, build))]
+    # extra Celery workers (run.worker) too: started again as they were started, same queues and slots
+    stale_workers = {name: proc.argv for name, proc in live.items() if name.startswith(WORKER_PREFIX) and proc.argv
+                     and (proc.version not in (None, version) or proc.build not in (None, build))}
     report = StartReport()
-    if stale:
-        report.restarted = stop(settings, stale)
+    if stale or stale_workers:
+        report.restarted = stop(settings, [*stale, *stale_workers])
         live = registry.running(settings)
     to_start = [comp for comp in wanted if comp.name not in live]
     report.already = [comp.name for comp in wanted if comp.name in live]
@@ -59,10 +65,16 @@ def start(c: Context, settings: Settings, executor: str, timeout: float = HEALTH
         registry.record(settings, executor, settings.airflow_line)
         airflow = str(airflow_install.airflow_bin(settings))
         launch_airflow(c, settings, [supervisor.Launch(comp.name, comp.command(airflow, settings),
-                                                       settings.line.preload_for(comp), comp.reap_session, version)
+                                                       settings.line.preload_for(comp), comp.reap_session, version,
+                                                       build)
                                      for comp in to_start], env)
         report.started += [comp.name for comp in to_start]
-    wait_healthy(settings, [(comp.name, comp) for comp in wanted], timeout)
+    if stale_workers:
+        launch_airflow(c, settings, [supervisor.Launch(name, list(argv), settings.line.preload_for(WORKER),
+                                                       version=version, build=build)
+                                     for name, argv in stale_workers.items()], env)
+    wait_healthy(settings, [(comp.name, comp) for comp in wanted] + [(name, WORKER) for name in stale_workers],
+                 timeout)
     report.seconds = time.monotonic() - began
     return report
 
@@ -145,7 +157,8 @@ def start_worker(c: Context, settings: Settings, name: str, queues: str, concurr
     serve_logs = settings.serve_logs and netutil.port_bindable(settings.worker_log_port, "0.0.0.0")
     argv = worker_command(str(airflow_install.airflow_bin(settings)), name, queues, concurrency, serve_logs)
     launch_airflow(c, settings, [supervisor.Launch(instance, argv, settings.line.preload_for(WORKER),
-                                                   version=airflow_install.installed_version(settings))], env)
+                                                   version=airflow_install.installed_version(settings),
+                                                   build=airflow_install.installed_build(settings))], env)
     wait_healthy(settings, [(instance, WORKER)], timeout)
     return instance, False
 

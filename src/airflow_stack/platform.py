@@ -92,6 +92,26 @@ class Platform:
     def redis_install(self, c: Context) -> None:
         raise NotImplementedError
 
+    # A browser for the UI tests and screenshots ------------------------------------------------
+    def browser(self, c: Context) -> tuple[str, str] | None:
+        """(browser binary, its WebDriver) when both are installed."""
+        raise NotImplementedError
+
+    def browser_install(self, c: Context) -> None:
+        raise NotImplementedError
+
+    # The project's packages.txt -----------------------------------------------------------
+    def os_packages_missing(self, c: Context, names: list[str]) -> list[str]:
+        """Of ``names``, those not installed yet."""
+        raise NotImplementedError
+
+    def os_packages_unknown(self, c: Context, names: list[str]) -> list[str]:
+        """Of ``names``, those the package manager does not know."""
+        raise NotImplementedError
+
+    def os_packages_install(self, c: Context, names: list[str]) -> None:
+        raise NotImplementedError
+
     def _run(self, c: Context, cmd: str, what: str, hint: str, **kwargs: object) -> None:
         with progress.step(what) as step:  # the package manager's lines as detail (Unpacking ..., Pouring ...)
             result = c.run(cmd, hide=False, warn=True, out_stream=step, err_stream=step, **kwargs)
@@ -152,6 +172,30 @@ class Homebrew(Platform):
     def redis_install(self, c: Context) -> None:
         self._run(c, "brew install redis", "brew install redis", "run it yourself to see why (brew doctor)")
 
+    CHROME = "/Applications/Google Chrome.app/Contents/MacOS/Google Chrome"
+
+    def browser(self, c: Context) -> tuple[str, str] | None:
+        # the system's Chrome (a browser is not ours to install on a Mac); chromedriver from Homebrew
+        driver = c.run("command -v chromedriver", hide=True, warn=True).stdout.strip()
+        return (self.CHROME, driver) if driver and Path(self.CHROME).exists() else None
+
+    def browser_install(self, c: Context) -> None:
+        if not Path(self.CHROME).exists():
+            raise StackError("Google Chrome is not installed; install it (https://www.google.com/chrome/), "
+                             "then run invoke setup.browser again")
+        self._run(c, "brew install --cask chromedriver", "brew install chromedriver",
+                  "run it yourself to see why (brew doctor)")
+
+    def os_packages_missing(self, c: Context, names: list[str]) -> list[str]:
+        return [n for n in names if not c.run(f"brew list --versions {shlex.quote(n)}", hide=True, warn=True).ok]
+
+    def os_packages_unknown(self, c: Context, names: list[str]) -> list[str]:
+        return [n for n in names if not c.run(f"brew info {shlex.quote(n)}", hide=True, warn=True).ok]
+
+    def os_packages_install(self, c: Context, names: list[str]) -> None:
+        listed = " ".join(map(shlex.quote, names))
+        self._run(c, f"brew install {listed}", f"brew install {listed}", "run it yourself to see why (brew doctor)")
+
 
 class Apt(Platform):
     """Debian/Ubuntu. Subclasses differ only in how a cluster is started and stopped."""
@@ -159,13 +203,50 @@ class Apt(Platform):
     name = "apt"
     _updated = False
 
-    def _apt_install(self, c: Context, package: str) -> None:
-        hint = "run it yourself to see why" if not self.sudo else "run as root or with sudo rights (sudo -v)"
+    @property
+    def _hint(self) -> str:
+        return "run it yourself to see why" if not self.sudo else "run as root or with sudo rights (sudo -v)"
+
+    def _apt_update(self, c: Context) -> None:
         if not self._updated:
-            self._run(c, f"{self.sudo}apt-get update -q", "apt-get update", hint)
+            self._run(c, f"{self.sudo}apt-get update -q", "apt-get update", self._hint)
             self._updated = True
+
+    def _apt_install(self, c: Context, package: str) -> None:
+        self._apt_update(c)
         self._run(c, f"{self.sudo}env DEBIAN_FRONTEND=noninteractive apt-get install -y -q {package}",
-                  f"apt-get install {package}", hint)
+                  f"apt-get install {package}", self._hint)
+
+    def browser(self, c: Context) -> tuple[str, str] | None:
+        found = c.run("command -v chromium chromedriver", hide=True, warn=True).stdout.split()
+        return (found[0], found[1]) if len(found) == 2 else None
+
+    def browser_install(self, c: Context) -> None:
+        # Debian's own Chromium and its driver: nothing downloads a browser build
+        self._apt_install(c, "chromium chromium-driver")
+
+    def os_packages_missing(self, c: Context, names: list[str]) -> list[str]:
+        missing = []
+        for name in names:
+            query = f"dpkg-query -W -f '${{db:Status-Status}}' {shlex.quote(name.split('=')[0])}"
+            result = c.run(query, hide=True, warn=True)
+            if not (result.ok and result.stdout.strip() == "installed"):
+                missing.append(name)
+        return missing
+
+    def _unknown(self, c: Context, names: list[str]) -> list[str]:
+        return [n for n in names
+                if not c.run(f"apt-cache show --no-all-versions {shlex.quote(n)}", hide=True, warn=True).ok]
+
+    def os_packages_unknown(self, c: Context, names: list[str]) -> list[str]:
+        unknown = self._unknown(c, names)
+        if unknown and not self._updated:  # the package lists may just be old (or absent on a fresh image)
+            self._apt_update(c)
+            unknown = self._unknown(c, unknown)
+        return unknown
+
+    def os_packages_install(self, c: Context, names: list[str]) -> None:
+        self._apt_install(c, " ".join(map(shlex.quote, names)))
 
     def clusters(self, c: Context) -> list[Cluster]:
         result = c.run("pg_lsclusters -h", hide=True, warn=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import urllib.parse
 
-from . import airflow_db, airflow_install, netutil, postgres, redis_server
+from . import airflow_db, airflow_install, netutil, postgres, project, redis_server
 from . import settings as settings_mod
 from .components import Component
 from .errors import StackError
@@ -55,8 +55,7 @@ def check_limiter_storage(settings: Settings) -> None:
 
 def check_start(settings: Settings) -> None:
     """Everything a start of the stack needs."""
-    if not settings.dags_folder.is_dir():
-        raise StackError(f"DAG folder {settings.dags_folder} does not exist; create it or set STACK_DAGS_FOLDER")
+    project.get(settings).check()
     require_services(settings, "run: invoke setup.postgres", "run: invoke setup.redis", REDIS_PASSWORD_FIX)
     postgres.check_owner(settings, postgres.database_marker(settings))
     check_limiter_storage(settings)

@@ -61,7 +61,10 @@ class Settings:
     checkout_id: str = _spec("STACK_CHECKOUT_ID", generate="id",
                              help="names this checkout's stack; the database it set up is marked with it, so another "
                                   "checkout never takes it over (a machine with a copy of this .env is the same stack)")
-    dags_folder: Path = _spec("STACK_DAGS_FOLDER", "dags", kind=Path, help="folder the DAG processor reads")
+    project_dir: Path = _spec("STACK_PROJECT_DIR", ".", kind=Path,
+                              help="your Airflow project, in the astro CLI's layout: dags/, plugins/, include/, "
+                                   "requirements.txt, packages.txt, airflow_settings.yaml, tests/dags/ "
+                                   "(default: this repo)")
 
     # Airflow
     airflow_line: str = _spec("STACK_AIRFLOW_LINE", lines.DEFAULT, choices=lines.NAMES, help=lines.HELP)
@@ -148,6 +151,14 @@ class Settings:
     @property
     def airflow_home(self) -> Path:
         return self.state_dir / "airflow"
+
+    @property
+    def dags_folder(self) -> Path:
+        return self.project_dir / "dags"
+
+    @property
+    def plugins_folder(self) -> Path:
+        return self.project_dir / "plugins"
 
     @property
     def webserver_config(self) -> Path:

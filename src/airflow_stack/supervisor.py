@@ -49,6 +49,7 @@ class Running:
     last_exit: int | None = None  # the exit code it died with last (negative: killed by that signal)
     supervisor: int | None = None  # the PID of the launcher that watches it (restarts it when it dies)
     version: str | None = None  # the Airflow release it runs (what was installed when it started)
+    build: str | None = None  # airflow_install.installed_build() when it started: the venv's content
 
 
 def pid_file(settings: Settings, name: str) -> Path:
@@ -118,7 +119,7 @@ def running(settings: Settings, name: str) -> Running | None:
     try:
         info = Running(pid, float(meta["started"]), tuple(meta.get("argv", ())), dict(meta.get("env", {})),
                        int(meta.get("restarts") or 0), meta.get("last_exit"), meta.get("supervisor"),
-                       meta.get("version"))
+                       meta.get("version"), meta.get("build"))
     except (KeyError, TypeError, ValueError):
         return None
     return info if _alive(info.pid, info.started) else None
@@ -192,6 +193,7 @@ class Launch:
     preload: tuple[str, ...] = ()
     reap_session: bool = False  # when it dies, what it left in its whole session goes too (see collect)
     version: str | None = None  # the Airflow release it runs, kept in its record
+    build: str | None = None  # what its venv held (release, constraints, project requirements), kept too
 
 
 def start(c: Context, settings: Settings, name: str, argv: list[str], env: Mapping[str, str],
@@ -223,7 +225,8 @@ def start_many(c: Context, settings: Settings, launches: list[Launch], env: Mapp
                           "pidfile": str(pid_file(settings, launch.name)),
                           "metafile": str(meta_file(settings, launch.name)), "env": launched_env,
                           "boot": _boot_time(), "reap_session": launch.reap_session,
-                          "record": {"version": launch.version} if launch.version else {}})
+                          "record": {key: value for key, value in (("version", launch.version),
+                                                                    ("build", launch.build)) if value}})
     spec = settings.run_dir / f"launch-{os.getpid()}.json"
     spec.write_text(json.dumps({"preload": None if preload is None else list(preload), "processes": processes,
                                 "resident": resident, "log": str(log_file(settings, "supervisor")),

@@ -16,15 +16,9 @@ from pathlib import Path
 
 from invoke import Context
 
-from . import airflow_config, airflow_db, airflow_install, backup, lifecycle, platform, registry, secrets
+from . import airflow_config, airflow_db, airflow_install, backup, dags, lifecycle, platform, registry, secrets
 from .errors import StackError
 from .settings import Settings
-
-# parses the DAG folder with the release's own Airflow; prints "file: last line of the error" per file
-PARSE_DAGS = ("import sys\nfrom airflow.models.dagbag import DagBag\nbag = DagBag(sys.argv[1])\n"
-              "for path, error in sorted(bag.import_errors.items()):\n"
-              "    print(f'{path}: {str(error).strip().splitlines()[-1]}')\n"
-              "sys.exit(1 if bag.import_errors else 0)")
 
 
 @dataclass
@@ -33,18 +27,6 @@ class Plan:
     target: Settings
     changed: list[str] = field(default_factory=list)  # packages whose major or minor version changes
     backup: Path | None = None
-
-
-def dag_import_errors(c: Context, settings: Settings) -> list[str]:
-    """Parse the DAG folder with ``settings``' Airflow release: "file: error" per file that fails."""
-    env = airflow_config.process_environment(settings, airflow_config.environment(settings))
-    python = shlex.quote(str(airflow_install.airflow_python(settings)))
-    result = c.run(f"{python} -c {shlex.quote(PARSE_DAGS)} {shlex.quote(str(settings.dags_folder))}",
-                   env=env, replace_env=True, hide=True, warn=True, in_stream=False)
-    if result.ok:
-        return []
-    errors = [line for line in result.stdout.splitlines() if ": " in line and line.startswith("/")]
-    return errors or [f"parsing failed: {(result.stderr or result.stdout).strip().splitlines()[-1:]}"]
 
 
 def _freeze(c: Context, settings: Settings) -> dict[str, str]:
@@ -80,7 +62,7 @@ def prepare(c: Context, current: Settings, line: str | None, version: str | None
     target.line.check_python()
     airflow_db.refuse_older_release(target, target.airflow_release)
     airflow_install.ensure(c, target)
-    errors = dag_import_errors(c, target)
+    errors = dags.check(c, target).errors
     if errors:
         raise StackError(f"{len(errors)} DAG file(s) do not import with Airflow {target.airflow_release} "
                          f"({'; '.join(errors[:3])}); nothing was changed: fix them, then run the upgrade again")

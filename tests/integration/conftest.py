@@ -9,6 +9,7 @@ for the stack's secrets as it arrives.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import subprocess
 import time
@@ -24,10 +25,134 @@ from tests.support import api_client
 from tests.support.sandbox import PROJECT_DIR as REPO
 from tests.support.sandbox import Sandbox, free_ports
 
-__all__ = ["REMOTE_ADDRESS", "REPO", "Stack", "airflow_api", "free_ports"]  # and LINE, EXECUTOR (below)
+__all__ = [  # and LINE, EXECUTOR (below)
+    "PROJECT_SECRET_NAME", "REMOTE_ADDRESS", "REPO", "Stack", "airflow_api", "free_ports", "write_project"]
 # the loopback address a "worker on another machine" reaches the stack through
 REMOTE_ADDRESS = "127.0.0.2"
 TEST_DAGS = Path(__file__).parent / "dags"
+# the .env variable the test project's airflow_settings.yaml takes its connection password from
+PROJECT_SECRET_NAME = "PROJECT_API_PASSWORD"
+
+# The test project, in the astro CLI's layout, outside the repo as a user's is: a requirement that is not
+# one of Airflow's, a plugin with a macro, a module in include/, connections, variables and pools.
+PROJECT_FILES = {
+    "requirements.txt": "# the project's own requirement (not one of Airflow's dependencies)\ncowsay==5.0\n",
+    "packages.txt": "",
+    "plugins/stack_plugin.py": '''from airflow.plugins_manager import AirflowPlugin
+
+
+def shout(text):
+    return text.upper() + "!"
+
+
+class StackPlugin(AirflowPlugin):
+    name = "stack_plugin"
+    macros = [shout]
+''',
+    "include/__init__.py": "",
+    "include/greetings.py": '''def greet(name):
+    return f"hello {name}, from include/"
+''',
+    "airflow_settings.yaml": f'''airflow:
+  connections:
+    - conn_id: project_api
+      conn_type: http
+      conn_host: api.example.invalid
+      conn_schema: https
+      conn_login: etl
+      conn_password: ${{{PROJECT_SECRET_NAME}}}
+      conn_port: 8443
+      conn_extra:
+        timeout: 30
+    - conn_id:
+      conn_type:
+      conn_host:
+  pools:
+    - pool_name: project_pool
+      pool_slot: 3
+      pool_description: the test project's pool
+  variables:
+    - variable_name: project_greeting
+      variable_value: hello from airflow_settings.yaml
+''',
+    "tests/dags/test_dag_integrity.py": '''import os
+
+try:
+    from airflow.dag_processing.dagbag import DagBag
+except ImportError:
+    from airflow.models import DagBag
+
+
+def test_every_dag_imports():
+    bag = DagBag(os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
+    assert not bag.import_errors, bag.import_errors
+    assert "project_probe" in bag.dag_ids
+''',
+    "dags/project_probe.py": '''"""Uses what the project brings: its requirement, its plugin's macro, include/, and the
+connection, variable and pool of airflow_settings.yaml; writes what it saw beside itself."""
+import hashlib
+import json
+from pathlib import Path
+
+import cowsay
+import pendulum
+from include.greetings import greet
+
+try:  # Airflow 3
+    from airflow.providers.standard.operators.python import PythonOperator
+    from airflow.sdk import DAG, BaseHook, Variable
+except ImportError:  # Airflow 2
+    from airflow import DAG
+    from airflow.hooks.base import BaseHook
+    from airflow.models import Variable
+    from airflow.operators.python import PythonOperator
+
+OUT = Path(__file__).with_name("project_probe.json")
+
+
+def probe(shouted, ti=None, **_):
+    conn = BaseHook.get_connection("project_api")
+    OUT.write_text(json.dumps({
+        "cowsay": cowsay.__version__, "shouted": shouted, "greeting": greet("stack"),
+        "host": conn.host, "login": conn.login, "port": conn.port, "extra": conn.extra_dejson,
+        "password_sha256": hashlib.sha256((conn.password or "").encode()).hexdigest(),
+        "variable": Variable.get("project_greeting"), "pool": ti.task.pool,
+    }))
+
+
+with DAG("project_probe", start_date=pendulum.datetime(2024, 1, 1, tz="UTC"), schedule=None, catchup=False):
+    PythonOperator(task_id="probe", python_callable=probe, pool="project_pool",
+                   op_kwargs={"shouted": "{{ macros.stack_plugin.shout('stack') }}"})
+''',
+    "dags/fails_on_purpose.py": '''import pendulum
+
+try:
+    from airflow.providers.standard.operators.python import PythonOperator
+    from airflow.sdk import DAG
+except ImportError:
+    from airflow import DAG
+    from airflow.operators.python import PythonOperator
+
+
+def fail():
+    raise RuntimeError("this task fails on purpose")
+
+
+with DAG("fails_on_purpose", start_date=pendulum.datetime(2024, 1, 1, tz="UTC"), schedule=None, catchup=False):
+    PythonOperator(task_id="fail", python_callable=fail, retries=0)
+''',
+    # an astro project's Dockerfile: not used, what its image implies is said once
+    "Dockerfile": "FROM quay.io/astronomer/astro-runtime:12.6.0\n",
+}
+
+
+def write_project(root: Path) -> Path:
+    """A project folder in the astro layout at ``root``, with the integration tests' DAGs."""
+    shutil.copytree(TEST_DAGS, root / "dags", dirs_exist_ok=True)
+    for name, text in PROJECT_FILES.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    return root
 
 
 def __getattr__(name: str) -> str:
@@ -50,8 +175,11 @@ class Stack(Sandbox):
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     state = tmp_path_factory.mktemp("stack")
-    dags = state / "dags"  # a copy: tests add DAG files without touching the repo
-    shutil.copytree(TEST_DAGS, dags)
+    # the user's project, outside the repo (tests add DAG files to it without touching the repo)
+    project = write_project(tmp_path_factory.mktemp("project"))
+    env_file = state / ".env"
+    env_file.write_text(f"{PROJECT_SECRET_NAME}={secrets.token_urlsafe(18)}\n")
+    env_file.chmod(0o600)
     executor = __getattr__("EXECUTOR")
     extra = {
         # a task whose process was killed (with its worker, or by test_faults) is failed, then retried,
@@ -62,7 +190,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     if executor == "celery":
         # workers "on other machines" reach the API server through another loopback address
         extra["STACK_API_HOST"] = "0.0.0.0"
-    stack = Stack.create(state, __getattr__("LINE"), executor, dags, f"ast_test_{os.getpid()}", extra)
+    stack = Stack.create(state, __getattr__("LINE"), executor, project, f"ast_test_{os.getpid()}", extra)
     try:
         yield stack
     finally:

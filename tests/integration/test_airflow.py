@@ -223,7 +223,8 @@ def test_restarts_only_what_is_down_and_refuses_a_taken_port(stack, airflow_up):
 
 def test_run_refuses_missing_services_and_folders(stack, airflow_up, tmp_path):
     cases = [
-        ({"STACK_DAGS_FOLDER": str(tmp_path / "no-such-folder")}, "STACK_DAGS_FOLDER"),
+        ({"STACK_PROJECT_DIR": str(tmp_path / "no-such-folder")}, "STACK_PROJECT_DIR"),
+        ({"STACK_PROJECT_DIR": str(tmp_path)}, "has no dags/ folder"),
         ({"STACK_PG_PORT": "1"}, "invoke setup.postgres"),
         ({"STACK_REDIS_PORT": "1"}, "invoke setup.redis"),
     ]

@@ -35,7 +35,7 @@ def old(tmp_path_factory, services):
         pytest.skip(f"the pinned {LINE} release is a .0: no earlier patch of the line to upgrade from")
     state = tmp_path_factory.mktemp("upgrade")
     shutil.copytree(TEST_DAGS, state / "dags")
-    stack = Stack.create(state, LINE, "local", state / "dags", f"ast_upgrade_{os.getpid()}")
+    stack = Stack.create(state, LINE, "local", state, f"ast_upgrade_{os.getpid()}")
     del stack.env["STACK_EXECUTOR"]  # what .env and the flags say, as for a user
     (state / ".env").write_text(f"STACK_AIRFLOW_VERSION={older}\n")
     (state / ".env").chmod(0o600)

@@ -331,11 +331,11 @@ def run(args: argparse.Namespace, progress: Progress) -> bench_report.Result:
     lines.get(args.line).check_python()
     base = Path(args.state_dir) if args.state_dir else Path(tempfile.mkdtemp(prefix="airflow-stack-bench-"))
     base.mkdir(parents=True, exist_ok=True)
-    dags_folder = base / "dags"
-    dags_folder.mkdir(exist_ok=True)
+    dags_folder = base / "project" / "dags"
+    dags_folder.mkdir(parents=True, exist_ok=True)
     for name in DAG_FILES:
         shutil.copy(DAGS / name, dags_folder / name)
-    sandbox = Sandbox.create(base, args.line, "local", dags_folder, f"ast_bench_{os.getpid()}")
+    sandbox = Sandbox.create(base, args.line, "local", dags_folder.parent, f"ast_bench_{os.getpid()}")
     result = bench_report.Result(line=args.line, repeats=args.repeats, command=args.command, machine=machine())
     current: list[Target] = []
     try:

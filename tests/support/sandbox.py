@@ -52,16 +52,17 @@ class Sandbox:
     wrapper: list[str] = field(default_factory=list)
 
     @classmethod
-    def create(cls, state_dir: Path, line: str, executor: str, dags_folder: Path, name: str,
+    def create(cls, state_dir: Path, line: str, executor: str, project_dir: Path, name: str,
                extra: dict[str, str] | None = None) -> Sandbox:
-        """A sandbox in ``state_dir`` whose role and database are both called ``name``."""
+        """A sandbox in ``state_dir`` running the Airflow project in ``project_dir`` (its DAGs in
+        ``project_dir/dags``), whose role and database are both called ``name``."""
         env = clean_environ() | {
             "CI": "true",  # never prompt
             "STACK_ENV_FILE": str(state_dir / ".env"),
             "STACK_STATE_DIR": str(state_dir),
             "STACK_AIRFLOW_LINE": line,
             "STACK_EXECUTOR": executor,
-            "STACK_DAGS_FOLDER": str(dags_folder),
+            "STACK_PROJECT_DIR": str(project_dir),
             "STACK_PG_DATABASE": name,
             "STACK_PG_USER": name,
         }
@@ -86,7 +87,9 @@ class Sandbox:
         """The secret values in the sandbox's .env (output is checked for them)."""
         values = settings_mod.read_env_file(Path(self.env["STACK_ENV_FILE"]))
         names = {spec.env for spec in settings_mod.specs().values() if spec.secret}
-        return [v for k, v in values.items() if k in names and len(v) >= 8]
+        # and the user's own secrets there (what airflow_settings.yaml names as ${NAME})
+        return [v for k, v in values.items()
+                if (k in names or k.endswith(("PASSWORD", "SECRET", "TOKEN", "KEY"))) and len(v) >= 8]
 
     def inv(self, *args: str, check: bool = False, timeout: float = 900, env: dict[str, str | None] | None = None
             ) -> subprocess.CompletedProcess[str]:

@@ -6,7 +6,7 @@ import re
 
 from invoke import Context, task
 
-from .. import airflow_install, lifecycle, lines, preflight, secrets
+from .. import airflow_install, lifecycle, lines, platform, preflight, project, secrets
 from ..errors import StackError
 from ._common import exclusive, load, number, one_line_errors, say
 
@@ -16,7 +16,8 @@ def start_stack(c: Context, executor: str, timeout: float, line: str | None = No
     settings = load(executor=executor, airflow_line=line)
     report = lifecycle.start(c, settings, executor, timeout=timeout, extras=extras)
     if report.restarted:
-        say(*(f"run: {line} (it ran another Airflow release than the venv holds now)" for line in report.restarted))
+        say(*(f"run: {line} (it ran code the venv no longer holds: another Airflow release or requirements.txt)"
+              for line in report.restarted))
     web = settings.line.web.name
     if not report.started:
         say(f"run: already running ({', '.join(report.already)}), Airflow {settings.airflow_line}, {executor}")
@@ -68,7 +69,9 @@ def worker(c: Context, queues: str = "default", concurrency: str | None = None, 
     settings = load()
     preflight.check_worker_machine(settings)
     secrets.secure_mode(settings.env_file)
-    airflow_install.ensure(c, settings)  # a fresh worker machine gets Airflow here
+    project.get(settings).check()  # the project's DAGs must be on this machine too, at STACK_PROJECT_DIR
+    project.ensure_os_packages(c, platform.detect(), settings)
+    airflow_install.ensure(c, settings)  # a fresh worker machine gets Airflow (and requirements.txt) here
     instance, already = lifecycle.start_worker(c, settings, name, queues, slots or settings.worker_concurrency,
                                            timeout)
     if already:

@@ -13,8 +13,10 @@ from .. import (
     lifecycle,
     lines,
     netutil,
+    objects,
     platform,
     postgres,
+    project,
     redis_server,
     secrets,
     supervisor,
@@ -111,22 +113,39 @@ def redis(c: Context, port: int | None = None, bind: str | None = None) -> None:
 @one_line_errors
 @exclusive("invoke setup.airflow")
 def airflow(c: Context, line: str | None = None) -> None:
-    """Install Airflow in its own venv, write its config, migrate the schema, create the admin."""
+    """Install Airflow (and the project's requirements.txt, packages.txt) in its own venv, write its config,
+    migrate the schema, create the admin, apply the project's airflow_settings.yaml."""
     with Timer() as t:
         settings = load(airflow_line=line)
         settings.line.check_python()
+        project.get(settings).check()
+        objects.load(settings)  # a broken airflow_settings.yaml or a missing ${NAME}: before anything changes
         # before anything is installed or written: never down onto a schema a newer release migrated
         airflow_db.refuse_older_release(settings, settings.airflow_release)
         settings, added = secrets.ensure_env_file(settings)
         settings = load(airflow_line=line)
         changes = [f"generated {name} into {settings.env_file}" for name in added]
+        changes += project_note(settings)
+        changes += project.ensure_os_packages(c, platform.detect(), settings)
         changes += airflow_install.ensure(c, settings)
         env = airflow_config.environment(settings)
         changes += [f"wrote {name}" for name in airflow_config.write_config(settings, env)]
         changes += airflow_db.migrate(c, settings, env)
         changes += airflow_db.ensure_admin(c, settings, env)
+        changes += objects.apply(c, settings)
     version = airflow_install.installed_version(settings)
     _report("airflow", changes, t.seconds, f"Airflow {version} already installed, migrated, admin present")
+
+
+def project_note(settings) -> list[str]:
+    """What the project's Dockerfile implies, said once per Dockerfile image (it is not used)."""
+    note = project.dockerfile_note(project.get(settings), settings.airflow_release)
+    said = settings.state_dir / "project-dockerfile-note"
+    if note is None or (said.exists() and said.read_text() == note):
+        return []
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    said.write_text(note)
+    return [note]
 
 
 @task(help={
@@ -140,6 +159,23 @@ def constraints(c: Context, line: str | None = None, version: str | None = None)
     for one in [lines.get(line).name] if line else lines.NAMES:
         path = airflow_install.regenerate_constraints(c, one, version)
         say(f"constraints: wrote {path} (apache-airflow=={airflow_install.pinned_version(one)})")
+
+
+@task
+@one_line_errors
+@exclusive("invoke setup.browser")
+def browser(c: Context) -> None:
+    """Install a headless browser and its WebDriver for the UI tests and screenshots (Debian's chromium)."""
+    with Timer() as t:
+        plat = platform.detect()
+        changes = []
+        if plat.browser(c) is None:
+            plat.browser_install(c)
+            changes.append("installed a browser and its WebDriver")
+        found = plat.browser(c)
+        if found is None:
+            raise StackError("no browser and WebDriver found after the install; check the package manager's output")
+    _report("browser", changes, t.seconds, f"{found[0]} with {found[1]}")
 
 
 @task(name="all", default=True, help={"line": lines.HELP})

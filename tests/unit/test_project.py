@@ -1,0 +1,272 @@
+"""The user's project: its folder, requirements, packages.txt through each platform, its Dockerfile,
+airflow_settings.yaml read and checked, and what every Airflow process gets from it."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from invoke import MockContext, Result
+
+from airflow_stack import airflow_config, airflow_install, dags, objects, platform, project
+from airflow_stack import settings as settings_mod
+from airflow_stack.errors import StackError
+
+OK, FAIL = Result(""), Result("", exited=1)
+
+ASTRO_TEMPLATE = """\
+airflow:
+  connections:
+    - conn_id:
+      conn_type:
+      conn_host:
+      conn_schema:
+      conn_login:
+      conn_password:
+      conn_port:
+      conn_extra:
+        example_extra_field: example-value
+  pools:
+    - pool_name:
+      pool_slot:
+      pool_description:
+  variables:
+    - variable_name:
+      variable_value:
+"""
+
+FULL = """\
+airflow:
+  connections:
+    - conn_id: warehouse
+      conn_type: postgres
+      conn_host: db.example.com
+      conn_login: etl
+      conn_password: pre-${WAREHOUSE_PASSWORD}-post
+      conn_port: "5432"
+      conn_extra:
+        sslmode: require
+        token: ${WAREHOUSE_TOKEN}
+  pools:
+    - pool_name: warehouse
+      pool_slot: 4
+  variables:
+    - variable_name: environment
+      variable_value: dev
+    - variable_name: limits
+      variable_value: {rows: 10}
+"""
+
+
+@pytest.fixture
+def proj_settings(env, tmp_path):
+    root = tmp_path / "proj"
+    (root / "dags").mkdir(parents=True)
+    (tmp_path / ".env").write_text("WAREHOUSE_PASSWORD=s3cr3t-value\nWAREHOUSE_TOKEN=tok-value-123\n")
+    return settings_mod.load(environ=env | {"STACK_PROJECT_DIR": str(root)})
+
+
+def ctx(mapping: dict) -> MockContext:
+    return MockContext(run={re.compile(k) if k.startswith("^") else k: v for k, v in mapping.items()}, repeat=True)
+
+
+def commands(c: MockContext) -> list[str]:
+    return [call.args[0] for call in c.run.call_args_list]
+
+
+# ---- the folder ----------------------------------------------------------------------------
+def test_the_project_defaults_to_the_repo_and_its_folders_follow_it(env, proj_settings):
+    default = settings_mod.load(environ=env)
+    assert default.project_dir == settings_mod.PROJECT_DIR and default.dags_folder == settings_mod.PROJECT_DIR / "dags"
+    assert proj_settings.dags_folder == proj_settings.project_dir / "dags"
+    assert proj_settings.plugins_folder == proj_settings.project_dir / "plugins"
+
+
+def test_a_missing_project_or_dags_folder_is_named(proj_settings, tmp_path):
+    with pytest.raises(StackError, match="does not exist; point STACK_PROJECT_DIR"):
+        project.Project(tmp_path / "nowhere").check()
+    with pytest.raises(StackError, match="has no dags/ folder"):
+        project.Project(tmp_path).check()
+    project.get(proj_settings).check()
+
+
+def test_requirements_comments_do_not_count(proj_settings):
+    proj = project.get(proj_settings)
+    assert proj.requirement_lines() == []
+    proj.requirements.write_text("# ours\ncowsay==5.0  # pinned\n\n")
+    digest = proj.requirements_digest()
+    assert proj.requirement_lines() == ["cowsay==5.0"]
+    proj.requirements.write_text("cowsay==5.0\n# a new comment\n")
+    assert proj.requirements_digest() == digest
+    proj.requirements.write_text("cowsay==6.1\n")
+    assert proj.requirements_digest() != digest
+
+
+def test_the_venv_stamp_follows_the_requirements(proj_settings):
+    proj = project.get(proj_settings)
+    without = airflow_install._wanted_stamp(proj_settings)
+    assert "project_requirements_sha256" not in without  # no requirements: the stamp of a plain install
+    proj.requirements.write_text("cowsay==5.0\n")
+    assert airflow_install._wanted_stamp(proj_settings)["project_requirements_sha256"] == proj.requirements_digest()
+
+
+def test_packages_txt_names_and_what_is_refused(proj_settings):
+    proj = project.get(proj_settings)
+    proj.packages.write_text("# build deps\nlibpq-dev gcc\nlibpq-dev\ncurl=7.88.1-10\n")
+    assert proj.os_packages() == ["libpq-dev", "gcc", "curl=7.88.1-10"]
+    proj.packages.write_text("tree; rm -rf /\n")
+    with pytest.raises(StackError, match="is not a package name"):
+        proj.os_packages()
+
+
+@pytest.mark.parametrize(("image", "implied"), [
+    ("quay.io/astronomer/astro-runtime:12.6.0", "2.10"),
+    ("quay.io/astronomer/astro-runtime:13.1.0-base", "2.11"),
+    ("astrocrpublic.azurecr.io/runtime:3.1-2", "3.1"),
+    ("astrocrpublic.azurecr.io/runtime:3.3-1", "3.3"),
+    ("apache/airflow:2.10.3-python3.11", "2.10.3"),
+    ("apache/airflow:slim-3.0.2", "3.0.2"),
+    ("python:3.12-slim", None),
+    ("ubuntu", None),
+])
+def test_what_a_dockerfile_image_implies(image, implied):
+    assert project.airflow_of_image(image) == implied
+
+
+def test_the_dockerfile_note(tmp_path):
+    proj = project.Project(tmp_path)
+    assert project.dockerfile_note(proj, "3.3.2") is None
+    proj.dockerfile.write_text("# astro\nFROM astrocrpublic.azurecr.io/runtime:3.3-1\nRUN true\n")
+    note = project.dockerfile_note(proj, "3.3.2")
+    assert "not used" in note and "implies Airflow 3.3" in note and "STACK_AIRFLOW_LINE" not in note
+    proj.dockerfile.write_text("FROM quay.io/astronomer/astro-runtime:12.6.0\n")
+    note = project.dockerfile_note(proj, "3.3.2")
+    assert "implies Airflow 2.10" in note and "the stack runs Airflow 3.3.2" in note and "STACK_AIRFLOW_LINE" in note
+
+
+# ---- packages.txt, per platform ---------------------------------------------------------------
+def test_apt_installs_only_what_is_missing_once(proj_settings):
+    project.get(proj_settings).packages.write_text("tree\njq\n")
+    c = ctx({"^dpkg-query .* tree$": Result("installed"), "^dpkg-query .* jq$": Result("not-installed"),
+             "apt-cache show --no-all-versions jq": Result("Package: jq\n"), "apt-get update -q": OK,
+             "^env DEBIAN_FRONTEND=noninteractive apt-get install -y -q jq$": OK})
+    done = project.ensure_os_packages(c, platform.AptPgCtlcluster(), proj_settings)
+    assert done == ["installed jq (from packages.txt)"]
+    assert commands(c)[-1] == "env DEBIAN_FRONTEND=noninteractive apt-get install -y -q jq"
+    c = ctx({"^dpkg-query": Result("installed")})
+    assert project.ensure_os_packages(c, platform.AptSystemd(), proj_settings) == []
+    assert all(cmd.startswith("dpkg-query") for cmd in commands(c))
+
+
+def test_apt_names_an_unknown_package_after_refreshing_its_lists_and_installs_nothing(proj_settings):
+    project.get(proj_settings).packages.write_text("no-such-pkg\n")
+    c = ctx({"^dpkg-query": FAIL, "^apt-cache show": FAIL, "apt-get update -q": OK})
+    with pytest.raises(StackError, match=r"apt\+pg_ctlcluster does not know no-such-pkg; .*nothing was installed"):
+        project.ensure_os_packages(c, platform.AptPgCtlcluster(), proj_settings)
+    assert "apt-get update -q" in commands(c) and not any("apt-get install" in cmd for cmd in commands(c))
+
+
+def test_apt_without_root_uses_sudo(proj_settings):
+    project.get(proj_settings).packages.write_text("jq\n")
+    c = ctx({"^dpkg-query": FAIL, "^apt-cache show": OK, "sudo -n apt-get update -q": OK,
+             "sudo -n env DEBIAN_FRONTEND=noninteractive apt-get install -y -q jq": OK})
+    project.ensure_os_packages(c, platform.AptSystemd(sudo="sudo -n "), proj_settings)
+    assert commands(c)[-1] == "sudo -n env DEBIAN_FRONTEND=noninteractive apt-get install -y -q jq"
+
+
+def test_brew_installs_what_is_missing_and_names_what_it_does_not_know(proj_settings):
+    project.get(proj_settings).packages.write_text("jq\nwget\n")
+    c = ctx({"brew list --versions jq": Result("jq 1.7\n"), "brew list --versions wget": FAIL,
+             "brew info wget": OK, "brew install wget": OK})
+    assert project.ensure_os_packages(c, platform.Homebrew(), proj_settings) == ["installed wget (from packages.txt)"]
+    c = ctx({"^brew list": FAIL, "brew info jq": OK, "brew info wget": FAIL})
+    with pytest.raises(StackError, match="brew does not know wget"):
+        project.ensure_os_packages(c, platform.Homebrew(), proj_settings)
+
+
+def test_no_packages_txt_runs_nothing(proj_settings):
+    c = ctx({})
+    assert project.ensure_os_packages(c, platform.AptPgCtlcluster(), proj_settings) == []
+    assert commands(c) == []
+
+
+# ---- airflow_settings.yaml ----------------------------------------------------------------
+def test_astros_empty_template_defines_nothing(proj_settings):
+    project.get(proj_settings).objects_file.write_text(ASTRO_TEMPLATE)
+    assert objects.load(proj_settings) is None
+    assert objects.apply(ctx({}), proj_settings) == []  # and nothing runs
+
+
+def test_a_full_file_is_read_with_names_from_env(proj_settings):
+    project.get(proj_settings).objects_file.write_text(FULL)
+    loaded = objects.load(proj_settings)
+    conn = loaded["connections"][0]
+    assert conn | {"extra": None} == {"conn_id": "warehouse", "conn_type": "postgres", "host": "db.example.com",
+                                      "schema": None, "login": "etl", "password": "pre-s3cr3t-value-post",
+                                      "port": 5432, "extra": None}
+    assert json.loads(conn["extra"]) == {"sslmode": "require", "token": "tok-value-123"}
+    assert loaded["pools"] == [{"name": "warehouse", "slots": 4, "description": ""}]
+    assert loaded["variables"] == [{"key": "environment", "value": "dev"}, {"key": "limits", "value": '{"rows": 10}'}]
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("airflow:\n  connections:\n    - conn_id: a\n     conn_type: http\n", r"line \d+: .*fix the YAML"),
+    (FULL.replace("WAREHOUSE_TOKEN", "NOT_SET_ANYWHERE"), r"\$\{NOT_SET_ANYWHERE\}.*add NOT_SET_ANYWHERE="),
+    (FULL.replace("conn_type: postgres", "conn_type:"), "warehouse.*has no conn_type"),
+    (FULL.replace("pool_slot: 4", "pool_slot: four"), "pool_slot 'four' is not a number"),
+    (FULL.replace('conn_port: "5432"', "conn_port: 99999"), "is not a port number"),
+    (FULL.replace("variable_name: limits", "variable_name: environment"), "environment defined more than once"),
+    ("- just\n- a list\n", "must hold a mapping 'airflow:'"),
+    ("airflow:\n  pools: {a: 1}\n", "airflow.pools must be a list"),
+])
+def test_a_bad_file_is_one_sentence_without_values(proj_settings, text, message):
+    project.get(proj_settings).objects_file.write_text(text)
+    with pytest.raises(StackError, match=message) as err:
+        objects.load(proj_settings)
+    assert "s3cr3t-value" not in str(err.value) and "tok-value-123" not in str(err.value)
+
+
+def test_the_report_names_objects_never_values():
+    report = {"connections": {"created": ["warehouse"], "updated": [], "unchanged": []},
+              "variables": {"created": [], "updated": ["environment"], "unchanged": ["limits"]},
+              "pools": {"created": [], "updated": [], "unchanged": ["warehouse"]}}
+    assert objects.summarize(report) == ["airflow_settings.yaml connections: created warehouse",
+                                         "airflow_settings.yaml variables: updated environment"]
+    unchanged = {kind: {"created": [], "updated": [], "unchanged": ["x"]} for kind in objects.KINDS}
+    assert objects.summarize(unchanged) == ["airflow_settings.yaml: 3 objects, all as the file says"]
+
+
+# ---- what the processes get ------------------------------------------------------------
+def test_every_process_gets_the_projects_plugins_and_its_root_on_pythonpath(settings):
+    env = airflow_config.environment(settings)
+    assert env["AIRFLOW__CORE__PLUGINS_FOLDER"] == str(settings.project_dir / "plugins")
+    assert env["PYTHONPATH"] == str(settings.project_dir)
+    proc_env = airflow_config.process_environment(settings, env, {"PYTHONPATH": "/opt/mine", "PATH": "/bin"})
+    assert proc_env["PYTHONPATH"].split(":") == [str(settings.project_dir), "/opt/mine"]
+    cfg = airflow_config.render_airflow_cfg(env, settings)
+    assert f"plugins_folder = {settings.project_dir / 'plugins'}" in cfg and "PYTHONPATH" not in cfg
+
+
+# ---- uv's errors, DAG test input --------------------------------------------------------
+def test_uvs_reason_names_the_package_and_the_pin():
+    piped = ("Using Python 3.11.7 environment at: /x\nerror: No solution found when resolving dependencies\n"
+             "  cause: Because you require requests==2.0.0 and requests==2.34.2, we can conclude that your "
+             "requirements are unsatisfiable.\n")
+    terminal = ("  \u00d7 No solution found when resolving dependencies:\n"
+                "  ╰─▶ Because nope was not found in the package registry and you require nope==1.0, we can\n"
+                "      conclude that your requirements are unsatisfiable.\n\n      hint: something\n")
+    assert airflow_install.uv_reason(piped).startswith("Because you require requests==2.0.0 and requests==2.34.2")
+    assert airflow_install.uv_reason(terminal) == ("Because nope was not found in the package registry and you "
+                                                   "require nope==1.0, we can conclude that your requirements are "
+                                                   "unsatisfiable.")
+    assert airflow_install.uv_reason("error: Failed to fetch: https://pypi.org/simple/x\n") == \
+        "Failed to fetch: https://pypi.org/simple/x"
+
+
+@pytest.mark.parametrize("conf", ["[1", "[1, 2]", "not json"])
+def test_dags_test_refuses_a_conf_that_is_not_a_json_object_before_running_anything(settings, conf):
+    c = ctx({})
+    with pytest.raises(StackError, match="is not a JSON object"):
+        dags.test(c, settings, "hello_stack", conf)
+    assert commands(c) == []
