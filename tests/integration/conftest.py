@@ -149,6 +149,7 @@ with DAG("fails_on_purpose", start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
 def write_project(root: Path) -> Path:
     """A project folder in the astro layout at ``root``, with the integration tests' DAGs."""
     shutil.copytree(TEST_DAGS, root / "dags", dirs_exist_ok=True)
+    shutil.copy(REPO / "dags" / "hello_stack.py", root / "dags")  # the DAG a new user meets first
     for name, text in PROJECT_FILES.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_text(text)

@@ -40,6 +40,17 @@ class RestAPI:
 
 
 @dataclass(frozen=True)
+class WebUI:
+    """What a person (and the UI tests, docs.screenshots) meets in the line's web UI."""
+
+    dag_list_path: str  # the DAG list
+    dag_runs_path: str  # one DAG's runs, with their states ("{dag_id}" filled in)
+    trigger_dialog: bool  # a trigger button opens a dialog with its own Trigger button (else a link triggers)
+    # the banners a default install shows on its home page, which this stack exists to remove
+    production_warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class AirflowLine:
     name: str  # "3.3": also the constraints file's name
     default_version: str  # the release `setup.constraints` pins when the file has none
@@ -60,6 +71,7 @@ class AirflowLine:
     standalone_password: Callable[[Path], str]
     # the environment that moves `airflow standalone`'s web server to a host and port (the benchmark)
     web_listen_env: Callable[[str, int, str], dict[str, str]]
+    ui: WebUI
 
     @property
     def constraints_file(self) -> Path:

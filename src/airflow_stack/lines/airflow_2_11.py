@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..components import FLOWER, TRIGGERER, WORKER, Component, Probe
-from . import DAG_DIR_REFRESH_SECONDS, AirflowLine, RestAPI
+from . import DAG_DIR_REFRESH_SECONDS, AirflowLine, RestAPI, WebUI
 
 if TYPE_CHECKING:
     from ..settings import Settings
@@ -74,4 +74,7 @@ PROFILE = AirflowLine(
     task_pss_mib={"local": 72, "celery": 83},
     standalone_password=standalone_password,
     web_listen_env=web_listen_env,
+    ui=WebUI(dag_list_path="/home", dag_runs_path="/dagrun/list/?_flt_3_dag_id={dag_id}", trigger_dialog=False,
+             production_warnings=("Do not use SQLite as metadata DB in production",
+                                  "Do not use the SequentialExecutor in production")),
 )

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..components import FLOWER, TRIGGERER, WORKER, Component, Probe
-from . import DAG_DIR_REFRESH_SECONDS, AirflowLine, RestAPI
+from . import DAG_DIR_REFRESH_SECONDS, AirflowLine, RestAPI, WebUI
 
 if TYPE_CHECKING:
     from ..settings import Settings
@@ -85,4 +85,6 @@ PROFILE = AirflowLine(
     task_pss_mib={"local": 71, "celery": 96},
     standalone_password=standalone_password,
     web_listen_env=web_listen_env,
+    # no production banners in the React UI; the FAB api-server logs the in-memory limiter warning instead
+    ui=WebUI(dag_list_path="/dags", dag_runs_path="/dags/{dag_id}/runs", trigger_dialog=True),
 )

@@ -1,0 +1,106 @@
+"""The UI in a real browser (headless Chromium from the OS's packages, installed by `invoke setup.browser`):
+the page a user sees, not only the config behind it. Every test saves its screenshots in its own
+temporary directory (the path is printed). The rate-limit test is last: it leaves this client
+rate limited for the limit's window."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis
+from invoke import Context
+
+from airflow_stack import lines, platform
+
+from .conftest import LINE
+from .test_airflow import status
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def browser_paths(stack, airflow_up) -> tuple[str, str]:
+    """The browser and its driver, installed through the project's own task (as CI does)."""
+    stack.inv("setup.browser", timeout=900)
+    found = platform.detect().browser(Context())
+    assert found, "invoke setup.browser succeeded, yet no browser and driver are found"
+    return found
+
+
+@pytest.fixture
+def browser(browser_paths, tmp_path):
+    from airflow_stack.browser import Browser
+
+    shots = tmp_path / "screenshots"
+    b = Browser(*browser_paths, shots)
+    try:
+        yield b
+    finally:
+        b.quit()
+        print(f"\n[screenshots] {shots}: {', '.join(sorted(p.name for p in shots.glob('*.png')))}")
+
+
+def test_the_login_form_lets_the_admin_in_and_the_dag_list_shows_the_projects_dags(stack, browser):
+    settings = stack.settings()
+    assert browser.login(settings.api_url, settings.airflow_line, settings.admin_user, settings.admin_password) is None
+    assert browser.logged_in(), "still on the login form after the admin's password from .env"
+    browser.get(settings.api_url + settings.line.ui.dag_list_path)
+    for dag_id in ("hello_stack", "project_probe", "noop_forty"):
+        browser.wait_text(dag_id)
+    browser.shot("dag-list")
+    warnings = [w for w in settings.line.ui.production_warnings if w in browser.text()]
+    assert not warnings, f"the stack's UI shows the production warnings {warnings}"
+
+
+def test_a_dag_triggered_in_the_ui_runs_to_success_there(stack, browser):
+    settings = stack.settings()
+    browser.login(settings.api_url, settings.airflow_line, settings.admin_user, settings.admin_password)
+    ui = settings.line.ui
+    assert browser.run_states(settings.api_url, ui, "hello_stack") == []  # so the run seen is the one triggered here
+    began = time.monotonic()
+    browser.trigger(settings.api_url, ui, "hello_stack")
+    browser.wait_runs(settings.api_url, ui, "hello_stack", ["success"])
+    print(f"\n[figure] hello_stack triggered in the UI -> success shown there: {time.monotonic() - began:.1f} s")
+
+
+if lines.get(LINE).ui.production_warnings:
+    @pytest.mark.once_per_line
+    def test_the_check_for_production_warnings_sees_them_on_a_default_standalone(stack, browser, tmp_path):
+        """The same page check, pointed at `airflow standalone` of the same release (SQLite, the line's
+        default executor): there it finds the banners, so on the stack it could have failed."""
+        from tests.support.bench import Standalone
+
+        settings = stack.settings()
+        dags = tmp_path / "dags"
+        dags.mkdir()
+        standalone = Standalone(stack, dags)
+        standalone.prepare()
+        try:
+            standalone.start()
+            password = standalone.profile.standalone_password(standalone.home)
+            browser.login(standalone.url, settings.airflow_line, "admin", password)
+            browser.get(standalone.url + settings.line.ui.dag_list_path)
+            for warning in settings.line.ui.production_warnings:
+                browser.wait_text(warning)
+            browser.shot("standalone-home")
+        finally:
+            standalone.stop()
+
+
+@pytest.mark.once_per_line
+def test_six_wrong_logins_in_the_browser_show_the_rate_limit_page_counted_in_redis(stack, browser):
+    settings = stack.settings()
+    client = redis.Redis.from_url(settings.limiter_storage_uri)
+    # the logins of the tests before count in the same window: start when no login counter is live
+    deadline = time.monotonic() + 90
+    while client.keys("LIMITS*") and time.monotonic() < deadline:
+        time.sleep(1)
+    answers = [browser.login(settings.api_url, settings.airflow_line, settings.admin_user, "wrong-password")
+               for _ in range(6)]
+    browser.shot("sixth-login")
+    print(f"\n[figure] six wrong logins in the browser: {answers}")
+    assert answers[:5] == [None] * 5 and answers[5] == 429, answers
+    assert "Too Many Requests" in browser.text()
+    assert any(b"LIMITER" in key for key in client.keys("LIMITS*")), "no login counter in Redis"
+    assert all(row["healthy"] for row in status(stack).values())  # and the stack is unharmed
