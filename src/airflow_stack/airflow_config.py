@@ -61,7 +61,8 @@ def environment(settings: Settings, executor: str | None = None) -> dict[str, st
         "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "True",
         "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST": "127.0.0.1",
         "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT": str(settings.scheduler_health_port),
-        "AIRFLOW__CELERY__BROKER_URL": settings.redis_url(0),
+        # as the Redis ACL user that cannot run CONFIG, DEBUG, SHUTDOWN, FLUSHALL, ACL ... (a DAG can read this)
+        "AIRFLOW__CELERY__BROKER_URL": settings.airflow_redis_url(0),
         "AIRFLOW__CELERY__RESULT_BACKEND": result_backend(settings),
         "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(settings.worker_concurrency),
         # a task is acknowledged when it ends, one at a time per slot: a killed worker's task goes back

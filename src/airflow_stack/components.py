@@ -65,6 +65,9 @@ class Component:
     reap_session: bool = False
     runs_tasks: bool = False  # forks the processes that run tasks (LocalExecutor scheduler, Celery worker)
     airflow: bool = True  # an Airflow process (started by lifecycle.start); False: a service setup.* runs
+    # secrets only this process may see (Flower's login): added to its environment alone, never to the one
+    # every process shares, and so never to a task's
+    own_env: Callable[[Settings], dict[str, str]] | None = None
 
     @property
     def serves_logs(self) -> bool:
@@ -97,8 +100,11 @@ WORKER = Component("worker", ("celery", "worker"), Probe("celery"), ports=("work
                    options=lambda s: ("--queues", DEFAULT_QUEUE, "--concurrency", str(s.worker_concurrency),
                                       "--celery-hostname", "worker@%h"),
                    preload=("airflow.providers.celery.executors.celery_executor",), runs_tasks=True)
+# Flower shows every task's arguments and can revoke tasks: behind basic auth, from a generated secret
+# (its /healthcheck, which the probe reads, answers without)
 FLOWER = Component("flower", ("celery", "flower"), Probe("http", port_setting="flower_port", path="/healthcheck"),
-                   ports=("flower_port",), executors=("celery",), optional=True)
+                   ports=("flower_port",), executors=("celery",), optional=True,
+                   own_env=lambda s: {"AIRFLOW__CELERY__FLOWER_BASIC_AUTH": f"{s.admin_user}:{s.flower_password}"})
 # our Redis: started by setup.redis, stopped last; listed so that stop, status and logs see it too
 REDIS = Component("redis", (), Probe("redis"), ports=("redis_port",), airflow=False)
 

@@ -121,6 +121,7 @@ def check_redis(settings: Settings, refused: bool = False) -> list[Check]:
     except redis.RedisError as exc:
         checks.append(Check("redis password", False, f"Redis not answering ({exc.__class__.__name__})",
                             "invoke setup.redis"))
+    checks.append(check_redis_acl(settings))
     wanted = {addr.lstrip("-") for addr in settings.redis_bind.split()}
     try:
         listening = {c.laddr.ip for c in psutil.Process(proc.pid).net_connections(kind="inet")
@@ -132,6 +133,39 @@ def check_redis(settings: Settings, refused: bool = False) -> list[Check]:
                         f"on {', '.join(sorted(listening)) or 'nothing'} (configured: {settings.redis_bind})",
                         "" if not extra else "invoke setup.redis"))
     return checks
+
+
+# what Airflow's Redis user must be refused, and what Celery's broker and the limiter need (ACL DRYRUN: the
+# default user asks Redis whether the ACL user could run it, without running anything)
+REDIS_REFUSED = (("CONFIG", "GET", "maxmemory"), ("FLUSHALL",), ("ACL", "LIST"), ("DEBUG", "SLEEP", "0"),
+                 ("SHUTDOWN",), ("MODULE", "LIST"))
+REDIS_NEEDED = (("LPUSH", "celery", "x"), ("BRPOP", "celery", "1"), ("PUBLISH", "celeryev", "x"),
+                ("EVALSHA", "0" * 40, "1", "LIMITS:x"), ("SET", "unacked_mutex", "x", "NX"))
+
+
+def check_redis_acl(settings: Settings) -> Check:
+    """Airflow's Redis user can do what Celery and the limiter do, and is refused what an admin does."""
+    name, user = "redis acl", settings_mod.REDIS_AIRFLOW_USER
+    fix = "invoke setup.redis (it writes the ACL user into redis.conf and restarts our Redis), then invoke up"
+    try:
+        redis_server.airflow_client(settings).ping()
+        admin = redis_server.client(settings)
+
+        def allowed(command: tuple[str, ...]) -> bool:
+            return admin.execute_command("ACL", "DRYRUN", user, *command) in (b"OK", "OK")
+
+        granted = [" ".join(cmd[:2]) if cmd[0] in ("CONFIG", "ACL", "MODULE") else cmd[0]
+                   for cmd in REDIS_REFUSED if allowed(cmd)]
+        missing = [cmd[0] for cmd in REDIS_NEEDED if not allowed(cmd)]
+    except redis.AuthenticationError:
+        return Check(name, False, f"the ACL user {user!r} cannot log in", fix)
+    except redis.RedisError as exc:
+        return Check(name, False, f"cannot check the ACL ({str(exc).splitlines()[0][:80]})", fix)
+    if granted or missing:
+        what = [f"may run {', '.join(granted)}"] if granted else []
+        what += [f"may not run {', '.join(missing)}"] if missing else []
+        return Check(name, False, f"Airflow's Redis user {user!r} {' and '.join(what)}", fix)
+    return Check(name, True, f"Airflow logs in as {user!r}: CONFIG, FLUSHALL, ACL, DEBUG, SHUTDOWN, MODULE refused")
 
 
 def check_limiter(settings: Settings, envs: dict[str, dict[str, str]], refused: bool = False) -> Check:

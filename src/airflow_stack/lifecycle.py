@@ -64,10 +64,15 @@ def start(c: Context, settings: Settings, executor: str, timeout: float = HEALTH
         preflight.check_ports(settings, to_start, executor)
         registry.record(settings, executor, settings.airflow_line)
         airflow = str(airflow_install.airflow_bin(settings))
-        launch_airflow(c, settings, [supervisor.Launch(comp.name, comp.command(airflow, settings),
-                                                       settings.line.preload_for(comp), comp.reap_session, version,
-                                                       build)
-                                     for comp in to_start], env)
+
+        def launch(comp: Component) -> supervisor.Launch:
+            return supervisor.Launch(comp.name, comp.command(airflow, settings), settings.line.preload_for(comp),
+                                     comp.reap_session, version, build)
+
+        launch_airflow(c, settings, [launch(comp) for comp in to_start if comp.own_env is None], env)
+        for comp in to_start:  # one with secrets of its own gets a launcher of its own: no other process sees them
+            if comp.own_env is not None:
+                launch_airflow(c, settings, [launch(comp)], env | comp.own_env(settings))
         report.started += [comp.name for comp in to_start]
     if stale_workers:
         launch_airflow(c, settings, [supervisor.Launch(name, list(argv), settings.line.preload_for(WORKER),
@@ -82,6 +87,8 @@ def start(c: Context, settings: Settings, executor: str, timeout: float = HEALTH
 def launch_airflow(c: Context, settings: Settings, launches: list[supervisor.Launch], env: dict[str, str]) -> None:
     """Start Airflow processes from one launcher on Airflow's own Python, which imports Airflow once
     (unless STACK_PRELOAD is off: then each starts as `airflow COMPONENT` would)."""
+    if not launches:
+        return
     preload = settings.line.preload if settings.preload else None
     supervisor.start_many(c, settings, launches, env, python=str(airflow_install.airflow_python(settings)),
                           preload=preload)

@@ -19,7 +19,7 @@ from . import netutil, supervisor
 from .errors import StackError
 from .platform import Platform
 from .secrets import write_private
-from .settings import PROJECT_DIR, Settings
+from .settings import PROJECT_DIR, REDIS_AIRFLOW_USER, Settings
 
 NAME = "redis"
 TEMPLATE = PROJECT_DIR / "config" / "redis.conf.tmpl"
@@ -46,16 +46,24 @@ def render_conf(settings: Settings) -> str:
         port=settings.redis_port,
         bind=settings.redis_bind,  # IP addresses, checked by setup.redis --bind
         password=conf_value(settings.redis_password or "", "STACK_REDIS_PASSWORD"),
+        airflow_user=REDIS_AIRFLOW_USER,
+        airflow_password=conf_value(">" + (settings.redis_airflow_password or ""), "STACK_REDIS_AIRFLOW_PASSWORD"),
         dir=conf_value(str(settings.redis_dir), "STACK_STATE_DIR"),
     )
 
 
-def client(settings: Settings, password: str | None = "use-settings", db: int = 0) -> redis.Redis:
+def client(settings: Settings, password: str | None = "use-settings", db: int = 0,
+           username: str | None = None) -> redis.Redis:
     pw = settings.redis_password if password == "use-settings" else password
     # one attempt: redis-py retries a refused or missing password like a lost connection, with back-off
     # (~4-10 s), and every caller here (probes, doctor, setup) wants the answer now
-    return redis.Redis(host=settings.redis_host, port=settings.redis_port, password=pw, db=db,
+    return redis.Redis(host=settings.redis_host, port=settings.redis_port, username=username, password=pw, db=db,
                        socket_connect_timeout=2, socket_timeout=5, retry=Retry(NoBackoff(), 0))
+
+
+def airflow_client(settings: Settings, db: int = 0) -> redis.Redis:
+    """Our Redis as Airflow's processes see it (the ACL user)."""
+    return client(settings, settings.redis_airflow_password, db, username=REDIS_AIRFLOW_USER)
 
 
 def ping(settings: Settings) -> tuple[bool, str]:

@@ -24,6 +24,8 @@ PROJECT_DIR = Path(__file__).resolve().parents[2]
 ENV_FILE_VAR = "STACK_ENV_FILE"
 
 EXECUTORS = ("local", "celery")
+# the Redis ACL user of Airflow's processes; the stack's own operations use Redis's default user
+REDIS_AIRFLOW_USER = "airflow"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 
@@ -122,6 +124,10 @@ class Settings:
                             help="port of the Redis this project runs (not a user's 6379)")
     redis_password: str = _spec("STACK_REDIS_PASSWORD", secret=True, generate="password", shared=True,
                                 help="our Redis's requirepass")
+    redis_airflow_password: str = _spec(
+        "STACK_REDIS_AIRFLOW_PASSWORD", secret=True, generate="password", shared=True,
+        help=f"password of the Redis ACL user {REDIS_AIRFLOW_USER!r} Airflow's processes log in as (Celery's broker, "
+             f"the login limiter): no administrative or destructive commands")
     redis_host: str = _spec("STACK_REDIS_HOST", "127.0.0.1",
                             help="where Airflow reaches our Redis (a worker machine: the stack's address)")
     redis_bind: str = _spec("STACK_REDIS_BIND", "127.0.0.1 -::1",
@@ -134,6 +140,8 @@ class Settings:
         "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT", 86400, kind=int,
         help="seconds before Redis re-delivers an unacknowledged task (acks are late): above your longest task")
     flower_port: int = _spec("STACK_FLOWER_PORT", 5555, kind=int, help="Flower (run.celery --flower) port")
+    flower_password: str = _spec("STACK_FLOWER_PASSWORD", secret=True, generate="password",
+                                 help="Flower's basic-auth password (user: the Airflow admin's name)")
 
     # ---- derived values -------------------------------------------------------------------
     @property
@@ -208,12 +216,18 @@ class Settings:
                 f"?sslmode={self.pg_sslmode}")
 
     def redis_url(self, db: int) -> str:
+        """Our Redis as its default user: the stack's own operations (setup, probes, doctor)."""
         return (f"redis://:{quote(self.redis_password or '', safe='')}@{_url_host(self.redis_host)}"
                 f":{self.redis_port}/{db}")
 
+    def airflow_redis_url(self, db: int) -> str:
+        """Our Redis as the ACL user Airflow's processes log in as (no CONFIG, DEBUG, FLUSHALL ...)."""
+        return (f"redis://{REDIS_AIRFLOW_USER}:{quote(self.redis_airflow_password or '', safe='')}"
+                f"@{_url_host(self.redis_host)}:{self.redis_port}/{db}")
+
     @property
     def limiter_storage_uri(self) -> str:
-        return self.ratelimit_storage_uri or self.redis_url(1)
+        return self.ratelimit_storage_uri or self.airflow_redis_url(1)
 
     @property
     def api_url(self) -> str:

@@ -164,7 +164,8 @@ def test_a_company_shell_proxy_set_and_env_exported_reaches_no_secret_into_dag_c
     seen = json.loads(probe.read_text())
     probe.unlink()
     assert seen["HTTPS_PROXY"] == proxy and "127.0.0.1" in seen["NO_PROXY"].split(",")  # the user's, and ours
-    kept_out = {"_AIRFLOW_WWW_USER_PASSWORD", "STACK_PG_PASSWORD", "STACK_REDIS_PASSWORD", "STACK_CHECKOUT_ID"}
+    kept_out = {"_AIRFLOW_WWW_USER_PASSWORD", "STACK_PG_PASSWORD", "STACK_REDIS_PASSWORD", "STACK_CHECKOUT_ID",
+                "STACK_REDIS_AIRFLOW_PASSWORD", "STACK_FLOWER_PASSWORD", "AIRFLOW__CELERY__FLOWER_BASIC_AUTH"}
     assert not kept_out & set(seen), sorted(kept_out & set(seen))
     assert settings.admin_password not in json.dumps(seen)
 

@@ -10,12 +10,13 @@ import socket
 import time
 from pathlib import Path
 
+import httpx
 import psutil
 import psycopg
 import pytest
 import redis
 
-from airflow_stack import registry, supervisor
+from airflow_stack import airflow_config, registry, supervisor
 from airflow_stack.netutil import wait_until
 
 from .conftest import REMOTE_ADDRESS, free_ports
@@ -54,6 +55,25 @@ def test_the_broker_refuses_clients_without_the_password(stack, airflow_up):
     proc = stack.inv("run.worker", "--name", "intruder", check=False, env={"STACK_REDIS_PASSWORD": "wrong-password"})
     assert_one_line_error(proc, "refused the password")
     assert supervisor.running(settings, "worker-intruder") is None
+
+
+def test_flower_asks_for_its_generated_password_and_only_flower_has_it(stack, airflow_up):
+    settings = stack.settings()
+    out = stack.inv("run.celery", "--flower").stdout
+    assert "STACK_FLOWER_PASSWORD" in out and settings.flower_password not in out
+    try:
+        url = f"http://127.0.0.1:{settings.flower_port}"
+        with httpx.Client(trust_env=False, timeout=10) as client:
+            assert client.get(url + "/healthcheck").status_code == 200  # what the probe reads
+            assert client.get(url + "/").status_code == 401
+            assert client.get(url + "/", auth=(settings.admin_user, "wrong-password")).status_code == 401
+            page = client.get(url + "/workers", auth=(settings.admin_user, settings.flower_password))
+            assert page.status_code == 200 and "flower" in page.text.lower()
+        # Flower's own launcher holds the login; the shared environment (every other process, tasks) does not
+        assert "AIRFLOW__CELERY__FLOWER_BASIC_AUTH" not in airflow_config.environment(settings, "celery")
+    finally:
+        stack.inv("stop", "-c", "flower")
+    assert rows(stack)["worker"]["healthy"]
 
 
 def test_a_worker_without_the_shared_secrets_is_told_what_to_copy(stack, airflow_up, tmp_path):

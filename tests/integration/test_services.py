@@ -11,7 +11,8 @@ import psycopg
 import pytest
 import redis
 
-from airflow_stack import supervisor
+from airflow_stack import airflow_config, supervisor
+from airflow_stack import settings as settings_mod
 
 pytestmark = [pytest.mark.integration, pytest.mark.once_per_line]
 
@@ -78,6 +79,26 @@ def test_redis_refuses_clients_without_the_password(stack, services):
     with pytest.raises(redis.AuthenticationError):
         redis.Redis(port=port, password="wrong-password", socket_timeout=5).ping()
     assert redis.Redis(port=port, password=stack.settings().redis_password).ping() is True
+
+
+def test_airflow_uses_a_redis_user_that_cannot_administer_or_wipe_it(stack, services):
+    settings = stack.settings()
+    user = redis.Redis(port=settings.redis_port, username=settings_mod.REDIS_AIRFLOW_USER,
+                       password=settings.redis_airflow_password, socket_timeout=5)
+    # what Celery's broker and the limiter do
+    assert user.lpush("airflow-stack-acl-test", "x") == 1 and user.rpop("airflow-stack-acl-test") == b"x"
+    assert user.eval("return redis.call('incr', KEYS[1])", 1, "airflow-stack-acl-counter") >= 1
+    # and what it must never do
+    for command in (("CONFIG", "GET", "maxmemory"), ("FLUSHALL",), ("FLUSHDB",), ("ACL", "LIST"),
+                    ("DEBUG", "SLEEP", "0"), ("SHUTDOWN", "NOSAVE"), ("MODULE", "LIST"), ("MONITOR",)):
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            user.execute_command(*command)
+    assert supervisor.running(settings, "redis") is not None  # SHUTDOWN was refused indeed
+    # every Airflow process gets that user in its broker and limiter URLs, not the default user
+    env = airflow_config.environment(settings)
+    for key in ("AIRFLOW__CELERY__BROKER_URL", "STACK_RATELIMIT_STORAGE_URI"):
+        assert env[key].startswith(f"redis://{settings_mod.REDIS_AIRFLOW_USER}:"), key
+    assert settings.redis_password not in " ".join(env.values())
 
 
 def test_redis_listens_on_loopback_only(stack, services):

@@ -18,9 +18,10 @@ def settings(env, tmp_path) -> settings_mod.Settings:
     (tmp_path / ".env").write_text(
         "STACK_PG_PASSWORD=pg-secret-value-1\nSTACK_REDIS_PASSWORD=redis-secret-value-2\n"
         "_AIRFLOW_WWW_USER_PASSWORD=admin-secret-value-3\nAIRFLOW__CORE__FERNET_KEY=fernet-secret-value-4\n"
-        "AIRFLOW__API_AUTH__JWT_SECRET=jwt-secret-value-5\nAIRFLOW__API__SECRET_KEY=api-secret-value-6\n")
+        "AIRFLOW__API_AUTH__JWT_SECRET=jwt-secret-value-5\nAIRFLOW__API__SECRET_KEY=api-secret-value-6\n"
+        "STACK_REDIS_AIRFLOW_PASSWORD=redis-user-secret-value-7\n")
     return settings_mod.load(environ=env)
 
 
 SECRETS = ["pg-secret-value-1", "redis-secret-value-2", "admin-secret-value-3", "fernet-secret-value-4",
-           "jwt-secret-value-5", "api-secret-value-6"]
+           "jwt-secret-value-5", "api-secret-value-6", "redis-user-secret-value-7"]

@@ -10,7 +10,8 @@ def test_first_setup_writes_env_file_0600_with_generated_secrets(env, tmp_path):
     s, added = secrets.ensure_env_file(settings_mod.load(environ=env), environ=env)
     path = tmp_path / ".env"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert set(added) == {"STACK_PG_PASSWORD", "STACK_REDIS_PASSWORD", "_AIRFLOW_WWW_USER_PASSWORD",
+    assert set(added) == {"STACK_PG_PASSWORD", "STACK_REDIS_PASSWORD", "STACK_REDIS_AIRFLOW_PASSWORD",
+                          "STACK_FLOWER_PASSWORD", "_AIRFLOW_WWW_USER_PASSWORD",
                           "AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__API__SECRET_KEY",
                           "STACK_CHECKOUT_ID"}
     assert s.pg_password and s.redis_password and s.pg_password != s.redis_password

@@ -26,7 +26,8 @@ def start_stack(c: Context, executor: str, timeout: float, line: str | None = No
     say(f"run: Airflow UI and API ({web}) at {settings.api_url}/ ; user {settings.admin_user}, "
         f"password: _AIRFLOW_WWW_USER_PASSWORD in {settings.env_file}")
     if "flower" in extras:
-        say(f"run: Flower at http://127.0.0.1:{settings.flower_port}/")
+        say(f"run: Flower at http://127.0.0.1:{settings.flower_port}/ ; user {settings.admin_user}, password: "
+            f"STACK_FLOWER_PASSWORD in {settings.env_file}")
 
 
 @task(help={"timeout": "seconds to wait for every component to be healthy (default 180)",
