@@ -191,7 +191,8 @@ def run_helper(c: Context, settings: Settings, *args: str, payload: Any = None, 
 
 
 def apply(c: Context, settings: Settings) -> list[str]:
-    """Apply airflow_settings.yaml; one line per kind that changed (names, never values)."""
+    """Apply airflow_settings.yaml; one line per kind that changed (names, never values); [] when the
+    database already holds what the file says (or it defines nothing)."""
     objects = load(settings)
     if objects is None:
         return []
@@ -206,10 +207,11 @@ def summarize(report: dict[str, dict[str, list[str]]]) -> list[str]:
         parts = [f"{what} {', '.join(outcome[what])}" for what in ("created", "updated") if outcome.get(what)]
         if parts:
             lines.append(f"airflow_settings.yaml {kind}: {'; '.join(parts)}")
-    if not lines:
-        total = sum(len(report.get(kind, {}).get("unchanged", [])) for kind in KINDS)
-        lines.append(f"airflow_settings.yaml: {total} objects, all as the file says")
     return lines
+
+
+def count(objects: dict[str, list[dict[str, Any]]] | None) -> int:
+    return sum(len(entries) for entries in (objects or {}).values())
 
 
 def export(c: Context, settings: Settings, path: Path) -> dict[str, int]:

@@ -176,7 +176,7 @@ class Homebrew(Platform):
 
     def browser(self, c: Context) -> tuple[str, str] | None:
         # the system's Chrome (a browser is not ours to install on a Mac); chromedriver from Homebrew
-        driver = c.run("command -v chromedriver", hide=True, warn=True).stdout.strip()
+        driver = c.run("command -v chromedriver", hide=True, warn=True, in_stream=False).stdout.strip()
         return (self.CHROME, driver) if driver and Path(self.CHROME).exists() else None
 
     def browser_install(self, c: Context) -> None:
@@ -218,7 +218,7 @@ class Apt(Platform):
                   f"apt-get install {package}", self._hint)
 
     def browser(self, c: Context) -> tuple[str, str] | None:
-        found = c.run("command -v chromium chromedriver", hide=True, warn=True).stdout.split()
+        found = c.run("command -v chromium chromedriver", hide=True, warn=True, in_stream=False).stdout.split()
         return (found[0], found[1]) if len(found) == 2 else None
 
     def browser_install(self, c: Context) -> None:

@@ -6,6 +6,7 @@ import re
 import stat
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from .test_bad_input import assert_one_line_error, env_digest
@@ -17,18 +18,48 @@ def variable(stack, key: str) -> str:
     return stack.inv("airflow", "--args", f"variables get {key}").stdout.strip().splitlines()[-1]
 
 
+# what a user keeps in Airflow's database: connections (encrypted as stored), variables, pools, DAG history
+SNAPSHOT = {
+    "connection": "SELECT conn_id, conn_type, host, login, port, password, extra FROM connection ORDER BY 1",
+    "variable": "SELECT key, val FROM variable ORDER BY 1",
+    "slot_pool": "SELECT pool, slots, description FROM slot_pool ORDER BY 1",
+    "dag_run": "SELECT dag_id, run_id, state FROM dag_run ORDER BY 1, 2",
+    "task_instance": "SELECT dag_id, run_id, task_id, map_index, state, try_number FROM task_instance "
+                     "ORDER BY 1, 2, 3, 4",
+}
+
+
+def snapshot(settings) -> dict[str, list]:
+    with psycopg.connect(**settings.pg_conninfo()) as conn:
+        return {table: conn.execute(query).fetchall() for table, query in SNAPSHOT.items()}
+
+
 def test_backup_and_restore_round_trip(stack, airflow_up):
+    settings = stack.settings()
     stack.inv("airflow", "--args", "variables set stack_test_kept before")
+    before = snapshot(settings)
+    assert before["connection"] and before["dag_run"] and before["task_instance"]  # history to lose
     out = stack.inv("db.backup").stdout
     path = Path(re.search(r"written to (\S+) \(", out).group(1))
     assert path.exists() and stat.S_IMODE(path.stat().st_mode) == 0o600
+    # after the backup: a variable changed, a pool added, a DAG's whole history deleted
     stack.inv("airflow", "--args", "variables set stack_test_kept after")
+    stack.inv("airflow", "--args", "pools set after_the_backup 2 added-after-the-backup")
+    lost = before["dag_run"][0][0]
+    with psycopg.connect(**settings.pg_conninfo(), autocommit=True) as conn:
+        conn.execute("DELETE FROM task_instance WHERE dag_id = %s", (lost,))
+        conn.execute("DELETE FROM dag_run WHERE dag_id = %s", (lost,))
+    assert snapshot(settings) != before
     assert_one_line_error(stack.inv("db.restore", str(path), "--yes", check=False), "stop it first")
     stack.inv("stop")
     assert_one_line_error(stack.inv("db.restore", str(path), check=False), "--yes")
     assert "restored" in stack.inv("db.restore", str(path), "--yes").stdout
+    assert snapshot(settings) == before  # exactly what was backed up, before anything runs on it
     stack.inv("up")
     assert variable(stack, "stack_test_kept") == "before"
+    after = snapshot(settings)
+    assert {t: after[t] for t in ("connection", "variable", "slot_pool")} == \
+        {t: before[t] for t in ("connection", "variable", "slot_pool")}  # invoke up's apply changed nothing
 
 
 def test_restore_refuses_what_is_not_a_backup(stack, airflow_up, tmp_path):

@@ -1,5 +1,5 @@
-"""Failure recovery: a DAG run in flight when the scheduler or the web component is killed with
-`kill -9` finishes after the component came back by itself (its supervisor, the resident launcher,
+"""Failure recovery: a DAG run in flight when any component (scheduler, web, dag-processor, triggerer) is
+killed with `kill -9` finishes after the component came back by itself (its supervisor, the resident launcher,
 starts it again), with no task instance lost or stuck and the try numbers the kill explains. Both
 executors, both lines (a killed Celery worker is test_celery's). Each test prints how long the
 component took to be healthy again; the scheduler's also prints the PSS of one running task, the
@@ -17,10 +17,10 @@ import psutil
 import psycopg
 import pytest
 
-from airflow_stack import supervisor
+from airflow_stack import lines, supervisor
 from airflow_stack.netutil import wait_until
 
-from .conftest import EXECUTOR
+from .conftest import EXECUTOR, LINE
 
 pytestmark = pytest.mark.integration
 DAG_ID = "fault_recovery"  # tests/integration/dags: three 10 s tasks at once, then one after them
@@ -76,10 +76,14 @@ def session_members(sid: int) -> list[int]:
     return found
 
 
-@pytest.mark.parametrize("role", ["scheduler", "web"])
-def test_a_run_in_flight_finishes_after_its_killed_component_came_back_by_itself(stack, api, role):
+# every Airflow component the line runs under both executors (a killed Celery worker is test_celery's)
+KILLED = [comp.name for comp in lines.get(LINE).components
+          if not comp.optional and comp.executors == ("local", "celery")]
+
+
+@pytest.mark.parametrize("name", KILLED)
+def test_a_run_in_flight_finishes_after_its_killed_component_came_back_by_itself(stack, api, name):
     settings = stack.settings()
-    name = "scheduler" if role == "scheduler" else settings.line.web.name
     component = settings.line.component(name)
     api.wait_for_dag(DAG_ID, timeout=90)
     api.unpause(DAG_ID)
@@ -91,7 +95,7 @@ def test_a_run_in_flight_finishes_after_its_killed_component_came_back_by_itself
     assert wait_until(lambda: len(running_pids()) == HOLDS, 90), task_instances(settings, run_id)
     time.sleep(1)  # in flight: each has most of its 10 s still to go
     assert len(running_pids()) == HOLDS  # the kill lands while all of them run
-    if role == "scheduler":
+    if name == "scheduler":
         print_task_memory(settings, running_pids())
 
     victim = supervisor.running(settings, name)

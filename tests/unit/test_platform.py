@@ -202,3 +202,23 @@ def test_server_files_are_written_through_tee_with_sudo():
     c = ctx({"sudo -n tee -a /etc/postgresql/15/main/pg_hba.conf": OK})
     platform.AptSystemd("sudo -n ").append_line(c, "/etc/postgresql/15/main/pg_hba.conf", "host a b 10.0.0.0/8 x")
     assert c.run.call_args.kwargs["in_stream"].getvalue() == "host a b 10.0.0.0/8 x\n"
+
+
+# ---- the UI tests' browser ------------------------------------------------------------------
+def test_apt_finds_or_installs_debians_chromium_and_its_driver():
+    c = ctx({"command -v chromium chromedriver": Result("/usr/bin/chromium\n/usr/bin/chromedriver\n")})
+    assert platform.AptPgCtlcluster().browser(c) == ("/usr/bin/chromium", "/usr/bin/chromedriver")
+    c = ctx({"command -v chromium chromedriver": Result("/usr/bin/chromium\n", exited=1)})
+    assert platform.AptPgCtlcluster().browser(c) is None  # a browser without its driver is not enough
+    c = ctx({"apt-get update -q": OK,
+             "env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver": OK})
+    platform.AptSystemd().browser_install(c)
+    assert commands(c)[-1].endswith("apt-get install -y -q chromium chromium-driver")
+
+
+def test_brew_uses_the_macs_chrome_and_never_installs_a_browser(monkeypatch):
+    monkeypatch.setattr(platform.Homebrew, "CHROME", "/nonexistent/Google Chrome")
+    c = ctx({})
+    with pytest.raises(StackError, match="Google Chrome is not installed"):
+        platform.Homebrew().browser_install(c)
+    assert commands(c) == []

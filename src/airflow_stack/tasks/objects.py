@@ -20,10 +20,13 @@ def apply(c: Context) -> None:
 
     invoke up does this too."""
     settings = load()
-    if objects_mod.load(settings) is None:
+    defined = objects_mod.load(settings)
+    if defined is None:
         say(f"objects: {settings.project_dir / 'airflow_settings.yaml'} defines no connections, variables or pools")
         return
-    say(*(f"objects: {line}" for line in objects_mod.apply(c, settings)))
+    changes = objects_mod.apply(c, settings)
+    say(*(f"objects: {line}" for line in changes) if changes else
+        [f"objects: airflow_settings.yaml: {objects_mod.count(defined)} objects, all as the file says"])
 
 
 @task(name="export", help={"file": "where to write (default: <state dir>/exports/airflow_settings-<UTC time>.yaml)",
