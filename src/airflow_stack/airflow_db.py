@@ -34,6 +34,16 @@ def _db_identity(settings: Settings) -> str:
     return f"{settings.pg_host}:{settings.pg_port}/{settings.pg_database}"
 
 
+def forget_migration(settings: Settings) -> None:
+    """The database was dropped: its schema stamp goes (a stamp of another database stays)."""
+    try:
+        stamp = json.loads(_stamp_path(settings).read_text())
+    except (FileNotFoundError, ValueError):
+        return
+    if stamp.get("db") == _db_identity(settings):
+        _stamp_path(settings).unlink(missing_ok=True)
+
+
 def schema_revision(settings: Settings) -> str | None:
     """The alembic revision of the metadata DB (None: no Airflow schema there)."""
     try:

@@ -175,9 +175,11 @@ class Stack(Sandbox):
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    state = tmp_path_factory.mktemp("stack")
+    # folders with a space in their names, as on many laptops ("~/My Projects"): every path the stack
+    # writes into a config file or a shell line must survive it
+    state = tmp_path_factory.mktemp("stack state")
     # the user's project, outside the repo (tests add DAG files to it without touching the repo)
-    project = write_project(tmp_path_factory.mktemp("project"))
+    project = write_project(tmp_path_factory.mktemp("my project"))
     env_file = state / ".env"
     env_file.write_text(f"{PROJECT_SECRET_NAME}={secrets.token_urlsafe(18)}\n")
     env_file.chmod(0o600)
@@ -195,8 +197,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     try:
         yield stack
     finally:
+        # after every test: no secret in any log the stack wrote, nor in what `invoke logs` shows (inv checks)
+        leaks = stack.secrets_in_logs() if state.exists() else []
+        stack.inv("logs", "--lines", "1000000", check=False)
         survivors = stack.teardown()
         assert not survivors, f"processes survived invoke stop: {survivors}"
+        assert not leaks, f"secrets of .env in log files: {leaks}"
 
 
 @pytest.fixture(scope="session")

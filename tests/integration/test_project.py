@@ -180,7 +180,12 @@ def test_export_then_apply_on_a_fresh_database_round_trips(stack, airflow_up, tm
         stack.inv("objects.export", "--file", str(again), env=env)
         assert yaml.safe_load(again.read_text()) == yaml.safe_load(exported.read_text())
     finally:
-        stack.inv("db.drop", "--yes", env=env, check=False)
+        # the fresh database goes, while the stack runs on its own (which must not be refused, nor touched)
+        stack.inv("db.drop", "--yes", env=env)
+    with psycopg.connect(**stack.settings().pg_conninfo()) as db:
+        assert db.execute("SELECT count(*) FROM pg_database WHERE datname = %s", (name,)).fetchone()[0] == 0
+        assert db.execute("SELECT count(*) FROM pg_roles WHERE rolname = %s", (name,)).fetchone()[0] == 0
+    assert_one_line_error(stack.inv("db.drop", "--yes", check=False), "stop it first")  # its own: refused
 
 
 @pytest.mark.once_per_line

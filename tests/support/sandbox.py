@@ -108,6 +108,20 @@ class Sandbox:
             assert proc.returncode == 0, f"invoke {' '.join(args)} exited {proc.returncode}:\n{out[-3000:]}"
         return proc
 
+    def secrets_in_logs(self) -> list[str]:
+        """Every log file under the state dir (components', Airflow's task and DAG-processor logs, setup
+        logs) that holds a secret of .env: "file: SETTING", never the value."""
+        values = settings_mod.read_env_file(Path(self.env["STACK_ENV_FILE"]))
+        secrets = {name: value for name, value in values.items() if value in self.secrets()}
+        found = []
+        for folder in (self.state_dir / "logs", self.state_dir / "airflow" / "logs"):
+            for path in folder.rglob("*"):
+                if not path.is_file():
+                    continue
+                text = path.read_bytes().decode(errors="replace")
+                found += [f"{path}: {name}" for name, value in secrets.items() if value in text]
+        return found
+
     def leftovers(self) -> list[psutil.Process]:
         """Processes still running that are ours: they name the state dir, or hold one of its ports
         (children that renamed themselves with setproctitle are found that way)."""

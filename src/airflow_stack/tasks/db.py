@@ -6,8 +6,8 @@ from pathlib import Path
 
 from invoke import Context, task
 
+from .. import airflow_db, platform, postgres, registry, supervisor
 from .. import backup as backup_mod
-from .. import platform, postgres, registry
 from ..errors import StackError
 from ._common import exclusive, load, number, one_line_errors, say
 
@@ -65,6 +65,14 @@ def clean(c: Context, days: str | None = None, dry_run: bool = False) -> None:
         f"(airflow db clean; log: {settings.log_dir / 'db-clean.log'})")
 
 
+def processes_using_the_database(settings) -> list[str]:
+    """The running Airflow processes of this state dir that were started on the configured database (by the
+    keyed digest of their database URL; a process without one counts as using it)."""
+    key = "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"
+    ours = supervisor.fingerprint(settings, {key: settings.sql_alchemy_conn}).get(key)
+    return [name for name, proc in registry.running(settings).items() if proc.env.get(key) in (None, ours)]
+
+
 @task(help={"yes": "really drop it (required: this deletes every DAG run and connection)"})
 @one_line_errors
 @exclusive("invoke db.drop")
@@ -74,8 +82,9 @@ def drop(c: Context, yes: bool = False) -> None:
     if not yes:
         raise StackError(f"this deletes database {settings.pg_database} and role {settings.pg_user}; "
                          f"re-run with --yes to do it")
-    if registry.running(settings):
-        raise StackError("Airflow is running on this database; stop it first: invoke stop")
+    using = processes_using_the_database(settings)
+    if using:
+        raise StackError(f"Airflow is running on this database ({', '.join(using)}); stop it first: invoke stop")
     plat = _local_platform(settings)
     admin = postgres.admin_for(c, plat, settings)
     if admin is None:
@@ -83,8 +92,7 @@ def drop(c: Context, yes: bool = False) -> None:
     postgres.drop(admin, settings)
     if plat is not None and postgres.forget_remote(c, plat, admin, settings):
         say(f"db: removed the pg_hba entries for {settings.pg_user}")
-    # the schema stamp described a database that no longer exists
-    (settings.airflow_home / ".airflow-stack-migrated.json").unlink(missing_ok=True)
+    airflow_db.forget_migration(settings)  # its schema stamp described a database that no longer exists
     say(f"db: dropped database {settings.pg_database} and role {settings.pg_user}")
 
 
