@@ -51,6 +51,14 @@ def requirement(settings: Settings) -> str:
     return f"apache-airflow[{EXTRAS}]=={settings.airflow_release}"
 
 
+# the client library Flask-Limiter (through `limits`) needs for a storage other than Redis
+LIMITER_CLIENTS = {"memcached": "pymemcache", "mongodb": "pymongo", "mongodb+srv": "pymongo"}
+
+
+def limiter_client(settings: Settings) -> str | None:
+    return LIMITER_CLIENTS.get(settings.limiter_storage_uri.split("://", 1)[0].lower())
+
+
 def airflow_bin(settings: Settings) -> Path:
     return settings.airflow_venv / "bin" / "airflow"
 
@@ -76,6 +84,8 @@ def _wanted_stamp(settings: Settings) -> dict[str, str] | None:
     proj = project.get(settings)
     if proj.requirement_lines():
         stamp["project_requirements_sha256"] = proj.requirements_digest()
+    if limiter_client(settings):
+        stamp["limiter_client"] = limiter_client(settings)
     return stamp
 
 
@@ -127,6 +137,8 @@ def ensure(c: Context, settings: Settings) -> list[str]:
     requirements = proj.requirement_lines()
     cmd = (f"{uv} pip install --python {shlex.quote(str(python))} "
            f"-c {shlex.quote(str(constraints))} {shlex.quote(req)}")
+    if limiter_client(settings):  # the login limiter's storage client (memcached, MongoDB)
+        cmd += f" {shlex.quote(limiter_client(settings))}"
     if requirements:
         # one resolution for Airflow and the project: a requirement that conflicts with a pin fails it
         # before anything is installed, so the venv (and what runs from it) stays as it was

@@ -26,6 +26,7 @@ class Probe:
     process, with a heartbeat fresher than the health threshold (read with psycopg: no CLI).
     kind ``celery``: the worker answers a ping through Celery's control API (over the broker).
     kind ``redis``: our Redis answers PING with the configured password.
+    kind ``memcached``: our memcached answers ``version``.
     """
 
     kind: str
@@ -44,6 +45,8 @@ class Probe:
             return "celery control ping over the broker"
         if self.kind == "redis":
             return f"PING on 127.0.0.1:{settings.redis_port} with the password"
+        if self.kind == "memcached":
+            return f"version on {settings.limiter_storage_uri}"
         return f"{self.job_type} heartbeat in the job table"
 
 
@@ -107,6 +110,8 @@ FLOWER = Component("flower", ("celery", "flower"), Probe("http", port_setting="f
                    own_env=lambda s: {"AIRFLOW__CELERY__FLOWER_BASIC_AUTH": f"{s.admin_user}:{s.flower_password}"})
 # our Redis: started by setup.redis, stopped last; listed so that stop, status and logs see it too
 REDIS = Component("redis", (), Probe("redis"), ports=("redis_port",), airflow=False)
+# our memcached, when the login limiter's storage is one on this machine (memcached_server.py)
+MEMCACHED = Component("memcached", (), Probe("memcached"), airflow=False)
 
 
 def worker_command(airflow_bin: str, name: str, queues: str, concurrency: int, serve_logs: bool) -> list[str]:

@@ -20,7 +20,7 @@ import psutil
 import psycopg
 import redis
 
-from . import airflow_config, netutil, postgres, redis_server, registry, supervisor
+from . import airflow_config, memcached_server, netutil, postgres, redis_server, registry, supervisor
 from . import settings as settings_mod
 from . import status as status_mod
 from .components import WORKER, WORKER_PREFIX
@@ -182,12 +182,25 @@ def check_limiter(settings: Settings, envs: dict[str, dict[str, str]], refused: 
     if scheme in ("", "memory"):
         return Check("login rate limits", False, f"{web} keeps them in memory: each worker and restart "
                      "counts from zero", f"unset STACK_RATELIMIT_STORAGE_URI, then invoke stop -c {web} && invoke up")
-    if scheme not in ("redis", "rediss"):
+    ours_memcached = scheme == memcached_server.SCHEME and memcached_server.managed(settings)
+    if scheme not in ("redis", "rediss") and not ours_memcached:
         return Check("login rate limits", True, f"kept in {scheme} (shared storage you chose; not probed)")
     expected = supervisor.fingerprint(settings, {"STACK_RATELIMIT_STORAGE_URI": settings.limiter_storage_uri})
     if uri != expected["STACK_RATELIMIT_STORAGE_URI"]:
         return Check("login rate limits", False, f"{web} runs with another limiter storage than configured",
                      f"invoke stop -c {web} && invoke up")
+    if ours_memcached:
+        try:
+            _probe_login(settings, line.rest.login_path)
+            counted = [key for key in memcached_server.keys(settings) if PROBE_ADDRESS in key]
+        except (OSError, http.client.HTTPException) as exc:
+            return Check("login rate limits", False, f"probe failed ({exc.__class__.__name__})",
+                         "invoke setup.memcached && invoke up")
+        if not counted:
+            return Check("login rate limits", False, "a login attempt left no counter in our memcached",
+                         f"invoke setup.airflow && invoke stop -c {web} && invoke up")
+        return Check("login rate limits", True, f"kept in our memcached ({settings.limiter_storage_uri}); a probe "
+                                                f"login counted there")
     db_path = urllib.parse.urlsplit(settings.limiter_storage_uri).path.strip("/")
     limiter_db = int(db_path) if db_path.isdigit() else 0
     try:

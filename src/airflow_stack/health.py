@@ -11,7 +11,7 @@ import urllib.request
 
 import psycopg
 
-from . import redis_server
+from . import memcached_server, redis_server
 from .components import Probe, celery_node_name
 from .settings import Settings
 
@@ -53,6 +53,8 @@ def check(probe: Probe, settings: Settings, started: float | None = None, name: 
     if probe.kind == "redis":
         ok, reason = redis_server.ping(settings)
         return ok, reason or "PONG"
+    if probe.kind == "memcached":
+        return memcached_server.ping(settings)
     raise ValueError(f"unknown probe kind {probe.kind}")
 
 

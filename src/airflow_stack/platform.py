@@ -92,6 +92,14 @@ class Platform:
     def redis_install(self, c: Context) -> None:
         raise NotImplementedError
 
+    # memcached (the login limiter's storage, when chosen) ------------------------------------
+    def memcached_bin(self, c: Context) -> str | None:
+        found = c.run("command -v memcached", hide=True, warn=True, in_stream=False)
+        return found.stdout.strip() if found.ok and found.stdout.strip() else None
+
+    def memcached_install(self, c: Context) -> None:
+        raise NotImplementedError
+
     # A browser for the UI tests and screenshots ------------------------------------------------
     def browser(self, c: Context) -> tuple[str, str] | None:
         """(browser binary, its WebDriver) when both are installed."""
@@ -172,6 +180,14 @@ class Homebrew(Platform):
     def redis_install(self, c: Context) -> None:
         self._run(c, "brew install redis", "brew install redis", "run it yourself to see why (brew doctor)")
 
+    def memcached_bin(self, c: Context) -> str | None:
+        if not c.run("brew list --versions memcached", hide=True, warn=True).ok:
+            return None
+        return f"{self._prefix(c)}/bin/memcached"
+
+    def memcached_install(self, c: Context) -> None:
+        self._run(c, "brew install memcached", "brew install memcached", "run it yourself to see why (brew doctor)")
+
     CHROME = "/Applications/Google Chrome.app/Contents/MacOS/Google Chrome"
 
     def browser(self, c: Context) -> tuple[str, str] | None:
@@ -216,6 +232,10 @@ class Apt(Platform):
         self._apt_update(c)
         self._run(c, f"{self.sudo}env DEBIAN_FRONTEND=noninteractive apt-get install -y -q {package}",
                   f"apt-get install {package}", self._hint)
+
+    def memcached_install(self, c: Context) -> None:
+        # Debian's package also starts the distribution's own memcached on 11211: ours runs apart from it
+        self._apt_install(c, "memcached")
 
     def browser(self, c: Context) -> tuple[str, str] | None:
         found = c.run("command -v chromium chromedriver", hide=True, warn=True, in_stream=False).stdout.split()

@@ -13,8 +13,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import lines, supervisor
-from .components import REDIS, WORKER, WORKER_PREFIX, Component
+from . import lines, memcached_server, supervisor
+from .components import MEMCACHED, REDIS, WORKER, WORKER_PREFIX, Component
 from .errors import StackError
 from .settings import Settings
 
@@ -76,6 +76,8 @@ def instances(settings: Settings, with_logs: bool = False) -> list[Instance]:
     """Every instance this state dir may run, in start order: our Redis, the line's components,
     the extra workers (``with_logs``: also those that only left a log)."""
     found = [Instance(REDIS.name, REDIS)]
+    if memcached_server.managed(settings):
+        found.append(Instance(MEMCACHED.name, MEMCACHED))
     found += [Instance(comp.name, comp) for comp in line(settings).components]
     found += [Instance(name, WORKER) for name in extra_workers(settings, with_logs)]
     return found

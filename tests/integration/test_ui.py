@@ -5,13 +5,17 @@ rate limited for the limit's window."""
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 
+import psutil
 import pytest
 import redis
 from invoke import Context
 
 from airflow_stack import lines, platform
+from airflow_stack.netutil import wait_until
 
 from .conftest import LINE
 from .test_airflow import status
@@ -104,3 +108,43 @@ def test_six_wrong_logins_in_the_browser_show_the_rate_limit_page_counted_in_red
     assert "Too Many Requests" in browser.text()
     assert any(b"LIMITER" in key for key in client.keys("LIMITS*")), "no login counter in Redis"
     assert all(row["healthy"] for row in status(stack).values())  # and the stack is unharmed
+
+
+@pytest.mark.once_per_line
+def test_with_memcached_as_the_limiter_storage_the_sixth_wrong_login_is_refused_and_counted_there(stack, browser):
+    """One setting (STACK_RATELIMIT_STORAGE_URI=memcached://...): the stack installs memcached, runs it on
+    loopback, supervises it like Redis; the same six wrong logins are counted there."""
+    from airflow_stack import memcached_server, supervisor
+
+    from .conftest import free_ports
+
+    settings = stack.settings()
+    web = settings.line.web.name
+    uri = {"STACK_RATELIMIT_STORAGE_URI": f"memcached://127.0.0.1:{free_ports(1)[0]}"}
+    cached = stack.settings().replace(ratelimit_storage_uri=uri["STACK_RATELIMIT_STORAGE_URI"])
+    try:
+        out = stack.inv("setup.memcached", env=uri, timeout=600).stdout
+        assert "started memcached on 127.0.0.1" in out
+        proc = supervisor.running(cached, "memcached")
+        assert proc is not None and memcached_server.ping(cached)[0]
+        listening = {conn.laddr.ip for conn in psutil.Process(proc.pid).net_connections(kind="inet")
+                     if conn.status == psutil.CONN_LISTEN}
+        assert listening == {"127.0.0.1"}
+        stack.inv("stop", "-c", web)
+        stack.inv("up", env=uri)  # the web component starts again, counting in memcached
+        answers = [browser.login(settings.api_url, settings.airflow_line, settings.admin_user, "wrong-password")
+                   for _ in range(6)]
+        browser.shot("sixth-login-memcached")
+        assert answers[:5] == [None] * 5 and answers[5] == 429, answers
+        assert [key for key in memcached_server.keys(cached) if key.startswith("LIMITER/")], "no counter in memcached"
+        assert "kept in our memcached" in stack.inv("doctor", env=uri, check=False).stdout
+        # supervised like Redis: killed, it comes back by itself
+        os.kill(proc.pid, signal.SIGKILL)
+        assert wait_until(lambda: (supervisor.running(cached, "memcached") or proc).pid != proc.pid
+                          and memcached_server.ping(cached)[0], 30)
+    finally:
+        stack.inv("stop", "-c", web, env=uri, check=False)
+        stack.inv("stop", "-c", "memcached", env=uri, check=False)
+        stack.inv("up")  # back on Redis
+    assert supervisor.running(cached, "memcached") is None
+    assert all(row["healthy"] for row in status(stack).values())

@@ -270,3 +270,38 @@ def test_dags_test_refuses_a_conf_that_is_not_a_json_object_before_running_anyth
     with pytest.raises(StackError, match="is not a JSON object"):
         dags.test(c, settings, "hello_stack", conf)
     assert commands(c) == []
+
+
+# ---- memcached as the limiter's storage ---------------------------------------------------
+def test_memcached_is_ours_only_on_this_machine(env):
+    def load(uri):
+        return settings_mod.load(environ=env | {"STACK_RATELIMIT_STORAGE_URI": uri})
+
+    from airflow_stack import memcached_server, registry
+
+    assert memcached_server.address(load("memcached://127.0.0.1:11212")) == ("127.0.0.1", 11212)
+    assert memcached_server.managed(load("memcached://localhost"))  # the default port
+    assert memcached_server.address(load("memcached://localhost")) == ("localhost", 11211)
+    assert not memcached_server.managed(load("memcached://cache.internal:11211"))  # used as it is
+    assert memcached_server.address(load("redis://:x@127.0.0.1:6380/1")) is None
+    names = [inst.name for inst in registry.instances(load("memcached://127.0.0.1:11212"))]
+    assert names[:2] == ["redis", "memcached"]  # started, listed, stopped like our Redis
+    assert "memcached" not in [inst.name for inst in registry.instances(load("memcached://cache.internal"))]
+    with pytest.raises(StackError, match="port that is not a number"):
+        memcached_server.address(load("memcached://127.0.0.1:abc"))
+
+
+def test_the_airflow_venv_gets_the_limiter_storages_client(env):
+    settings = settings_mod.load(environ=env | {"STACK_RATELIMIT_STORAGE_URI": "memcached://127.0.0.1:11212"})
+    assert airflow_install.limiter_client(settings) == "pymemcache"
+    assert airflow_install._wanted_stamp(settings)["limiter_client"] == "pymemcache"
+    assert airflow_install.limiter_client(settings_mod.load(environ=env)) is None  # Redis: in Airflow's extras
+
+
+def test_apt_and_brew_install_memcached():
+    c = ctx({"apt-get update -q": OK, "env DEBIAN_FRONTEND=noninteractive apt-get install -y -q memcached": OK})
+    platform.AptPgCtlcluster().memcached_install(c)
+    assert commands(c)[-1].endswith("apt-get install -y -q memcached")
+    c = ctx({"brew list --versions memcached": Result("memcached 1.6.29\n"),
+             "brew --prefix": Result("/opt/homebrew\n")})
+    assert platform.Homebrew().memcached_bin(c) == "/opt/homebrew/bin/memcached"

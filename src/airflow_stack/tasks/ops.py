@@ -14,6 +14,7 @@ from .. import (
     airflow_install,
     lifecycle,
     lines,
+    memcached_server,
     platform,
     progress,
     redis_server,
@@ -96,6 +97,8 @@ def stop(c: Context, component: str = "", postgres: bool = False, timeout: str |
         return
     say(*lifecycle.stop(settings, None, timeout))
     say(*lifecycle.stop(settings, [redis_server.NAME], timeout))
+    if memcached_server.managed(settings):
+        say(*lifecycle.stop(settings, [memcached_server.NAME], timeout))
     if postgres:
         if not settings.pg_is_local:
             raise StackError(f"PostgreSQL at {settings.pg_host} is not ours to stop")

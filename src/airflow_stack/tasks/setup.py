@@ -12,6 +12,7 @@ from .. import (
     airflow_install,
     lifecycle,
     lines,
+    memcached_server,
     netutil,
     objects,
     platform,
@@ -109,6 +110,20 @@ def redis(c: Context, port: int | None = None, bind: str | None = None) -> None:
     _report("redis", changes, t.seconds, f"already running on 127.0.0.1:{settings.redis_port}")
 
 
+@task
+@one_line_errors
+@exclusive("invoke setup.memcached")
+def memcached(c: Context) -> None:
+    """Run our memcached for the login limiter, when STACK_RATELIMIT_STORAGE_URI names one on this machine."""
+    with Timer() as t:
+        settings = load()
+        if not memcached_server.managed(settings):
+            say("memcached: not used (STACK_RATELIMIT_STORAGE_URI names no memcached on this machine)")
+            return
+        changes = memcached_server.ensure(c, platform.detect(), settings)
+    _report("memcached", changes, t.seconds, f"already running at {settings.limiter_storage_uri}")
+
+
 @task(help={"line": f"{lines.HELP} (STACK_AIRFLOW_LINE)"})
 @one_line_errors
 @exclusive("invoke setup.airflow")
@@ -181,7 +196,9 @@ def browser(c: Context) -> None:
 @task(name="all", default=True, help={"line": lines.HELP})
 @exclusive("invoke setup")
 def all_(c: Context, line: str | None = None) -> None:
-    """Set up everything: PostgreSQL, our Redis, and Airflow."""
+    """Set up everything: PostgreSQL, our Redis (and memcached, when the limiter uses it), and Airflow."""
     postgres_(c)
     redis(c)
+    if memcached_server.managed(load()):
+        memcached(c)
     airflow(c, line=line)
