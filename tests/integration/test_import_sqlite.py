@@ -8,6 +8,7 @@ import subprocess
 
 import psycopg
 import pytest
+import yaml
 
 from airflow_stack import airflow_install
 
@@ -42,7 +43,7 @@ def test_dry_run_reports_and_writes_nothing(stack, old_airflow):
         assert conn.execute("SELECT count(*) FROM connection WHERE conn_id = 'warehouse'").fetchone()[0] == 0
 
 
-def test_import_then_read_back_through_the_stack(stack, old_airflow):
+def test_import_then_read_back_through_the_stack(stack, old_airflow, tmp_path):
     out = stack.inv("db.import-sqlite", str(old_airflow)).stdout
     assert "import: done" in out
     conn_json = stack.inv("airflow", "--args", "connections get warehouse -o json", env={}).stdout
@@ -53,6 +54,12 @@ def test_import_then_read_back_through_the_stack(stack, old_airflow):
         stored, encrypted = conn.execute("SELECT password, is_encrypted FROM connection "
                                          "WHERE conn_id = 'warehouse'").fetchone()
     assert encrypted and OLD_PASSWORD not in stored  # re-encrypted with the stack's fernet key
+    # ... and it decrypts, with that key, to the old password: Airflow's own models read it back
+    exported = tmp_path / "objects.yaml"
+    stack.inv("objects.export", "--file", str(exported))
+    found = yaml.safe_load(exported.read_text())["airflow"]["connections"]
+    warehouse = next(c for c in found if c["conn_id"] == "warehouse")
+    assert (warehouse["conn_password"], warehouse["conn_login"]) == (OLD_PASSWORD, "analyst")
 
 
 def test_a_second_import_duplicates_nothing(stack, old_airflow):
