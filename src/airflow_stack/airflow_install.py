@@ -181,7 +181,7 @@ def _run(c: Context, cmd: str, what: str, failure: str = "") -> None:
         output = (result.stderr or "") + "\n" + (result.stdout or "")
         if failure:
             constraints = cmd.split(" -c ", 1)[1].split(" ", 1)[0] if " -c " in cmd else "config/constraints"
-            raise StackError(failure.format(reason=uv_reason(output), constraints=constraints))
+            raise StackError(failure.format(reason=uv_reason(output).rstrip("."), constraints=constraints))
         lines = [ln for ln in output.strip().splitlines() if ln.strip()]
         raise StackError(f"{what} failed: {lines[-1] if lines else f'exit {result.exited}'}; "
                          f"check that PyPI is reachable, then re-run invoke setup.airflow")

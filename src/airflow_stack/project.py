@@ -22,6 +22,7 @@ from pathlib import Path
 
 from invoke import Context
 
+from . import lines
 from .errors import StackError
 from .platform import Platform
 from .settings import Settings
@@ -145,8 +146,13 @@ def dockerfile_note(project: Project, release: str) -> str | None:
     implied = airflow_of_image(image)
     what = f"implies Airflow {implied}" if implied else "names no Airflow version we can read"
     same = implied is not None and (release == implied or release.startswith(implied + "."))
-    advice = "" if same or implied is None else (
-        "; to run that line set STACK_AIRFLOW_LINE (and STACK_AIRFLOW_VERSION for a patch) in .env")
+    implied_line = ".".join((implied or "").split(".")[:2])
+    if same or implied is None:
+        advice = ""
+    elif implied_line in lines.NAMES:
+        advice = "; to run that line set STACK_AIRFLOW_LINE (and STACK_AIRFLOW_VERSION for a patch) in .env"
+    else:
+        advice = f"; the stack runs the lines {', '.join(lines.NAMES)} (STACK_AIRFLOW_LINE)"
     return (f"the project's Dockerfile is not used: its image {image} {what}, the stack runs Airflow "
             f"{release} natively{advice}")
 

@@ -9,7 +9,7 @@ import re
 import pytest
 from invoke import MockContext, Result
 
-from airflow_stack import airflow_config, airflow_install, dags, objects, platform, project
+from airflow_stack import airflow_config, airflow_install, dags, lines, objects, platform, project
 from airflow_stack import settings as settings_mod
 from airflow_stack.errors import StackError
 
@@ -142,7 +142,10 @@ def test_the_dockerfile_note(tmp_path):
     assert "not used" in note and "implies Airflow 3.3" in note and "STACK_AIRFLOW_LINE" not in note
     proj.dockerfile.write_text("FROM quay.io/astronomer/astro-runtime:12.6.0\n")
     note = project.dockerfile_note(proj, "3.3.2")
-    assert "implies Airflow 2.10" in note and "the stack runs Airflow 3.3.2" in note and "STACK_AIRFLOW_LINE" in note
+    assert "implies Airflow 2.10" in note and "the stack runs Airflow 3.3.2" in note
+    assert "the stack runs the lines" in note  # 2.10 is no line of ours: no advice to choose it
+    proj.dockerfile.write_text(f"FROM apache/airflow:{lines.LINES['2.11'].default_version}\n")
+    assert "set STACK_AIRFLOW_LINE" in project.dockerfile_note(proj, "3.3.2")
 
 
 # ---- packages.txt, per platform ---------------------------------------------------------------

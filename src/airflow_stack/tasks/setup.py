@@ -140,7 +140,7 @@ def airflow(c: Context, line: str | None = None) -> None:
         settings, added = secrets.ensure_env_file(settings)
         settings = load(airflow_line=line)
         changes = [f"generated {name} into {settings.env_file}" for name in added]
-        changes += project_note(settings)
+        say(*(f"airflow: {note}" for note in project_note(settings)))  # now: a later step may fail
         changes += project.ensure_os_packages(c, platform.detect(), settings)
         changes += airflow_install.ensure(c, settings)
         env = airflow_config.environment(settings)
