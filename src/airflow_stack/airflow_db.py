@@ -34,6 +34,15 @@ def _db_identity(settings: Settings) -> str:
     return f"{settings.pg_host}:{settings.pg_port}/{settings.pg_database}"
 
 
+def migrated_here(settings: Settings) -> str | None:
+    """The Airflow release this state dir migrated the configured database with (None: it did not)."""
+    try:
+        stamp = json.loads(_stamp_path(settings).read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    return (stamp.get("airflow") or "unknown") if stamp.get("db") == _db_identity(settings) else None
+
+
 def forget_migration(settings: Settings) -> None:
     """The database was dropped: its schema stamp goes (a stamp of another database stays)."""
     try:

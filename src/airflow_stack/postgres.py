@@ -23,7 +23,7 @@ from psycopg import sql
 from . import netutil
 from . import settings as settings_mod
 from .errors import StackError
-from .platform import Platform
+from .platform import Cluster, Platform
 from .secrets import redact
 from .settings import Settings
 
@@ -287,8 +287,38 @@ def _owner_and_marker(admin: Admin, db: str) -> tuple[str | None, str | None]:
     return (found[0][0], found[0][1] if len(found[0]) > 1 else "") if found else (None, None)
 
 
-def bootstrap(admin: Admin | None, settings: Settings) -> list[str]:
-    """Create the role and its database, idempotently; return what changed (empty: nothing)."""
+def vanished_database_error(settings: Settings, migrated_by: str, clusters: list[Cluster]) -> StackError:
+    """The database this stack migrated is not on the server any more: say why that may be (a major
+    upgrade on apt leaves the data in the old cluster) and what to do, instead of an empty one."""
+    where = f"{settings.pg_host}:{settings.pg_port}"
+    here = next((k for k in clusters if k.port == settings.pg_port), None)
+    older = [k for k in clusters if k is not here and (here is None or _major(k.version) < _major(here.version))]
+    lead = (f"database {settings.pg_database} is not on the PostgreSQL at {where}, yet this stack migrated it there "
+            f"(Airflow {migrated_by}); no empty one is created in its place")
+    if older:
+        old = older[0]
+        state = "online" if old.online else "down"
+        return StackError(f"{lead}: the older cluster {old.version}/{old.name} (port {old.port}, {state}) may hold it "
+                          f"after a major upgrade: move it with pg_upgradecluster {old.version} {old.name} (first "
+                          f"pg_dropcluster the new, empty {here.version + '/' + here.name if here else 'cluster'}), "
+                          f"or set STACK_PG_PORT={old.port}; to start empty: invoke setup.postgres --new-database")
+    return StackError(f"{lead}: restore a backup (invoke setup.postgres --new-database, then invoke db.restore FILE "
+                      f"--yes), or to start empty: invoke setup.postgres --new-database")
+
+
+def _major(version: str) -> float:
+    try:
+        return float(version)
+    except ValueError:
+        return 0.0
+
+
+def bootstrap(admin: Admin | None, settings: Settings, migrated_by: str | None = None,
+              clusters: list[Cluster] | None = None) -> list[str]:
+    """Create the role and its database, idempotently; return what changed (empty: nothing).
+
+    ``migrated_by``: the Airflow release that migrated this very database, when this state dir did (a
+    missing database is then an accident to explain, not a first setup); ``clusters``: apt's clusters."""
     if admin is None:
         ok, reason = role_can_login(settings)
         if not ok:
@@ -305,6 +335,8 @@ def bootstrap(admin: Admin | None, settings: Settings) -> list[str]:
     # before anything changes (a role's password above all): is it another checkout's database?
     owner, marker = _owner_and_marker(admin, db)
     take_over = check_owner(settings, marker)
+    if owner is None and migrated_by:  # before anything changes: a missing database is explained, not re-made
+        raise vanished_database_error(settings, migrated_by, clusters or [])
     if take_over:
         gone = (marker or "").partition(":")[2]
         changes.append(f"took over database {db} from a checkout that no longer exists ({gone})")

@@ -1,4 +1,5 @@
-"""PostgreSQL restarted under a running stack: every component comes back by itself, no command run.
+"""PostgreSQL restarted under a running stack: every component comes back by itself, no command run;
+and a database the stack migrated that is gone from the server is explained, never re-made empty.
 
 Done against a PostgreSQL cluster the test creates for itself (Debian's pg_createcluster, on a free
 port) and drops afterwards: the shared server, and whatever else it serves, is never restarted."""
@@ -11,11 +12,13 @@ import shutil
 import subprocess
 import time
 
+import psycopg
 import pytest
 
 from airflow_stack.netutil import wait_until
 
 from .conftest import LINE, TEST_DAGS, Stack, airflow_api, free_ports
+from .test_bad_input import assert_one_line_error
 
 pytestmark = [pytest.mark.integration, pytest.mark.once_per_line]
 
@@ -81,3 +84,24 @@ def test_every_component_comes_back_by_itself_after_postgresql_restarts(pg_stack
     api.wait_for_dag("noop_forty", timeout=90)
     api.unpause("noop_forty")
     assert api.wait_for_run("noop_forty", api.trigger("noop_forty")) == "success"
+
+
+def test_a_database_gone_from_the_server_is_explained_not_recreated_empty(pg_stack, cluster):
+    """What a major upgrade on apt can look like from the stack (a new, empty cluster answers on the
+    port): the database this stack migrated is missing. Here it is dropped behind the stack's back."""
+    port = cluster[2]
+    settings = pg_stack.settings()
+    pg_stack.inv("stop")
+    subprocess.run(["runuser", "-u", "postgres", "--", "psql", "-X", "-q", "-p", str(port), "-c",
+                    f'DROP DATABASE "{settings.pg_database}" WITH (FORCE)'], check=True, capture_output=True,
+                   stdin=subprocess.DEVNULL)
+    for task in (("setup.postgres",), ("up",)):
+        line = assert_one_line_error(pg_stack.inv(*task, check=False), "no empty one is created",
+                                     "--new-database")
+        assert settings.pg_database in line
+    with psycopg.connect(host="127.0.0.1", port=port, dbname="postgres", user=settings.pg_user,
+                         password=settings.pg_password) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_database WHERE datname = %s",
+                            (settings.pg_database,)).fetchone()[0] == 0  # not re-made
+    out = pg_stack.inv("setup.postgres", "--new-database").stdout
+    assert f"created database {settings.pg_database}" in out

@@ -224,3 +224,29 @@ def test_a_database_whose_checkout_was_deleted_may_be_taken_over(settings, tmp_p
         postgres.check_owner(mine, elsewhere)
     assert postgres.owner_mark(mine).startswith(f"{postgres.OWNER_MARK}aaaa1111 {socket.gethostname()}:/")
     assert postgres.check_owner(mine, postgres.owner_mark(mine)) is False  # its own
+
+
+# ---- a database this stack migrated is gone (a major upgrade on apt, a drop by hand) ---------------
+def test_a_vanished_database_is_explained_and_nothing_is_created(settings):
+    from airflow_stack.platform import Cluster
+
+    admin = RecordingAdmin()  # no role, no database: what a new, empty cluster on our port holds
+    clusters = [Cluster("15", "main", 5433, False), Cluster("16", "main", 5432, True)]
+    with pytest.raises(StackError) as err:
+        postgres.bootstrap(admin, settings, migrated_by="3.3.2", clusters=clusters)
+    message = str(err.value)
+    assert "database airflow is not on the PostgreSQL at 127.0.0.1:5432" in message
+    assert "no empty one is created" in message and "Airflow 3.3.2" in message
+    assert "pg_upgradecluster 15 main" in message and "pg_dropcluster the new, empty 16/main" in message
+    assert "STACK_PG_PORT=5433" in message and "--new-database" in message
+    assert admin.executed == []  # not even the role
+
+
+def test_a_vanished_database_without_an_older_cluster_points_at_the_backups(settings):
+    with pytest.raises(StackError, match=r"restore a backup .*db.restore FILE --yes.*--new-database"):
+        postgres.bootstrap(RecordingAdmin(role=("f", ALL_SET)), settings, migrated_by="3.3.2", clusters=[])
+
+
+def test_a_first_setup_or_a_new_database_on_purpose_creates_it(settings):
+    admin = RecordingAdmin(role=("f", ALL_SET))
+    assert "created database airflow owned by airflow" in postgres.bootstrap(admin, settings, migrated_by=None)

@@ -39,11 +39,12 @@ def _report(what: str, changes: list[str], seconds: float, nothing: str) -> None
     "sslmode": "libpq sslmode for the Airflow role's connections (STACK_PG_SSLMODE)",
     "listen": "opt in: also listen on these addresses, e.g. '*' (for Celery workers on other machines)",
     "allow_from": "opt in: admit the Airflow role from this network with scram, e.g. 10.0.0.0/24",
+    "new_database": "create the database empty although this stack had migrated it (it is gone from the server)",
 })
 @one_line_errors
 @exclusive("invoke setup.postgres")
 def postgres_(c: Context, host: str | None = None, port: int | None = None, sslmode: str | None = None,
-              listen: str | None = None, allow_from: str | None = None) -> None:
+              listen: str | None = None, allow_from: str | None = None, new_database: bool = False) -> None:
     """Install and start PostgreSQL if needed; create Airflow's role and database (PG15-safe)."""
     with Timer() as t:
         settings, added = secrets.ensure_env_file(load(pg_host=host, pg_port=port, pg_sslmode=sslmode))
@@ -53,7 +54,10 @@ def postgres_(c: Context, host: str | None = None, port: int | None = None, sslm
         if plat is not None:
             changes += postgres.ensure_server(c, plat, settings)
         admin = postgres.admin_for(c, plat, settings)
-        changes += postgres.bootstrap(admin, settings)
+        if new_database:
+            airflow_db.forget_migration(settings)
+        clusters = plat.clusters(c) if isinstance(plat, platform.Apt) else []
+        changes += postgres.bootstrap(admin, settings, airflow_db.migrated_here(settings), clusters)
         if listen or allow_from:
             if admin is None or plat is None:
                 raise StackError("--listen/--allow-from configure a server this machine runs; for another "
