@@ -145,7 +145,7 @@ def ensure(c: Context, settings: Settings) -> list[str]:
         cmd += f" -r {shlex.quote(str(proj.requirements))}"
         with c.cd(str(proj.root)):  # a relative path in requirements.txt means the project's
             _run(c, cmd, f"installing {req} and {proj.requirements.name} ({len(requirements)} lines)",
-                 failure=_requirements_failure(proj.requirements))
+                 failure=_requirements_failure(proj.requirements, constraints))
         done.append(f"installed {proj.requirements} ({len(requirements)} requirements) against the "
                     f"{settings.airflow_line} constraints")
     else:
@@ -154,9 +154,9 @@ def ensure(c: Context, settings: Settings) -> list[str]:
     return [*done, f"installed {req} into {venv}"]
 
 
-def _requirements_failure(path: Path) -> str:
+def _requirements_failure(path: Path, constraints: Path) -> str:
     return (f"{path}: {{reason}}; nothing was installed, the stack's venv and what runs are as they were: "
-            f"change that requirement (the pins are in {{constraints}})")
+            f"change that requirement (the pins are in {constraints})")
 
 
 def uv_reason(output: str) -> str:
@@ -179,9 +179,8 @@ def _run(c: Context, cmd: str, what: str, failure: str = "") -> None:
         result = c.run(cmd, hide=False, warn=True, out_stream=step, err_stream=step, in_stream=False)
     if result.failed:
         output = (result.stderr or "") + "\n" + (result.stdout or "")
-        if failure:
-            constraints = cmd.split(" -c ", 1)[1].split(" ", 1)[0] if " -c " in cmd else "config/constraints"
-            raise StackError(failure.format(reason=uv_reason(output).rstrip("."), constraints=constraints))
+        if failure:  # the sentence of uv's that names the package and the pin, put into ``failure``
+            raise StackError(failure.replace("{reason}", uv_reason(output).rstrip(".")))
         lines = [ln for ln in output.strip().splitlines() if ln.strip()]
         raise StackError(f"{what} failed: {lines[-1] if lines else f'exit {result.exited}'}; "
                          f"check that PyPI is reachable, then re-run invoke setup.airflow")

@@ -6,7 +6,7 @@ import time
 
 from invoke import Context, task
 
-from .. import airflow_install, project
+from .. import airflow_install, project, secrets
 from .. import dags as dags_mod
 from ..errors import StackError
 from ._common import load, one_line_errors, say
@@ -16,8 +16,6 @@ def _ready(c: Context):
     settings = load()
     project.get(settings).check()
     if not airflow_install.is_current(settings):  # the venv the stack would run, requirements.txt included
-        from .. import secrets
-
         settings, _ = secrets.ensure_env_file(settings)
         airflow_install.ensure(c, settings)
     return settings
