@@ -9,7 +9,6 @@ is what runs.
 from __future__ import annotations
 
 import os
-from urllib.parse import quote
 
 from . import settings as settings_mod
 from .errors import StackError
@@ -28,9 +27,7 @@ def secret_keys(env: dict[str, str], settings: Settings) -> set[str]:
 
 def result_backend(settings: Settings) -> str:
     # Celery's SQLAlchemy backend wants db+postgresql://; postgresql+psycopg2:// kills the scheduler
-    return (f"db+postgresql://{quote(settings.pg_user, safe='')}:{quote(settings.pg_password or '', safe='')}"
-            f"@{settings.url_host(settings.pg_host)}:{settings.pg_port}/{quote(settings.pg_database, safe='')}"
-            f"?sslmode={settings.pg_sslmode}")
+    return settings.pg_url("db+postgresql")
 
 
 def environment(settings: Settings, executor: str | None = None) -> dict[str, str]:

@@ -8,6 +8,7 @@ that fixes it. A warning is printed but does not make doctor fail.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import re
 import shutil
@@ -166,6 +167,47 @@ def check_redis_acl(settings: Settings) -> Check:
         what += [f"may not run {', '.join(missing)}"] if missing else []
         return Check(name, False, f"Airflow's Redis user {user!r} {' and '.join(what)}", fix)
     return Check(name, True, f"Airflow logs in as {user!r}: CONFIG, FLUSHALL, ACL, DEBUG, SHUTDOWN, MODULE refused")
+
+
+def _beyond_loopback(addresses: set[str] | list[str]) -> list[str]:
+    return sorted(a for a in addresses if a and a not in settings_mod.LOOPBACK and not a.startswith("127."))
+
+
+def check_encryption(settings: Settings) -> Check:
+    """Whatever listens beyond loopback must not carry passwords and data in plain text."""
+    name, fix = "network encryption", ("set STACK_TLS=true in .env, then invoke setup.redis && invoke setup.postgres "
+                                       "&& invoke stop && invoke up")
+    plain = []
+    proc = supervisor.running(settings, redis_server.NAME)
+    if proc is not None and not settings.tls:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            listening = {c.laddr.ip for c in psutil.Process(proc.pid).net_connections(kind="inet")
+                         if c.status == psutil.CONN_LISTEN}
+            if remote := _beyond_loopback(listening):
+                plain.append(f"Redis on {', '.join(remote)}")
+    encrypted, listen = True, ""
+    if settings.pg_is_local:
+        with contextlib.suppress(psycopg.Error), psycopg.connect(**settings.pg_conninfo(connect_timeout=3)) as conn:
+            listen = conn.execute("SHOW listen_addresses").fetchone()[0]
+            encrypted = conn.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone()[0]
+        remote = _beyond_loopback([a.strip() for a in listen.split(",")])
+        if remote and not settings.pg_tls_ours:
+            plain.append(f"PostgreSQL on {', '.join(remote)}")
+    elif settings.pg_ssl_mode in ("disable", "allow", "prefer"):
+        plain.append(f"PostgreSQL at {settings.pg_host} with sslmode={settings.pg_ssl_mode} (not verified)")
+    if settings.api_host not in settings_mod.LOOPBACK:
+        # Airflow's API server speaks HTTP here: its task tokens cross the network readable
+        plain.append(f"the API server on {settings.api_host}:{settings.api_port} (HTTP)")
+        if len(plain) == 1:
+            fix = ("workers elsewhere reach the API server in plain HTTP: keep them on a network you trust, or "
+                   "put a TLS proxy in front and point their STACK_API_HOST at it")
+    if plain:
+        return warning(name, f"plain text beyond loopback: {'; '.join(plain)}", fix)
+    if settings.tls:
+        return Check(name, encrypted, f"Redis and PostgreSQL over TLS, verified with {settings.tls_ca_file}"
+                     if encrypted else "the Airflow role's connection to PostgreSQL is not encrypted",
+                     "" if encrypted else "invoke setup.postgres")
+    return Check(name, True, "nothing of ours listens beyond loopback")
 
 
 def check_limiter(settings: Settings, envs: dict[str, dict[str, str]], refused: bool = False) -> Check:
@@ -365,6 +407,7 @@ def run_all(settings: Settings) -> list[Check]:
     refused = password_refused(settings)
     checks: list[Check] = [check_database(settings, envs), check_executor(settings, envs), check_role(settings)]
     checks += check_redis(settings, refused)
+    checks.append(check_encryption(settings))
     checks += [check_limiter(settings, envs, refused), check_files(settings), check_shared_secrets(settings, envs)]
     checks += check_components(settings, refused)
     checks += [check_python(settings), check_ports(settings, running), check_disk(settings),

@@ -78,6 +78,15 @@ class Platform:
         self._run(c, f"{self.sudo}sh -c {shlex.quote(script)} sh {shlex.quote(path)}", f"writing {path}",
                   "run as root or with sudo rights", in_stream=io.StringIO(text))
 
+    # the OS user PostgreSQL runs as, who must own its key file ("": whoever runs the stack, as on Homebrew)
+    pg_os_user = ""
+
+    def write_private_file(self, c: Context, path: str, text: str) -> None:
+        """Write a file only the server's OS user may read (PostgreSQL refuses a key file others can)."""
+        owner = f"-o {self.pg_os_user} -g {self.pg_os_user} " if self.pg_os_user else ""
+        self._run(c, f"{self.sudo}install {owner}-m 600 /dev/stdin {shlex.quote(path)}", f"writing {path}",
+                  "run as root or with sudo rights", in_stream=io.StringIO(text))
+
     def pg_bin(self, c: Context, tool: str, pg_version: str) -> str:
         raise NotImplementedError
 
@@ -217,20 +226,24 @@ class Apt(Platform):
     """Debian/Ubuntu. Subclasses differ only in how a cluster is started and stopped."""
 
     name = "apt"
+    pg_os_user = "postgres"
     _updated = False
 
     @property
     def _hint(self) -> str:
         return "run it yourself to see why" if not self.sudo else "run as root or with sudo rights (sudo -v)"
 
+    # another apt run (unattended-upgrades, a second stack's setup) holds dpkg's lock: wait for it, do not fail
+    _apt = "apt-get -o DPkg::Lock::Timeout=300"
+
     def _apt_update(self, c: Context) -> None:
         if not self._updated:
-            self._run(c, f"{self.sudo}apt-get update -q", "apt-get update", self._hint)
+            self._run(c, f"{self.sudo}{self._apt} update -q", "apt-get update", self._hint)
             self._updated = True
 
     def _apt_install(self, c: Context, package: str) -> None:
         self._apt_update(c)
-        self._run(c, f"{self.sudo}env DEBIAN_FRONTEND=noninteractive apt-get install -y -q {package}",
+        self._run(c, f"{self.sudo}env DEBIAN_FRONTEND=noninteractive {self._apt} install -y -q {package}",
                   f"apt-get install {package}", self._hint)
 
     def memcached_install(self, c: Context) -> None:

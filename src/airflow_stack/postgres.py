@@ -20,7 +20,7 @@ import psycopg
 from invoke import Context
 from psycopg import sql
 
-from . import netutil
+from . import netutil, tls
 from . import settings as settings_mod
 from .errors import StackError
 from .platform import Cluster, Platform
@@ -216,7 +216,7 @@ def owner_mark(settings: Settings) -> str:
     return f"{OWNER_MARK}{settings.checkout_id or ''} {socket.gethostname()}:{settings.env_file.resolve()}"
 
 
-def _marked_id(marker: str) -> str:
+def marked_id(marker: str) -> str:
     return marker[len(OWNER_MARK):].split(" ", 1)[0]
 
 
@@ -231,14 +231,14 @@ def owner_gone(marker: str) -> bool:
         values = settings_mod.read_env_file(Path(env_file))
     except StackError:
         return False  # there, but unreadable to us: somebody's
-    return values.get("STACK_CHECKOUT_ID") != _marked_id(marker)
+    return values.get("STACK_CHECKOUT_ID") != marked_id(marker)
 
 
 def check_owner(settings: Settings, marker: str | None) -> bool:
     """Refuse a database that another, living checkout of airflow-stack set up: taking it over would
     reset its role's password and lock that checkout's stack out. True when the database was marked
     by a checkout that is gone (a deleted clone): this one may take it over."""
-    if not marker or not marker.startswith(OWNER_MARK) or _marked_id(marker) == settings.checkout_id:
+    if not marker or not marker.startswith(OWNER_MARK) or marked_id(marker) == settings.checkout_id:
         return False
     if owner_gone(marker):
         return True
@@ -270,7 +270,7 @@ def mark_database(settings: Settings, take_over: bool = False) -> bool:
             row = conn.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database "
                                "WHERE datname = current_database()").fetchone()
             current = row[0] if row else None
-            ours = bool(current) and current.startswith(OWNER_MARK) and _marked_id(current) == settings.checkout_id
+            ours = bool(current) and current.startswith(OWNER_MARK) and marked_id(current) == settings.checkout_id
             if current == owner_mark(settings) or (current and not take_over and not ours):
                 return False
             conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(
@@ -368,10 +368,18 @@ def bootstrap(admin: Admin | None, settings: Settings, migrated_by: str | None =
             sql.Identifier(role), sql.Identifier(key), ROLE_SETTINGS[key]) for key in missing])
         changes.append(f"set {', '.join(missing)} on role {role}")
 
+    # a new database lets every role connect (PUBLIC): another checkout's role, or any other on the server,
+    # must not even connect to this one (its owner keeps CONNECT and TEMPORARY as owner)
+    private = sql.SQL("REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC").format(sql.Identifier(db))
     if owner is None:
         # OWNER, not GRANT ALL: PostgreSQL 15 no longer lets ordinary roles CREATE in public
-        admin.execute([sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(db), sql.Identifier(role))])
-        changes.append(f"created database {db} owned by {role}")
+        admin.execute([sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(db), sql.Identifier(role)),
+                       private])
+        changes.append(f"created database {db} owned by {role}, closed to other roles")
+    elif owner == role and admin.value(sql.SQL("SELECT has_database_privilege('public', {}, 'CONNECT')")
+                                       .format(db)) in ("t", "True"):
+        admin.execute([private])  # set up before this rule: closed now
+        changes.append(f"closed database {db} to other roles (CONNECT revoked from PUBLIC)")
     elif owner != role:
         # someone else's database: grant what Airflow needs, connected to that database itself
         admin.execute([sql.SQL("GRANT CONNECT, TEMPORARY ON DATABASE {} TO {}").format(
@@ -412,6 +420,12 @@ def _merge_addresses(current: str, wanted: str) -> str:
     return ",".join(have + [a for a in add if a not in have])
 
 
+def _hba_line(settings: Settings, network: str) -> str:
+    # with STACK_TLS only TLS connections match (hostssl): a plain-text client from there finds no entry
+    kind = "hostssl" if settings.tls else "host"
+    return f"{kind} {settings.pg_database} {settings.pg_user} {network} scram-sha-256 {hba_marker(settings)}"
+
+
 def allow_remote(c: Context, platform: Platform, admin: Admin, settings: Settings, listen: str | None,
                  allow_from: str | None) -> list[str]:
     """Let PostgreSQL listen on more addresses and admit the Airflow role from a network (scram)."""
@@ -424,11 +438,13 @@ def allow_remote(c: Context, platform: Platform, admin: Admin, settings: Setting
                              f"192.168.1.7/32") from None
         hba = admin.value(sql.SQL("SHOW hba_file"))
         text = admin.value(sql.SQL("SELECT pg_read_file({})").format(hba))
-        line = f"host {settings.pg_database} {settings.pg_user} {network} scram-sha-256 {hba_marker(settings)}"
+        line = _hba_line(settings, str(network))
         if line not in text.splitlines():
             platform.append_line(c, hba, line)
             admin.execute([sql.SQL("SELECT pg_reload_conf()")])
             changes.append(f"admitted {settings.pg_user} to {settings.pg_database} from {network} (pg_hba, scram)")
+            changes.append(tls.reachability(settings, f"database {settings.pg_database} (role {settings.pg_user}, "
+                                                  f"port {settings.pg_port})", str(network)))
     if listen:
         current = admin.value(sql.SQL("SHOW listen_addresses"))
         merged = _merge_addresses(current, listen)
@@ -440,6 +456,50 @@ def allow_remote(c: Context, platform: Platform, admin: Admin, settings: Setting
                                  f"for listen_addresses; see its log")
             changes.append(f"PostgreSQL now listens on {merged} (restarted once to apply it)")
     return changes
+
+
+# ---- TLS (STACK_TLS) ----------------------------------------------------------------------------
+# the server certificate and key the stack installs in the data directory (the server's own files)
+TLS_CERT_NAME = "airflow-stack-server.crt"
+TLS_KEY_NAME = "airflow-stack-server.key"
+# Debian's default cluster serves TLS with the machine's self-signed snakeoil certificate: nobody can verify
+# it, so replacing it with ours takes nothing from anyone
+REPLACEABLE_CERTS = ("/etc/ssl/certs/ssl-cert-snakeoil.pem",)
+
+
+def ensure_tls(c: Context, platform: Platform, admin: Admin, settings: Settings) -> list[str]:
+    """Serve TLS with the stack's server certificate, and admit remote clients over TLS only."""
+    done = tls.ensure(settings, admin.value(sql.SQL("SHOW listen_addresses")))
+    data_dir = admin.value(sql.SQL("SHOW data_directory"))
+    cert_path, key_path = f"{data_dir}/{TLS_CERT_NAME}", f"{data_dir}/{TLS_KEY_NAME}"
+    current = admin.value(sql.SQL("SHOW ssl_cert_file"))
+    current_abs = current if current.startswith("/") else f"{data_dir}/{current}"
+    served = admin.value(sql.SQL("SELECT pg_read_file({}, 0, 65536, true)").format(current_abs)) \
+        if admin.value(sql.SQL("SHOW ssl")) == "on" else ""
+    files = tls.Files.of(settings)
+    wanted = files.cert.read_text()
+    foreign = served and current_abs not in REPLACEABLE_CERTS and not tls.signed_by(served.encode(), files.ca)
+    if foreign:  # another stack's (or the admin's) certificate: taking it over would break their verified clients
+        raise StackError(f"PostgreSQL on port {settings.pg_port} already serves TLS with {current_abs}, which "
+                         f"the stack's CA did not sign; set STACK_PG_SSLROOTCERT to the CA that signed it")
+    if served != wanted or current_abs != cert_path:
+        platform.write_private_file(c, cert_path, wanted)
+        platform.write_private_file(c, key_path, files.key.read_text())
+        admin.execute([sql.SQL("ALTER SYSTEM SET ssl_cert_file = {}").format(cert_path),
+                       sql.SQL("ALTER SYSTEM SET ssl_key_file = {}").format(key_path),
+                       sql.SQL("ALTER SYSTEM SET ssl = on"), sql.SQL("SELECT pg_reload_conf()")])
+        done.append(f"PostgreSQL serves TLS with the stack's certificate ({cert_path})")
+    # pg_hba lines from an opt-in made before STACK_TLS: TLS only from now on
+    hba = admin.value(sql.SQL("SHOW hba_file"))
+    text = admin.value(sql.SQL("SELECT pg_read_file({})").format(hba))
+    lines = text.splitlines()
+    secured = [("hostssl " + line.removeprefix("host ")) if line.endswith(hba_marker(settings))
+               and line.startswith("host ") else line for line in lines]
+    if secured != lines:
+        platform.write_file(c, hba, "\n".join(secured) + "\n")
+        admin.execute([sql.SQL("SELECT pg_reload_conf()")])
+        done.append(f"admits {settings.pg_user} from other machines over TLS only (pg_hba hostssl)")
+    return done
 
 
 def forget_remote(c: Context, platform: Platform, admin: Admin, settings: Settings) -> bool:

@@ -15,7 +15,7 @@ from invoke import Context
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from . import netutil, supervisor
+from . import netutil, supervisor, tls
 from .errors import StackError
 from .platform import Platform
 from .secrets import write_private
@@ -41,9 +41,24 @@ def conf_value(value: str, setting: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def listen_lines(settings: Settings) -> str:
+    """Plain text on the port; with STACK_TLS only TLS there (no plain-text port at all), verified by
+    clients against the stack's CA. Clients authenticate with passwords, not certificates."""
+    if not settings.tls:
+        return f"port {settings.redis_port}"
+    files = tls.Files.of(settings)
+    return "\n".join([
+        "port 0", f"tls-port {settings.redis_port}",
+        f"tls-cert-file {conf_value(str(files.cert), 'STACK_STATE_DIR')}",
+        f"tls-key-file {conf_value(str(files.key), 'STACK_STATE_DIR')}",
+        f"tls-ca-cert-file {conf_value(str(files.ca), 'STACK_STATE_DIR')}",
+        "tls-auth-clients no",
+    ])
+
+
 def render_conf(settings: Settings) -> str:
     return TEMPLATE.read_text().format(
-        port=settings.redis_port,
+        listen=listen_lines(settings),
         bind=settings.redis_bind,  # IP addresses, checked by setup.redis --bind
         password=conf_value(settings.redis_password or "", "STACK_REDIS_PASSWORD"),
         airflow_user=REDIS_AIRFLOW_USER,
@@ -58,7 +73,8 @@ def client(settings: Settings, password: str | None = "use-settings", db: int = 
     # one attempt: redis-py retries a refused or missing password like a lost connection, with back-off
     # (~4-10 s), and every caller here (probes, doctor, setup) wants the answer now
     return redis.Redis(host=settings.redis_host, port=settings.redis_port, username=username, password=pw, db=db,
-                       socket_connect_timeout=2, socket_timeout=5, retry=Retry(NoBackoff(), 0))
+                       socket_connect_timeout=2, socket_timeout=5, retry=Retry(NoBackoff(), 0),
+                       **settings.redis_tls_params())
 
 
 def airflow_client(settings: Settings, db: int = 0) -> redis.Redis:
@@ -74,8 +90,10 @@ def ping(settings: Settings) -> tuple[bool, str]:
         return False, (f"Redis at {settings.redis_host}:{settings.redis_port} refused the password "
                        f"(STACK_REDIS_PASSWORD in {settings.env_file.name})")
     except redis.RedisError as exc:
+        if settings.tls and not settings.tls_ca_file.exists():
+            return False, f"STACK_TLS is on but {settings.tls_ca_file} is missing (the stack's CA, from its state dir)"
         return False, (f"Redis at {settings.redis_host}:{settings.redis_port} is not answering "
-                       f"({exc.__class__.__name__})")
+                       f"({exc.__class__.__name__}{', over TLS' if settings.tls else ''})")
 
 
 def ensure(c: Context, platform: Platform, settings: Settings) -> list[str]:
@@ -89,6 +107,8 @@ def ensure(c: Context, platform: Platform, settings: Settings) -> list[str]:
         if server is None:
             raise StackError("redis-server is still not on PATH after installing it; check the install log")
     settings.redis_dir.mkdir(parents=True, exist_ok=True)
+    if settings.tls:
+        done += tls.ensure(settings)
     conf = conf_path(settings)
     text = render_conf(settings)
     changed = not conf.exists() or conf.read_text() != text
@@ -119,7 +139,7 @@ def ensure(c: Context, platform: Platform, settings: Settings) -> list[str]:
 def _conf_port(conf: Path) -> int | None:
     try:
         for line in conf.read_text().splitlines():
-            if line.startswith("port "):
+            if line.startswith(("port ", "tls-port ")) and line.split()[1] != "0":
                 return int(line.split()[1])
     except (FileNotFoundError, ValueError, IndexError):
         pass

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from dotenv.parser import parse_stream
 
@@ -28,6 +28,9 @@ EXECUTORS = ("local", "celery")
 REDIS_AIRFLOW_USER = "airflow"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+# what STACK_PG_DSN fills in, libpq keyword -> setting
+DSN_FIELDS = {"host": "pg_host", "port": "pg_port", "dbname": "pg_database", "user": "pg_user",
+              "password": "pg_password", "sslmode": "pg_sslmode", "sslrootcert": "pg_sslrootcert"}
 
 
 def _cpu_count() -> int:
@@ -47,6 +50,7 @@ class Spec:
     generate: str = ""
     # every Airflow process must have the same value, a Celery worker on another machine too
     shared: bool = False
+    minimum: int = 1  # the smallest number a kind=int setting takes
     help: str = ""
 
 
@@ -89,6 +93,10 @@ class Settings:
     preload: bool = _spec("STACK_PRELOAD", True, kind=bool,
                           help="start Airflow's components from one launcher that imported Airflow once "
                                "(false: each component starts on its own, as `airflow COMPONENT` would)")
+    liveness_seconds: int = _spec(
+        "STACK_LIVENESS_SECONDS", 120, kind=int, minimum=0,
+        help="a component whose health endpoint fails this long while its process runs (hung, e.g. a scheduler "
+             "stuck shutting down after a lost database) is stopped and started again by its supervisor; 0: never")
     log_max_mb: int = _spec("STACK_LOG_MAX_MB", 100, kind=int,
                             help="a component's log is rotated when it grows past this many MiB")
     retention_days: int = _spec("STACK_RETENTION_DAYS", 30, kind=int,
@@ -114,10 +122,30 @@ class Settings:
     pg_user: str = _spec("STACK_PG_USER", "airflow", help="the role that owns it")
     pg_password: str = _spec("STACK_PG_PASSWORD", secret=True, generate="password", shared=True,
                              help="that role's password")
-    pg_sslmode: str = _spec("STACK_PG_SSLMODE", "prefer", choices=SSLMODES, help="libpq sslmode")
+    pg_sslmode: str = _spec("STACK_PG_SSLMODE", "", choices=("", *SSLMODES),
+                            help="libpq sslmode (default: verify-full with STACK_TLS, else prefer)")
+    pg_sslrootcert: str = _spec("STACK_PG_SSLROOTCERT", "",
+                                help="the CA file libpq verifies the server's certificate with (verify-ca, "
+                                     "verify-full); default with STACK_TLS: the stack's CA (STATE/tls/ca.pem)")
+    pg_dsn: str = _spec("STACK_PG_DSN", "", secret=True,
+                        help="a PostgreSQL server this stack does not run (managed, e.g. RDS), as a libpq DSN for "
+                             "Airflow's role and database, made there by its admin: "
+                             "postgresql://USER:PASSWORD@HOST:PORT/DB?sslmode=verify-full&sslrootcert=CA. Nothing is "
+                             "installed or started; it fills STACK_PG_HOST, _PORT, _DATABASE, _USER, _PASSWORD, "
+                             "_SSLMODE and _SSLROOTCERT")
     pg_admin_dsn: str = _spec("STACK_PG_ADMIN_DSN", "", secret=True,
                               help="superuser DSN for a server we do not run (managed); empty: local superuser")
     pg_version: str = _spec("STACK_PG_VERSION", "16", help="PostgreSQL major version to install with Homebrew")
+
+    # TLS for workers on other machines
+    tls: bool = _spec("STACK_TLS", False, kind=bool,
+                      help="our Redis speaks only TLS, and PostgreSQL (when this machine runs it) serves TLS, with "
+                           "certificates from a CA the stack makes in STATE/tls; every client verifies them. A worker "
+                           "machine needs .env and STATE/tls/ca.pem")
+    tls_names: str = _spec("STACK_TLS_NAMES", "",
+                           help="more host names or IP addresses (comma-separated) the server certificate covers, as "
+                                "workers reach this machine; loopback, this machine's name and the addresses Redis "
+                                "and PostgreSQL listen on always are")
 
     # Redis
     redis_port: int = _spec("STACK_REDIS_PORT", 6380, kind=int,
@@ -198,32 +226,78 @@ class Settings:
 
     @property
     def pg_is_local(self) -> bool:
-        return self.pg_host in ("127.0.0.1", "localhost", "::1", "") and not self.pg_admin_dsn
+        """PostgreSQL is this machine's to install, start and administer."""
+        return self.pg_host in ("127.0.0.1", "localhost", "::1", "") and not self.pg_admin_dsn and not self.pg_dsn
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.state_dir / "tls"
+
+    @property
+    def tls_ca_file(self) -> Path:
+        """The stack's CA certificate: every client verifies our Redis and PostgreSQL with it."""
+        return self.tls_dir / "ca.pem"
+
+    @property
+    def pg_tls_ours(self) -> bool:
+        """PostgreSQL presents the stack's certificate: STACK_TLS, and the server is the stack's (not one
+        named by a DSN of a managed server)."""
+        return self.tls and not self.pg_dsn and not self.pg_admin_dsn
+
+    @property
+    def pg_ssl_mode(self) -> str:
+        """The sslmode in effect: the chosen one, else verify-full when the stack serves TLS."""
+        return self.pg_sslmode or ("verify-full" if self.pg_tls_ours else "prefer")
+
+    @property
+    def pg_ssl_root(self) -> str:
+        """The CA file libpq verifies the server with ("": libpq's default, ~/.postgresql/root.crt)."""
+        return self.pg_sslrootcert or (str(self.tls_ca_file) if self.pg_tls_ours else "")
+
+    def pg_ssl_params(self) -> dict[str, str]:
+        """libpq's TLS keywords for the Airflow role's connections."""
+        return {"sslmode": self.pg_ssl_mode} | ({"sslrootcert": self.pg_ssl_root} if self.pg_ssl_root else {})
 
     def pg_conninfo(self, **extra: Any) -> dict[str, Any]:
         """Keyword arguments for psycopg.connect as the Airflow role."""
         info = dict(host=self.pg_host, port=self.pg_port, dbname=self.pg_database, user=self.pg_user,
-                    password=self.pg_password, sslmode=self.pg_sslmode, connect_timeout=5)
+                    password=self.pg_password, connect_timeout=5, **self.pg_ssl_params())
         info.update(extra)
         return info
+
+    def pg_url(self, scheme: str) -> str:
+        """The Airflow role's database as a URL (``scheme``: SQLAlchemy's dialect+driver or Celery's db+...)."""
+        return (f"{scheme}://{quote(self.pg_user, safe='')}:{quote(self.pg_password or '', safe='')}"
+                f"@{_url_host(self.pg_host)}:{self.pg_port}/{quote(self.pg_database, safe='')}"
+                f"?{urlencode(self.pg_ssl_params(), quote_via=quote)}")
 
     @property
     def sql_alchemy_conn(self) -> str:
         """``AIRFLOW__DATABASE__SQL_ALCHEMY_CONN``, with the line's driver."""
-        return (f"postgresql+{self.line.sql_driver}://"
-                f"{quote(self.pg_user, safe='')}:{quote(self.pg_password or '', safe='')}"
-                f"@{_url_host(self.pg_host)}:{self.pg_port}/{quote(self.pg_database, safe='')}"
-                f"?sslmode={self.pg_sslmode}")
+        return self.pg_url(f"postgresql+{self.line.sql_driver}")
+
+    def _redis_url(self, user: str, password: str | None, db: int) -> str:
+        url = (f"{'rediss' if self.tls else 'redis'}://{user}:{quote(password or '', safe='')}"
+               f"@{_url_host(self.redis_host)}:{self.redis_port}/{db}")
+        if self.tls:  # redis-py reads these from the URL: the server is verified against the stack's CA
+            url += "?" + urlencode({"ssl_cert_reqs": "required", "ssl_ca_certs": str(self.tls_ca_file)},
+                                   quote_via=quote)
+        return url
 
     def redis_url(self, db: int) -> str:
         """Our Redis as its default user: the stack's own operations (setup, probes, doctor)."""
-        return (f"redis://:{quote(self.redis_password or '', safe='')}@{_url_host(self.redis_host)}"
-                f":{self.redis_port}/{db}")
+        return self._redis_url("", self.redis_password, db)
 
     def airflow_redis_url(self, db: int) -> str:
         """Our Redis as the ACL user Airflow's processes log in as (no CONFIG, DEBUG, FLUSHALL ...)."""
-        return (f"redis://{REDIS_AIRFLOW_USER}:{quote(self.redis_airflow_password or '', safe='')}"
-                f"@{_url_host(self.redis_host)}:{self.redis_port}/{db}")
+        return self._redis_url(REDIS_AIRFLOW_USER, self.redis_airflow_password, db)
+
+    def redis_tls_params(self) -> dict[str, Any]:
+        """redis-py's keywords for our Redis over TLS (empty without STACK_TLS)."""
+        if not self.tls:
+            return {}
+        return {"ssl": True, "ssl_ca_certs": str(self.tls_ca_file), "ssl_cert_reqs": "required",
+                "ssl_check_hostname": True}
 
     @property
     def limiter_storage_uri(self) -> str:
@@ -308,8 +382,8 @@ def _convert(name: str, spec: Spec, raw: Any, source: str) -> Any:
             raise StackError(f"{spec.env}={raw!r} ({source}) is not a number; set it to a number") from None
         if name.endswith("port") and not 1 <= value <= 65535:
             raise StackError(f"{spec.env}={value} ({source}) is not a port; use 1-65535")
-        if value < 1:
-            raise StackError(f"{spec.env}={value} ({source}) must be at least 1")
+        if value < spec.minimum:
+            raise StackError(f"{spec.env}={value} ({source}) must be at least {spec.minimum}")
         return value
     if spec.kind is bool:
         if isinstance(raw, bool):
@@ -350,4 +424,22 @@ def load(overrides: dict[str, Any] | None = None, environ: dict[str, str] | None
         else:
             raw, source = spec.default, "default"
         values[name] = None if raw is None else _convert(name, spec, raw, source)
+    if values.get("pg_dsn"):
+        values |= _from_dsn(values["pg_dsn"], all_specs)
     return Settings(**values)
+
+
+def _from_dsn(dsn: str, all_specs: dict[str, Spec]) -> dict[str, Any]:
+    """The PostgreSQL settings a libpq DSN (URL or key=value) names; what it leaves out keeps its value."""
+    from psycopg.conninfo import conninfo_to_dict  # psycopg parses DSNs exactly as libpq does
+
+    try:
+        parts = conninfo_to_dict(dsn)
+    except Exception:  # psycopg.ProgrammingError: the message may quote the DSN, password included
+        raise StackError("STACK_PG_DSN is not a libpq connection string; write it as "
+                         "postgresql://USER:PASSWORD@HOST:PORT/DATABASE?sslmode=verify-full") from None
+    found = {}
+    for key, name in DSN_FIELDS.items():
+        if parts.get(key) not in (None, ""):
+            found[name] = _convert(name, all_specs[name], parts[key], "STACK_PG_DSN")
+    return found

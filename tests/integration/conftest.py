@@ -8,6 +8,7 @@ for the stack's secrets as it arrives.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -146,6 +147,29 @@ with DAG("fails_on_purpose", start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
 }
 
 
+def pg_main_version() -> str:
+    rows = subprocess.run(["pg_lsclusters", "-h"], capture_output=True, text=True, check=True).stdout.split("\n")
+    return next(row.split()[0] for row in rows if row.strip())
+
+
+def can_make_clusters() -> bool:
+    return os.geteuid() == 0 and bool(shutil.which("pg_createcluster"))
+
+
+@contextlib.contextmanager
+def own_cluster(label: str) -> Iterator[tuple[str, str, int]]:
+    """A PostgreSQL cluster of the installed major version, the test's own (Debian's pg_createcluster),
+    started on a free port and dropped afterwards: a test that restarts or reconfigures the server (its
+    listen addresses, its TLS certificate) never touches the shared one, or a user's stack on it."""
+    version, name, port = pg_main_version(), f"ast{label}{os.getpid()}", free_ports(1)[0]
+    subprocess.run(["pg_createcluster", version, name, "--port", str(port), "--start"], check=True,
+                   capture_output=True, stdin=subprocess.DEVNULL)
+    try:
+        yield version, name, port
+    finally:
+        subprocess.run(["pg_dropcluster", "--stop", version, name], capture_output=True, stdin=subprocess.DEVNULL)
+
+
 def write_project(root: Path) -> Path:
     """A project folder in the astro layout at ``root``, with the integration tests' DAGs."""
     shutil.copytree(TEST_DAGS, root / "dags", dirs_exist_ok=True)
@@ -190,10 +214,25 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "20",
         "AIRFLOW__SCHEDULER__SCHEDULER_ZOMBIE_TASK_THRESHOLD": "20",
     }
+    cluster: contextlib.AbstractContextManager = contextlib.nullcontext()
     if executor == "celery":
-        # workers "on other machines" reach the API server through another loopback address
+        # workers "on other machines" reach the API server through another loopback address, and Redis and
+        # PostgreSQL over TLS (the stack's CA); the PostgreSQL server is the session's own, as the opt-in
+        # restarts it (listen_addresses) and gives it the stack's certificate
         extra["STACK_API_HOST"] = "0.0.0.0"
-    stack = Stack.create(state, __getattr__("LINE"), executor, project, f"ast_test_{os.getpid()}", extra)
+        if can_make_clusters():
+            cluster, extra["STACK_TLS"] = own_cluster("c"), "true"
+        else:
+            print("\n[note] not root or no pg_createcluster: the Celery session opts the shared PostgreSQL in, "
+                  "without TLS")
+    with cluster as made:
+        if made:
+            extra["STACK_PG_PORT"] = str(made[2])
+        stack = Stack.create(state, __getattr__("LINE"), executor, project, f"ast_test_{os.getpid()}", extra)
+        yield from _run_stack(stack, state)
+
+
+def _run_stack(stack: Stack, state: Path) -> Iterator[Stack]:
     try:
         yield stack
     finally:
@@ -212,16 +251,18 @@ def services(stack: Stack) -> dict[str, subprocess.CompletedProcess[str]]:
 
 
 @pytest.fixture(scope="session")
-def airflow_up(stack: Stack, services: dict) -> dict[str, float]:
+def airflow_up(stack: Stack, services: dict) -> dict[str, float | str]:
     """The whole stack through `invoke up --executor EXECUTOR`, timed."""
     executor = __getattr__("EXECUTOR")
+    opt_in = ""
     if executor == "celery":
         # the opt-in flags that let workers on other machines in (here: through 127.0.0.2)
-        stack.inv("setup.redis", "--bind", f"127.0.0.1 {REMOTE_ADDRESS} -::1")
-        stack.inv("setup.postgres", "--listen", f"localhost,{REMOTE_ADDRESS}", "--allow-from", f"{REMOTE_ADDRESS}/32")
+        opt_in = stack.inv("setup.redis", "--bind", f"127.0.0.1 {REMOTE_ADDRESS} -::1").stdout
+        opt_in += stack.inv("setup.postgres", "--listen", f"localhost,{REMOTE_ADDRESS}",
+                            "--allow-from", f"{REMOTE_ADDRESS}/32").stdout
     began = time.monotonic()
     stack.inv("up", "--executor", executor)
-    return {"up_seconds": time.monotonic() - began}
+    return {"up_seconds": time.monotonic() - began, "opt_in": opt_in}
 
 
 def airflow_api(settings: settings_mod.Settings) -> api_client.AirflowAPI:

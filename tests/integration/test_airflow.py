@@ -20,9 +20,8 @@ import httpx
 import psutil
 import psycopg
 import pytest
-import redis
 
-from airflow_stack import airflow_config, airflow_install, registry, supervisor
+from airflow_stack import airflow_config, airflow_install, redis_server, registry, supervisor
 from airflow_stack import settings as settings_mod
 
 from .conftest import EXECUTOR, REPO, airflow_api, free_ports
@@ -285,7 +284,7 @@ def test_no_production_warnings(stack, airflow_up):
 def test_login_attempts_are_limited_in_redis_across_restarts(stack, airflow_up):
     settings = stack.settings()
     web = settings.line.web.name
-    limiter = redis.Redis(port=settings.redis_port, password=settings.redis_password, db=1)
+    limiter = redis_server.client(settings, db=1)  # over TLS where the session's Redis speaks it
     with httpx.Client(base_url=settings.api_url, timeout=30) as client:
         path, token = _login_page(client, settings.airflow_line)
         codes = [client.post(path, data={"username": settings.admin_user, "password": "wrong",

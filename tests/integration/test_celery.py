@@ -3,10 +3,12 @@ machine" (its own state dir, hostname and address), and a worker killed under a 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -16,7 +18,7 @@ import psycopg
 import pytest
 import redis
 
-from airflow_stack import airflow_config, registry, supervisor
+from airflow_stack import airflow_config, redis_server, registry, supervisor, tls
 from airflow_stack.netutil import wait_until
 
 from .conftest import REMOTE_ADDRESS, free_ports
@@ -51,7 +53,7 @@ def test_a_plain_up_keeps_the_celery_executor_it_runs(stack, airflow_up):
 def test_the_broker_refuses_clients_without_the_password(stack, airflow_up):
     settings = stack.settings()
     with pytest.raises(redis.AuthenticationError):
-        redis.Redis(port=settings.redis_port, db=0, socket_timeout=5).llen("default")
+        redis.Redis(port=settings.redis_port, db=0, socket_timeout=5, **settings.redis_tls_params()).llen("default")
     proc = stack.inv("run.worker", "--name", "intruder", check=False, env={"STACK_REDIS_PASSWORD": "wrong-password"})
     assert_one_line_error(proc, "refused the password")
     assert supervisor.running(settings, "worker-intruder") is None
@@ -84,14 +86,32 @@ def test_a_worker_without_the_shared_secrets_is_told_what_to_copy(stack, airflow
     assert "STACK_PG_PASSWORD" not in err  # it has that one
 
 
+@contextlib.contextmanager
+def connections_from_remote_address():
+    """Connections to 127.0.0.2 come from 127.0.0.2 (Linux picks 127.0.0.1 for any loopback destination),
+    so PostgreSQL sees the "remote" worker at the address its own pg_hba entry admits, as another machine
+    would be seen: a route for that one address, removed afterwards."""
+    route = ["local", f"{REMOTE_ADDRESS}/32", "dev", "lo", "src", REMOTE_ADDRESS, "table", "local"]
+    subprocess.run(["ip", "route", "replace", *route], check=True, capture_output=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["ip", "route", "del", *route], capture_output=True)
+
+
 @pytest.fixture(scope="module")
 def remote(stack, airflow_up, tmp_path_factory):
-    """A worker "on another machine": its own state dir and .env copy, its own hostname (a UTS
-    namespace) and name resolution (a private /etc/hosts), reaching PostgreSQL, Redis and the API
-    server through 127.0.0.2 only, as the pg_hba entry and Redis bind opted in for."""
-    if os.geteuid() != 0 or not shutil.which("unshare"):
-        pytest.skip("needs root and unshare(1) to give the remote worker its own hostname")
+    """A worker "on another machine": its own state dir with a copy of .env and of the stack's CA
+    (tls/ca.pem), its own hostname (a UTS namespace) and name resolution (a private /etc/hosts), reaching
+    PostgreSQL, Redis and the API server through 127.0.0.2 only, from 127.0.0.2, as the pg_hba entry and
+    Redis bind opted in for; Redis and PostgreSQL over TLS, verified with the CA."""
+    if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("ip"):
+        pytest.skip("needs root, unshare(1) and ip(8) to give the remote worker its own hostname and address")
     home = tmp_path_factory.mktemp("remote-machine")
+    settings = stack.settings()
+    if settings.tls:  # what the opt-in tells the user to copy besides .env
+        (home / "tls").mkdir()
+        shutil.copy(settings.tls_ca_file, home / "tls" / "ca.pem")
     (home / "hosts").write_text(f"127.0.0.1 localhost\n"
                                 f"{REMOTE_ADDRESS} {REMOTE_HOSTNAME}.stack.test {REMOTE_HOSTNAME}\n")
     machine = stack.derive(home, STACK_PG_HOST=REMOTE_ADDRESS, STACK_REDIS_HOST=REMOTE_ADDRESS,
@@ -99,12 +119,50 @@ def remote(stack, airflow_up, tmp_path_factory):
     machine.wrapper = ["unshare", "--uts", "--mount", "--propagation", "private", "sh", "-c",
                        f'mount --bind "$0" /etc/hosts && hostname {REMOTE_HOSTNAME} && exec "$@"',
                        str(home / "hosts")]
-    began = time.monotonic()
-    out = machine.inv("run.worker", "--name", "b", "--queues", "other").stdout
-    print(f"\n[figure] remote worker joined in {time.monotonic() - began:.1f} s (its own Airflow venv included)")
-    assert "started worker-b" in out
-    yield machine.inv
-    machine.inv("stop", check=False)
+    with connections_from_remote_address():
+        began = time.monotonic()
+        out = machine.inv("run.worker", "--name", "b", "--queues", "other").stdout
+        print(f"\n[figure] remote worker joined in {time.monotonic() - began:.1f} s (its own Airflow venv included)")
+        assert "started worker-b" in out
+        yield machine.inv
+        machine.inv("stop", check=False)
+
+
+def test_the_opt_in_says_what_became_reachable_from_where_and_how(stack, airflow_up):
+    settings, said = stack.settings(), airflow_up["opt_in"]
+    how = f"over TLS only (clients verify the stack's CA; give workers {settings.tls_ca_file} with .env)" \
+        if settings.tls else "in plain text"
+    assert f"our Redis (port {settings.redis_port}, password required) is now reachable from {REMOTE_ADDRESS}, " \
+           f"{how}" in said, said
+    assert f"database {settings.pg_database} (role {settings.pg_user}, port {settings.pg_port}) is now reachable " \
+           f"from {REMOTE_ADDRESS}/32, {how}" in said, said
+
+
+def test_from_the_remote_address_redis_and_postgresql_speak_tls_only(stack, remote):
+    settings = stack.settings()
+    if not settings.tls:
+        pytest.skip("the session's PostgreSQL is the shared one (not root): no TLS opt-in there")
+    # Redis: its port speaks TLS only; a plain-text client with the right password gets nowhere
+    with pytest.raises(redis.ConnectionError):
+        redis.Redis(host=REMOTE_ADDRESS, port=settings.redis_port, password=settings.redis_password,
+                    socket_timeout=5, socket_connect_timeout=5).ping()
+    assert redis_server.client(settings.replace(redis_host=REMOTE_ADDRESS)).ping()  # verified against the CA
+    # PostgreSQL: the hostssl entry admits the role from 127.0.0.2 over TLS only, with the server verified
+    remote_pg = settings.replace(pg_host=REMOTE_ADDRESS)
+    with pytest.raises(psycopg.OperationalError, match="no encryption"):
+        psycopg.connect(**remote_pg.pg_conninfo(sslmode="disable")).close()
+    with psycopg.connect(**remote_pg.pg_conninfo()) as conn:
+        assert remote_pg.pg_ssl_mode == "verify-full"
+        row = conn.execute("SELECT s.ssl, host(a.client_addr) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) "
+                           "WHERE pid = pg_backend_pid()").fetchone()
+        assert row == (True, REMOTE_ADDRESS)
+    # and a server certificate the stack's CA did not sign is refused by every client
+    stranger = settings.replace(state_dir=stack.state_dir / "another-ca")
+    tls.ensure(stranger)  # a CA of its own, as an impostor's would be
+    with pytest.raises(psycopg.OperationalError, match="certificate verify failed"):
+        psycopg.connect(**stranger.replace(pg_host=REMOTE_ADDRESS).pg_conninfo()).close()
+    with pytest.raises(redis.ConnectionError):
+        redis_server.client(stranger.replace(redis_host=REMOTE_ADDRESS)).ping()
 
 
 def test_a_worker_on_another_machine_joins_and_says_its_queue_is_unused(remote):

@@ -41,6 +41,14 @@ def test_doctor_passes_on_a_healthy_stack(stack, airflow_up):
                 "database role", "secret files", "scheduler", "triggerer"}
     assert expected <= set(checks)
     assert checks["executor"]["detail"] == {"local": "LocalExecutor", "celery": "CeleryExecutor"}[EXECUTOR]
+    encryption = checks["network encryption"]
+    settings = stack.settings()
+    if EXECUTOR == "local":  # nothing opted in: nothing to encrypt
+        assert (encryption["level"], encryption["detail"]) == ("pass", "nothing of ours listens beyond loopback")
+    elif settings.tls:  # Redis and PostgreSQL opted in over TLS; the API server for remote workers is HTTP
+        assert encryption["level"] == "warn", encryption
+        assert "Redis" not in encryption["detail"] and "PostgreSQL" not in encryption["detail"], encryption
+        assert "the API server on 0.0.0.0" in encryption["detail"] and "TLS proxy" in encryption["fix"]
 
 
 def test_doctor_catches_a_world_readable_env_file(stack, airflow_up):

@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import os
+import socket
+from types import SimpleNamespace
+
 from airflow_stack import airflow_config, doctor, supervisor
 
 from .conftest import SECRETS
@@ -106,3 +110,28 @@ def test_slots_come_from_the_running_processes(settings):
     # the scheduler never runs more than parallelism at once: then that is what to lower
     running["scheduler"] = _proc(env={"AIRFLOW__CORE__PARALLELISM": "8"})
     assert doctor.task_slots(settings, "celery", running)[::2] == (8, "AIRFLOW__CORE__PARALLELISM")
+
+
+def test_encryption_warns_of_each_plain_text_listener_beyond_loopback(settings, monkeypatch):
+    """Our Redis listening on every interface without STACK_TLS (a real socket of this process stands for
+    it), a PostgreSQL elsewhere reached unverified, the API server beyond loopback: each named."""
+    listener = socket.socket()
+    listener.bind(("0.0.0.0", 0))  # bound, never connected to
+    listener.listen()
+    try:
+        monkeypatch.setattr(supervisor, "running", lambda s, name: SimpleNamespace(pid=os.getpid()))
+        check = doctor.check_encryption(settings.replace(pg_host="db.example.org", api_host="0.0.0.0"))
+    finally:
+        listener.close()
+    assert check.ok and check.level == "warn"  # a warning: doctor still exits 0
+    assert "Redis on 0.0.0.0" in check.detail and "PostgreSQL at db.example.org with sslmode=prefer" in check.detail
+    assert "the API server on 0.0.0.0" in check.detail and check.fix.startswith("set STACK_TLS=true")
+    # only loopback, nothing opted in: a pass
+    monkeypatch.setattr(supervisor, "running", lambda s, name: None)
+
+    def refused(**kw):
+        raise doctor.psycopg.OperationalError("no server here")
+
+    monkeypatch.setattr(doctor.psycopg, "connect", refused)
+    quiet = doctor.check_encryption(settings)
+    assert (quiet.level, quiet.detail) == ("pass", "nothing of ours listens beyond loopback")

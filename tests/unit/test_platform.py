@@ -14,6 +14,9 @@ from airflow_stack.errors import StackError
 OK, FAIL = Result(""), Result("", exited=1)
 DOWN = Result("15 main 5432 down postgres /var/lib/postgresql/15/main /var/log/postgresql/x.log\n")
 
+APT = "apt-get -o DPkg::Lock::Timeout=300"  # waits for another apt run instead of failing
+INSTALL = f"env DEBIAN_FRONTEND=noninteractive {APT} install -y -q"
+
 
 def ctx(mapping: dict) -> MockContext:
     return MockContext(run={re.compile(k) if k.startswith("^") else k: v for k, v in mapping.items()}, repeat=True)
@@ -110,17 +113,17 @@ def test_apt_without_systemd_not_root_uses_sudo(settings, ready_after_start):
 
 
 def test_apt_install_path_runs_update_then_install(settings):
-    c = ctx({"pg_lsclusters -h": FAIL, "sudo -n apt-get update -q": OK,
-             "sudo -n env DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql": OK})
+    c = ctx({"pg_lsclusters -h": FAIL, f"sudo -n {APT} update -q": OK,
+             f"sudo -n {INSTALL} postgresql": OK})
     apt = platform.AptPgCtlcluster("sudo -n ")
     assert not apt.pg_installed(c, "16")
     apt.pg_install(c, "16")
-    assert commands(c)[1:] == ["sudo -n apt-get update -q",
-                               "sudo -n env DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql"]
+    assert commands(c)[1:] == [f"sudo -n {APT} update -q",
+                               f"sudo -n {INSTALL} postgresql"]
 
 
 def test_apt_failed_sudo_is_one_actionable_line(settings):
-    c = ctx({"sudo -n apt-get update -q": Result("", stderr="sudo: a password is required\n", exited=1)})
+    c = ctx({f"sudo -n {APT} update -q": Result("", stderr="sudo: a password is required\n", exited=1)})
     with pytest.raises(StackError, match=r"apt-get update failed \(sudo: a password is required\); run as root"):
         platform.AptPgCtlcluster("sudo -n ").pg_install(c, "16")
 
@@ -144,12 +147,12 @@ def test_apt_redis_installed_is_not_reinstalled():
 
 
 def test_apt_redis_missing_is_installed():
-    c = ctx({"command -v redis-server": FAIL, "apt-get update -q": OK,
-             "env DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server": OK})
+    c = ctx({"command -v redis-server": FAIL, f"{APT} update -q": OK,
+             f"{INSTALL} redis-server": OK})
     apt = platform.AptPgCtlcluster("")
     assert apt.redis_server_bin(c) is None
     apt.redis_install(c)
-    assert commands(c)[-1] == "env DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server"
+    assert commands(c)[-1] == f"{INSTALL} redis-server"
 
 
 def test_a_remote_server_is_never_installed_or_started(env):
@@ -204,16 +207,28 @@ def test_server_files_are_written_through_tee_with_sudo():
     assert c.run.call_args.kwargs["in_stream"].getvalue() == "host a b 10.0.0.0/8 x\n"
 
 
+def test_a_servers_key_file_is_written_0600_for_the_user_the_server_runs_as():
+    key = "/var/lib/postgresql/15/main/airflow-stack-server.key"
+    c = ctx({f"sudo -n install -o postgres -g postgres -m 600 /dev/stdin {key}": OK})
+    platform.AptSystemd("sudo -n ").write_private_file(c, key, "KEY")
+    assert c.run.call_args.kwargs["in_stream"].getvalue() == "KEY"  # on stdin, never on a command line
+    c = ctx({f"install -o postgres -g postgres -m 600 /dev/stdin {key}": OK})
+    platform.AptPgCtlcluster().write_private_file(c, key, "KEY")
+    # Homebrew's server runs as the user who runs the stack: no owner to set, no sudo
+    c = ctx({"install -m 600 /dev/stdin /opt/homebrew/var/postgresql@16/airflow-stack-server.key": OK})
+    platform.Homebrew().write_private_file(c, "/opt/homebrew/var/postgresql@16/airflow-stack-server.key", "KEY")
+
+
 # ---- the UI tests' browser ------------------------------------------------------------------
 def test_apt_finds_or_installs_debians_chromium_and_its_driver():
     c = ctx({"command -v chromium chromedriver": Result("/usr/bin/chromium\n/usr/bin/chromedriver\n")})
     assert platform.AptPgCtlcluster().browser(c) == ("/usr/bin/chromium", "/usr/bin/chromedriver")
     c = ctx({"command -v chromium chromedriver": Result("/usr/bin/chromium\n", exited=1)})
     assert platform.AptPgCtlcluster().browser(c) is None  # a browser without its driver is not enough
-    c = ctx({"apt-get update -q": OK,
-             "env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver": OK})
+    c = ctx({f"{APT} update -q": OK,
+             f"{INSTALL} chromium chromium-driver": OK})
     platform.AptSystemd().browser_install(c)
-    assert commands(c)[-1].endswith("apt-get install -y -q chromium chromium-driver")
+    assert commands(c)[-1].endswith(f"{APT} install -y -q chromium chromium-driver")
 
 
 def test_brew_uses_the_macs_chrome_and_never_installs_a_browser(monkeypatch):

@@ -12,9 +12,16 @@ from airflow_stack.errors import StackError
 
 
 class RecordingAdmin(postgres.Admin):
-    def __init__(self, role=None, owner=None, marker=""):
+    def __init__(self, role=None, owner=None, marker="", public_connect="f"):
         self.role, self.owner, self.marker = role, owner, marker  # role: (rolsuper, rolconfig) or None
+        self.public_connect = public_connect
         self.executed: list[tuple[str, str]] = []
+
+    def value(self, query, dbname="postgres"):
+        text = query.as_string()
+        if text.startswith("SELECT has_database_privilege('public'"):
+            return self.public_connect
+        raise AssertionError(text)
 
     def rows(self, query, dbname="postgres"):
         text = query.as_string()
@@ -47,9 +54,19 @@ def test_fresh_server_gets_role_then_database_owned_by_it(settings):
     create_role = next(s for s in sql if s.startswith("CREATE ROLE"))
     assert create_role.startswith('CREATE ROLE "airflow" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD')
     assert 'CREATE DATABASE "airflow" OWNER "airflow"' in sql
+    assert sql[sql.index('CREATE DATABASE "airflow" OWNER "airflow"') + 1] == \
+        'REVOKE CONNECT, TEMPORARY ON DATABASE "airflow" FROM PUBLIC'  # no other role may even connect
     assert not any("GRANT ALL" in s for s in sql)
     assert any("SET \"timezone\" TO 'UTC'" in s for s in sql)
-    assert changes[0] == "created role airflow" and "created database airflow owned by airflow" in changes
+    assert changes[0] == "created role airflow"
+    assert "created database airflow owned by airflow, closed to other roles" in changes
+
+
+def test_a_database_made_before_it_was_closed_to_other_roles_is_closed_once(settings):
+    admin = RecordingAdmin(role=("f", ALL_SET), owner="airflow", public_connect="t")
+    assert postgres.bootstrap(admin, settings) == ["closed database airflow to other roles (CONNECT revoked from "
+                                                   "PUBLIC)"]
+    assert admin.executed == [('REVOKE CONNECT, TEMPORARY ON DATABASE "airflow" FROM PUBLIC', "postgres")]
 
 
 def test_second_run_executes_nothing(settings):
@@ -177,7 +194,67 @@ def test_allow_remote_adds_a_tagged_scram_line_and_listen_address(settings, monk
     assert plat.appended == [("/etc/postgresql/15/main/pg_hba.conf",
                               "host airflow airflow 127.0.0.2/32 scram-sha-256 # airflow-stack airflow airflow")]
     assert ("ALTER SYSTEM SET listen_addresses = 'localhost,127.0.0.2'", "postgres") in admin.executed
-    assert plat.restarted == 1 and len(changes) == 2
+    assert plat.restarted == 1 and len(changes) == 3
+    # the opt-in says what became reachable, from where, and that it travels in plain text
+    assert "reachable from 127.0.0.2/32, in plain text" in changes[1] and "STACK_TLS=true" in changes[1]
+
+
+def test_with_tls_the_opt_in_admits_tls_only_and_says_so(settings, monkeypatch):
+    admin, plat = RemoteAdmin(), FakePlatform()
+    changes = postgres.allow_remote(None, plat, admin, settings.replace(tls=True), None, "10.0.0.0/24")
+    assert plat.appended == [("/etc/postgresql/15/main/pg_hba.conf",
+                              "hostssl airflow airflow 10.0.0.0/24 scram-sha-256 # airflow-stack airflow airflow")]
+    assert "over TLS only" in changes[1] and str(settings.tls_ca_file) in changes[1]
+
+
+class TlsAdmin(RemoteAdmin):
+    """A server as ensure_tls reads it: ssl, its certificate file, the file's text."""
+
+    def __init__(self, ssl="on", cert_file="/etc/ssl/certs/ssl-cert-snakeoil.pem", served="SNAKEOIL", **kw):
+        super().__init__(**kw)
+        self.ssl, self.cert_file, self.served = ssl, cert_file, served
+
+    def value(self, query, dbname="postgres"):
+        text = query.as_string()
+        answers = {"SHOW data_directory": "/var/lib/postgresql/15/main", "SHOW ssl": self.ssl,
+                   "SHOW ssl_cert_file": self.cert_file}
+        if text in answers:
+            return answers[text]
+        if text.startswith("SELECT pg_read_file(") and "0, 65536, true" in text:
+            return self.served
+        return super().value(query, dbname)
+
+
+class TlsPlatform(FakePlatform):
+    def __init__(self):
+        super().__init__()
+        self.private = {}
+
+    def write_private_file(self, c, path, text):
+        self.private[path] = text
+
+
+def test_ensure_tls_replaces_debians_snakeoil_and_secures_earlier_opt_ins(settings):
+    line = "host airflow airflow 127.0.0.2/32 scram-sha-256 # airflow-stack airflow airflow"
+    other = "host all all 10.9.0.0/16 scram-sha-256"  # the admin's own line: left as it is
+    tls_settings = settings.replace(tls=True)
+    admin, plat = TlsAdmin(hba=f"local all all peer\n{other}\n{line}\n"), TlsPlatform()
+    changes = postgres.ensure_tls(None, plat, admin, tls_settings)
+    cert = "/var/lib/postgresql/15/main/airflow-stack-server.crt"
+    assert plat.private[cert] == tls_settings.tls_ca_file.with_name("server.pem").read_text()
+    assert "BEGIN PRIVATE KEY" in plat.private["/var/lib/postgresql/15/main/airflow-stack-server.key"]
+    assert (f"ALTER SYSTEM SET ssl_cert_file = '{cert}'", "postgres") in admin.executed
+    assert ("ALTER SYSTEM SET ssl = on", "postgres") in admin.executed
+    assert plat.written[1].splitlines()[1:] == [other, "hostssl" + line.removeprefix("host")]
+    assert any("serves TLS" in change for change in changes)
+
+
+def test_ensure_tls_refuses_a_certificate_it_did_not_sign(settings):
+    admin = TlsAdmin(cert_file="/etc/postgresql/server.crt", served="-----BEGIN CERTIFICATE-----\nxx\n")
+    plat = TlsPlatform()
+    with pytest.raises(StackError, match=r"already serves TLS with /etc/postgresql/server\.crt.*STACK_PG_SSLROOTCERT"):
+        postgres.ensure_tls(None, plat, admin, settings.replace(tls=True))
+    assert plat.private == {} and admin.executed == []  # nothing written
 
 
 def test_allow_remote_twice_changes_nothing(settings):
@@ -249,4 +326,5 @@ def test_a_vanished_database_without_an_older_cluster_points_at_the_backups(sett
 
 def test_a_first_setup_or_a_new_database_on_purpose_creates_it(settings):
     admin = RecordingAdmin(role=("f", ALL_SET))
-    assert "created database airflow owned by airflow" in postgres.bootstrap(admin, settings, migrated_by=None)
+    changes = postgres.bootstrap(admin, settings, migrated_by=None)
+    assert "created database airflow owned by airflow, closed to other roles" in changes

@@ -58,6 +58,9 @@ airflow:
       variable_value: {rows: 10}
 """
 
+APT = "apt-get -o DPkg::Lock::Timeout=300"  # waits for another apt run instead of failing
+INSTALL = f"env DEBIAN_FRONTEND=noninteractive {APT} install -y -q"
+
 
 @pytest.fixture
 def proj_settings(env, tmp_path):
@@ -152,11 +155,11 @@ def test_the_dockerfile_note(tmp_path):
 def test_apt_installs_only_what_is_missing_once(proj_settings):
     project.get(proj_settings).packages.write_text("tree\njq\n")
     c = ctx({"^dpkg-query .* tree$": Result("installed"), "^dpkg-query .* jq$": Result("not-installed"),
-             "apt-cache show --no-all-versions jq": Result("Package: jq\n"), "apt-get update -q": OK,
-             "^env DEBIAN_FRONTEND=noninteractive apt-get install -y -q jq$": OK})
+             "apt-cache show --no-all-versions jq": Result("Package: jq\n"), f"{APT} update -q": OK,
+             f"^{INSTALL} jq$": OK})
     done = project.ensure_os_packages(c, platform.AptPgCtlcluster(), proj_settings)
     assert done == ["installed jq (from packages.txt)"]
-    assert commands(c)[-1] == "env DEBIAN_FRONTEND=noninteractive apt-get install -y -q jq"
+    assert commands(c)[-1] == f"{INSTALL} jq"
     c = ctx({"^dpkg-query": Result("installed")})
     assert project.ensure_os_packages(c, platform.AptSystemd(), proj_settings) == []
     assert all(cmd.startswith("dpkg-query") for cmd in commands(c))
@@ -164,18 +167,18 @@ def test_apt_installs_only_what_is_missing_once(proj_settings):
 
 def test_apt_names_an_unknown_package_after_refreshing_its_lists_and_installs_nothing(proj_settings):
     project.get(proj_settings).packages.write_text("no-such-pkg\n")
-    c = ctx({"^dpkg-query": FAIL, "^apt-cache show": FAIL, "apt-get update -q": OK})
+    c = ctx({"^dpkg-query": FAIL, "^apt-cache show": FAIL, f"{APT} update -q": OK})
     with pytest.raises(StackError, match=r"apt\+pg_ctlcluster does not know no-such-pkg; .*nothing was installed"):
         project.ensure_os_packages(c, platform.AptPgCtlcluster(), proj_settings)
-    assert "apt-get update -q" in commands(c) and not any("apt-get install" in cmd for cmd in commands(c))
+    assert f"{APT} update -q" in commands(c) and not any(" install -y" in cmd for cmd in commands(c))
 
 
 def test_apt_without_root_uses_sudo(proj_settings):
     project.get(proj_settings).packages.write_text("jq\n")
-    c = ctx({"^dpkg-query": FAIL, "^apt-cache show": OK, "sudo -n apt-get update -q": OK,
-             "sudo -n env DEBIAN_FRONTEND=noninteractive apt-get install -y -q jq": OK})
+    c = ctx({"^dpkg-query": FAIL, "^apt-cache show": OK, f"sudo -n {APT} update -q": OK,
+             f"sudo -n {INSTALL} jq": OK})
     project.ensure_os_packages(c, platform.AptSystemd(sudo="sudo -n "), proj_settings)
-    assert commands(c)[-1] == "sudo -n env DEBIAN_FRONTEND=noninteractive apt-get install -y -q jq"
+    assert commands(c)[-1] == f"sudo -n {INSTALL} jq"
 
 
 def test_brew_installs_what_is_missing_and_names_what_it_does_not_know(proj_settings):
@@ -302,9 +305,9 @@ def test_the_airflow_venv_gets_the_limiter_storages_client(env):
 
 
 def test_apt_and_brew_install_memcached():
-    c = ctx({"apt-get update -q": OK, "env DEBIAN_FRONTEND=noninteractive apt-get install -y -q memcached": OK})
+    c = ctx({f"{APT} update -q": OK, f"{INSTALL} memcached": OK})
     platform.AptPgCtlcluster().memcached_install(c)
-    assert commands(c)[-1].endswith("apt-get install -y -q memcached")
+    assert commands(c)[-1].endswith(f"{APT} install -y -q memcached")
     c = ctx({"brew list --versions memcached": Result("memcached 1.6.29\n"),
              "brew --prefix": Result("/opt/homebrew\n")})
     assert platform.Homebrew().memcached_bin(c) == "/opt/homebrew/bin/memcached"

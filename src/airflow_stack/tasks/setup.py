@@ -19,10 +19,13 @@ from .. import (
     postgres,
     project,
     redis_server,
+    registry,
     secrets,
     supervisor,
 )
+from .. import tls as tls_mod
 from ..errors import StackError
+from ..settings import LOOPBACK
 from ._common import Timer, exclusive, load, one_line_errors, say
 
 
@@ -40,29 +43,35 @@ def _report(what: str, changes: list[str], seconds: float, nothing: str) -> None
     "listen": "opt in: also listen on these addresses, e.g. '*' (for Celery workers on other machines)",
     "allow_from": "opt in: admit the Airflow role from this network with scram, e.g. 10.0.0.0/24",
     "new_database": "create the database empty although this stack had migrated it (it is gone from the server)",
+    "tls": "serve TLS with the stack's certificate and admit other machines over TLS only (STACK_TLS=true)",
 })
 @one_line_errors
 @exclusive("invoke setup.postgres")
 def postgres_(c: Context, host: str | None = None, port: int | None = None, sslmode: str | None = None,
-              listen: str | None = None, allow_from: str | None = None, new_database: bool = False) -> None:
+              listen: str | None = None, allow_from: str | None = None, new_database: bool = False,
+              tls: bool = False) -> None:
     """Install and start PostgreSQL if needed; create Airflow's role and database (PG15-safe)."""
     with Timer() as t:
         settings, added = secrets.ensure_env_file(load(pg_host=host, pg_port=port, pg_sslmode=sslmode))
+        changes = [f"generated {name} into {settings.env_file}" for name in added]
+        changes += keep_tls_choice(settings, tls)
         settings = load(pg_host=host, pg_port=port, pg_sslmode=sslmode)
         plat = platform.detect() if settings.pg_is_local else None
-        changes = [f"generated {name} into {settings.env_file}" for name in added]
         if plat is not None:
             changes += postgres.ensure_server(c, plat, settings)
         admin = postgres.admin_for(c, plat, settings)
-        if new_database:
-            airflow_db.forget_migration(settings)
-        clusters = plat.clusters(c) if isinstance(plat, platform.Apt) else []
-        changes += postgres.bootstrap(admin, settings, airflow_db.migrated_here(settings), clusters)
         if listen or allow_from:
             if admin is None or plat is None:
                 raise StackError("--listen/--allow-from configure a server this machine runs; for another "
                                  "server change its listen_addresses and pg_hba.conf there")
             changes += postgres.allow_remote(c, plat, admin, settings, listen, allow_from)
+        if settings.pg_tls_ours and admin is not None and plat is not None:
+            # before the role's first login: with STACK_TLS it verifies the server's certificate
+            changes += postgres.ensure_tls(c, plat, admin, settings)
+        if new_database:
+            airflow_db.forget_migration(settings)
+        clusters = plat.clusters(c) if isinstance(plat, platform.Apt) else []
+        changes += postgres.bootstrap(admin, settings, airflow_db.migrated_here(settings), clusters)
         # a server chosen with a flag is the stack's from now on: the next `invoke up` uses it too
         for key, value in (("STACK_PG_HOST", host), ("STACK_PG_PORT", port), ("STACK_PG_SSLMODE", sslmode)):
             if value is not None and secrets.set_env_value(settings.env_file, key, str(value)):
@@ -70,6 +79,16 @@ def postgres_(c: Context, host: str | None = None, port: int | None = None, sslm
     _report("postgres", changes, t.seconds,
             f"already set up: role {settings.pg_user} owns {settings.pg_database} on "
             f"{settings.pg_host}:{settings.pg_port}")
+
+
+def keep_tls_choice(settings, tls: bool) -> list[str]:
+    """--tls on a setup task: kept in .env, so every later task (and a worker's copy of .env) uses it."""
+    if not (tls and secrets.set_env_value(settings.env_file, "STACK_TLS", "true")):
+        return []
+    said = [f"STACK_TLS=true kept in {settings.env_file.name}"]
+    if registry.running(settings):  # they were started with plain-text URLs, which TLS-only Redis refuses
+        said.append("the running Airflow processes connect in plain text until restarted: invoke stop && invoke up")
+    return said
 
 
 def check_bind(bind: str) -> None:
@@ -94,23 +113,30 @@ def check_bind(bind: str) -> None:
 
 @task(help={"port": "port of our Redis (default 6380, STACK_REDIS_PORT)",
             "bind": "opt in: interfaces to listen on, e.g. '0.0.0.0 ::' for Celery workers on other machines "
-                    "(kept in .env as STACK_REDIS_BIND; the password still applies)"})
+                    "(kept in .env as STACK_REDIS_BIND; the password still applies)",
+            "tls": "speak only TLS, with the stack's certificate (STACK_TLS=true; for workers on other machines)"})
 @one_line_errors
 @exclusive("invoke setup.redis")
-def redis(c: Context, port: int | None = None, bind: str | None = None) -> None:
+def redis(c: Context, port: int | None = None, bind: str | None = None, tls: bool = False) -> None:
     """Install redis-server if needed and run our own password-protected Redis on loopback."""
     if bind is not None:
         check_bind(bind)
     with Timer() as t:
         settings, added = secrets.ensure_env_file(load(redis_port=port))
         changes = [f"generated {name} into {settings.env_file}" for name in added]
+        switched = keep_tls_choice(settings, tls)
+        changes += switched
         if bind is not None and secrets.set_env_value(settings.env_file, "STACK_REDIS_BIND", bind):
             changes.append(f"STACK_REDIS_BIND={bind} kept in {settings.env_file}")
+            remote = [a.removeprefix("-") for a in bind.split() if a.removeprefix("-") not in LOOPBACK]
+            if remote:
+                changes.append(tls_mod.reachability(load(redis_port=port), f"our Redis (port {settings.redis_port}, "
+                                                     f"password required)", ", ".join(remote)))
         settings = load(redis_port=port)
         before = supervisor.running(settings, redis_server.NAME)
         changes += redis_server.ensure(c, platform.detect(), settings)
-        if supervisor.running(settings, redis_server.NAME) != before:  # (re)started: clients lost it
-            changes += lifecycle.wait_workers_reconnected(settings)
+        if supervisor.running(settings, redis_server.NAME) != before and not switched:  # (re)started: clients
+            changes += lifecycle.wait_workers_reconnected(settings)  # lost it (after a switch to TLS they cannot)
     _report("redis", changes, t.seconds, f"already running on 127.0.0.1:{settings.redis_port}")
 
 
