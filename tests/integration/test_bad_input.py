@@ -54,6 +54,28 @@ def db_fingerprint(settings) -> dict[str, object]:
     return found
 
 
+def server_config_files(settings) -> list[Path]:
+    """PostgreSQL's pg_hba.conf, postgresql.conf and postgresql.auto.conf (what ALTER SYSTEM writes), when
+    this machine runs the server and we may read them (root: the tests' CI)."""
+    if os.geteuid() != 0 or not settings.pg_is_local:
+        return []
+    found = subprocess.run(["runuser", "-u", "postgres", "--", "psql", "-X", "-At", "-p", str(settings.pg_port),
+                            "-c", "SELECT current_setting('hba_file'), current_setting('config_file'), "
+                                  "current_setting('data_directory') || '/postgresql.auto.conf'"],
+                           capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    return [Path(path) for path in found.stdout.strip().split("|")] if found.returncode == 0 else []
+
+
+def guarded_files(settings, bench) -> list[Path]:
+    """Every file bad input must leave byte-identical: .env, redis.conf, airflow.cfg, the server's config, what
+    the case adds, and every file of a second state dir it made."""
+    files = [settings.env_file, redis_server.conf_path(settings), settings.airflow_home / "airflow.cfg",
+             *server_config_files(settings), *bench.guarded]
+    if "home" in bench.values:
+        files += [path for path in Path(bench.values["home"]).rglob("*") if path.is_file() and not path.is_symlink()]
+    return list(dict.fromkeys(files))
+
+
 def running_pids(settings) -> dict[str, int]:
     found = {name: proc.pid for name, proc in registry.running(settings).items()}
     redis = supervisor.running(settings, redis_server.NAME)
@@ -447,8 +469,9 @@ def test_bad_input_gets_one_line_and_changes_nothing(stack, airflow_up, tmp_path
     bench = Bench(stack, tmp_path)
     try:
         args, env = build(bench)
-        guarded = [settings.env_file, *bench.guarded]
+        guarded = guarded_files(settings, bench)
         files = {path: path.read_bytes() for path in guarded}
+        assert len(guarded) >= 6 or os.geteuid() != 0, guarded  # the server's files are among them
         db, pids = db_fingerprint(settings), running_pids(settings)
         proc = stack.inv(*args, check=False, env=env)
     finally:
