@@ -38,6 +38,11 @@ class Probe:
     # 200): for what a server builds on its first request instead of at start (see the API server)
     warmup: str = ""
 
+    def liveness_url(self, settings: Settings) -> str:
+        """What the resident launcher GETs to tell a hung process from a live one ("": nothing it can ask
+        without our package: the job, Celery, Redis and memcached probes)."""
+        return f"http://127.0.0.1:{getattr(settings, self.port_setting)}{self.path}" if self.kind == "http" else ""
+
     def describe(self, settings: Settings) -> str:
         if self.kind == "http":
             return f"GET http://127.0.0.1:{getattr(settings, self.port_setting)}{self.path}"

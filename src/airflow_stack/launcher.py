@@ -49,6 +49,7 @@ import signal
 import stat
 import threading
 import time
+import urllib.request
 
 
 def open_sockets() -> list[int]:
@@ -166,6 +167,8 @@ class Child:
         self.last_exit: int | None = None
         self.streak = 0  # crashes in a row, each soon after its start: the back-off grows with it
         self.due = 0.0  # monotonic time of a pending restart (0: none)
+        self.failing_since: float | None = None  # monotonic time its liveness URL first failed, in a row
+        self.stopped_hung = 0.0  # monotonic time it was sent SIGTERM for failing too long (0: not)
 
     def start(self, preloaded: bool) -> int:
         reason = self.reason if preloaded or self.reason else "exec"
@@ -184,6 +187,7 @@ class Child:
                 _exec(self.proc["argv"])
             _run_airflow(self.proc["argv"])
         self.pid, self.started = pid, time.time()
+        self.failing_since, self.stopped_hung = None, 0.0
         self.write_record()
         return pid
 
@@ -291,13 +295,55 @@ def rotate(path: str, max_bytes: int, keep: int) -> bool:
     return True
 
 
+LIVENESS_EVERY = 10.0  # seconds between GETs of each child's liveness URL
+KILL_AFTER = 15.0  # a hung child that ignores SIGTERM this long gets SIGKILL
+# the stack's own addresses: never through a proxy the environment names
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def answers(url: str, timeout: float = 5.0) -> bool:
+    """The URL answers 200 (a health endpoint: the process behind it is not hung)."""
+    try:
+        with _DIRECT.open(url, timeout=timeout) as resp:
+            return resp.status == 200
+    except Exception:  # refused, timed out, HTTP 503 ...: not alive, whatever the reason
+        return False
+
+
+def watch_liveness(children: list[Child], after: float, now: float) -> None:
+    """A child whose liveness URL has failed for ``after`` seconds in a row, while its process runs, is
+    hung (Airflow's scheduler can hang in its executor's shutdown after losing its database): SIGTERM to
+    its process group, SIGKILL if that is ignored; the restart then goes as for a crash. Startup (the first
+    ``after`` seconds) does not count."""
+    for child in children:
+        url = child.proc.get("liveness")
+        if not url or after <= 0 or time.time() - child.started < after:
+            continue
+        if child.stopped_hung:
+            if now - child.stopped_hung >= KILL_AFTER:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(child.pid, signal.SIGKILL)
+            continue
+        if answers(url):
+            child.failing_since = None
+            continue
+        child.failing_since = child.failing_since or now
+        if now - child.failing_since >= after:
+            with open(child.proc["log"], "a") as log:
+                log.write(f"\n==== airflow-stack: {child.proc['name']} has not answered {url} for "
+                          f"{now - child.failing_since:.0f} s: stopping it to start it again ====\n")
+            child.stopped_hung = now
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(child.pid, signal.SIGTERM)
+
+
 def supervise(spec: dict, children: list[Child]) -> None:
     """Restart children that die (kill -9, out of memory, a lost database), with back-off, until
     every child was stopped on purpose; rotate their logs. Runs in the launcher, which keeps the
     preload: a restart is a fork again, not a new import."""
     by_pid = {child.pid: child for child in children}
     pending: list[Child] = []
-    last_rotation = 0.0
+    last_rotation = last_liveness = 0.0
     while by_pid or pending:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
@@ -324,6 +370,9 @@ def supervise(spec: dict, children: list[Child]) -> None:
                           f"{time.strftime('%Y-%m-%d %H:%M:%S')} after exit {child.last_exit} "
                           f"(restart {child.restarts}) ====\n")
             by_pid[child.start(preloaded=not fork_unsafe())] = child
+        if now - last_liveness >= LIVENESS_EVERY:
+            last_liveness = now
+            watch_liveness(list(by_pid.values()), spec.get("liveness_seconds", 0), now)
         if now - last_rotation >= ROTATE_EVERY:
             last_rotation = now
             for child in [*by_pid.values(), *pending]:

@@ -67,7 +67,7 @@ def start(c: Context, settings: Settings, executor: str, timeout: float = HEALTH
 
         def launch(comp: Component) -> supervisor.Launch:
             return supervisor.Launch(comp.name, comp.command(airflow, settings), settings.line.preload_for(comp),
-                                     comp.reap_session, version, build)
+                                     comp.reap_session, version, build, comp.probe.liveness_url(settings))
 
         launch_airflow(c, settings, [launch(comp) for comp in to_start if comp.own_env is None], env)
         for comp in to_start:  # one with secrets of its own gets a launcher of its own: no other process sees them

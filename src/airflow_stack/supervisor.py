@@ -194,6 +194,7 @@ class Launch:
     reap_session: bool = False  # when it dies, what it left in its whole session goes too (see collect)
     version: str | None = None  # the Airflow release it runs, kept in its record
     build: str | None = None  # what its venv held (release, constraints, project requirements), kept too
+    liveness: str = ""  # a URL the resident launcher GETs: failing for STACK_LIVENESS_SECONDS, it is restarted
 
 
 def start(c: Context, settings: Settings, name: str, argv: list[str], env: Mapping[str, str],
@@ -224,13 +225,14 @@ def start_many(c: Context, settings: Settings, launches: list[Launch], env: Mapp
         processes.append({"name": launch.name, "argv": launch.argv, "log": str(log), "preload": list(launch.preload),
                           "pidfile": str(pid_file(settings, launch.name)),
                           "metafile": str(meta_file(settings, launch.name)), "env": launched_env,
-                          "boot": _boot_time(), "reap_session": launch.reap_session,
+                          "boot": _boot_time(), "reap_session": launch.reap_session, "liveness": launch.liveness,
                           "record": {key: value for key, value in (("version", launch.version),
                                                                     ("build", launch.build)) if value}})
     spec = settings.run_dir / f"launch-{os.getpid()}.json"
     spec.write_text(json.dumps({"preload": None if preload is None else list(preload), "processes": processes,
                                 "resident": resident, "log": str(log_file(settings, "supervisor")),
-                                "log_max_bytes": settings.log_max_mb << 20, "log_keep": settings.log_keep}))
+                                "log_max_bytes": settings.log_max_mb << 20, "log_keep": settings.log_keep,
+                                "liveness_seconds": settings.liveness_seconds}))
     try:
         result = c.run(f"{shlex.quote(python)} {shlex.quote(str(LAUNCHER))} {shlex.quote(str(spec))}",
                        env=environ, replace_env=True, hide=True, warn=True, in_stream=False)

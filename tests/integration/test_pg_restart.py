@@ -1,45 +1,40 @@
-"""PostgreSQL restarted under a running stack: every component comes back by itself, no command run;
-and a database the stack migrated that is gone from the server is explained, never re-made empty.
+"""PostgreSQL restarted under a running stack, with a DAG run in flight: every component comes back by
+itself, no command run, and the run ends in success; and a database the stack migrated that is gone from
+the server is explained, never re-made empty.
 
 Done against a PostgreSQL cluster the test creates for itself (Debian's pg_createcluster, on a free
 port) and drops afterwards: the shared server, and whatever else it serves, is never restarted."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import time
 
 import psycopg
 import pytest
 
+from airflow_stack import supervisor
 from airflow_stack.netutil import wait_until
 
-from .conftest import LINE, TEST_DAGS, Stack, airflow_api, free_ports
+from .conftest import LINE, TEST_DAGS, Stack, airflow_api, can_make_clusters, own_cluster
 from .test_bad_input import assert_one_line_error
+from .test_faults import DAG_ID, HOLDS, run_state, task_instances
 
 pytestmark = [pytest.mark.integration, pytest.mark.once_per_line]
-
-
-def main_version() -> str:
-    rows = subprocess.run(["pg_lsclusters", "-h"], capture_output=True, text=True, check=True).stdout.split("\n")
-    return next(row.split()[0] for row in rows if row.strip())
 
 
 @pytest.fixture(scope="module")
 def cluster(services):
     """A cluster of the installed major version, of our own, started on a free port."""
-    if os.geteuid() != 0 or not shutil.which("pg_createcluster"):
+    if not can_make_clusters():
         pytest.skip("needs root and Debian's postgresql-common (pg_createcluster) for a cluster of its own")
-    version, name, port = main_version(), f"ast{os.getpid()}", free_ports(1)[0]
-    subprocess.run(["pg_createcluster", version, name, "--port", str(port), "--start"], check=True,
-                   capture_output=True, stdin=subprocess.DEVNULL)
-    try:
-        yield version, name, port
-    finally:
-        subprocess.run(["pg_dropcluster", "--stop", version, name], capture_output=True, stdin=subprocess.DEVNULL)
+    with own_cluster("r") as made:
+        yield made
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +42,12 @@ def pg_stack(cluster, tmp_path_factory):
     port = cluster[2]
     state = tmp_path_factory.mktemp("pg-restart")
     shutil.copytree(TEST_DAGS, state / "dags")
-    stack = Stack.create(state, LINE, "local", state, f"ast_pgr_{os.getpid()}", {"STACK_PG_PORT": str(port)})
+    # a task whose process did not survive is failed after 20 s without heartbeat, not 300 s (both lines' names)
+    extra = {"STACK_PG_PORT": str(port), "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "20",
+             "AIRFLOW__SCHEDULER__SCHEDULER_ZOMBIE_TASK_THRESHOLD": "20",
+             # a hung component is restarted after 30 s without an answer, not the default 120 s
+             "STACK_LIVENESS_SECONDS": "30"}
+    stack = Stack.create(state, LINE, "local", state, f"ast_pgr_{os.getpid()}", extra)
     try:
         stack.inv("up", timeout=900)
         yield stack
@@ -60,13 +60,22 @@ def rows(stack) -> dict[str, dict]:
     return {row["name"]: row for row in json.loads(stack.inv("status", "--json", check=False).stdout)}
 
 
-def test_every_component_comes_back_by_itself_after_postgresql_restarts(pg_stack, cluster):
+def test_every_component_and_a_run_in_flight_come_back_by_themselves_after_postgresql_restarts(pg_stack, cluster):
     version, name, _ = cluster
     settings = pg_stack.settings()
     before = rows(pg_stack)
     assert all(row["healthy"] for row in before.values()), before
+    api = airflow_api(settings)
+    api.wait_for_dag(DAG_ID, timeout=90)
+    api.unpause(DAG_ID)
+    run_id = api.trigger(DAG_ID)  # three 10 s tasks at once, then one after them
+
+    def running() -> list[str]:
+        return [task for task, state, _, _ in task_instances(settings, run_id) if state == "running"]
+
+    assert wait_until(lambda: len(running()) == HOLDS, 90), task_instances(settings, run_id)
     subprocess.run(["pg_ctlcluster", version, name, "stop", "-m", "fast"], check=True, stdin=subprocess.DEVNULL)
-    time.sleep(10)  # down long enough for every component to notice
+    time.sleep(10)  # down long enough for every component to notice, and for the tasks to end their sleep
     down = rows(pg_stack)
     subprocess.run(["pg_ctlcluster", version, name, "start"], check=True, stdin=subprocess.DEVNULL)
     started = time.monotonic()
@@ -76,14 +85,45 @@ def test_every_component_comes_back_by_itself_after_postgresql_restarts(pg_stack
     after = rows(pg_stack)
     came_back = sorted(n for n in after if after[n]["pid"] != before[n]["pid"] or after[n]["restarts"])
     noticed = sorted(n for n, row in down.items() if not row["healthy"])
-    print(f"\n[figure] PostgreSQL stopped 10 s, then started ({settings.airflow_line}): every component healthy "
-          f"{healed:.1f} s after the start, no command run; started again by their supervisor: "
-          f"{came_back or 'none'}; unhealthy while it was down: {noticed}")
-    # the stack works: a DAG run to success
+    # the run that was in flight ends in success, no command run, every task instance done
+    assert wait_until(lambda: run_state(settings, run_id) in ("success", "failed"), 300), \
+        task_instances(settings, run_id)
+    ended = time.monotonic() - started
+    instances = task_instances(settings, run_id)
+    tries = ", ".join(f"{task} {try_number}" for task, _, try_number, _ in instances)
+    print(f"\n[figure] PostgreSQL stopped 10 s under a running DAG run, then started ({settings.airflow_line}): "
+          f"every component healthy {healed:.1f} s after the start, no command run; started again by their "
+          f"supervisor: {came_back or 'none'}; unhealthy while it was down: {noticed}; the run ended "
+          f"{run_state(settings, run_id)} {ended:.1f} s after the start; tries: {tries}")
+    assert run_state(settings, run_id) == "success", instances
+    assert len(instances) == HOLDS + 1 and {state for _, state, _, _ in instances} == {"success"}, instances
+    # and a new run goes through as on any day
+    assert api.wait_for_run(DAG_ID, api.trigger(DAG_ID)) == "success"
+
+
+def test_a_hung_scheduler_is_stopped_and_started_again_by_its_supervisor(pg_stack):
+    """A scheduler that no longer works but does not exit (here: SIGSTOP; after a lost database, Airflow's
+    LocalExecutor can hang in its shutdown the same way): its health endpoint fails, and after
+    STACK_LIVENESS_SECONDS its supervisor stops it (SIGTERM, then SIGKILL) and starts it again."""
+    settings = pg_stack.settings()
+    victim = supervisor.running(settings, "scheduler")
+    os.kill(victim.pid, signal.SIGSTOP)
+    stopped = time.monotonic()
+    try:
+        assert wait_until(lambda: rows(pg_stack)["scheduler"]["pid"] not in (None, victim.pid), 240), \
+            rows(pg_stack)["scheduler"]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(victim.pid, signal.SIGCONT)
+    assert wait_until(lambda: rows(pg_stack)["scheduler"]["healthy"], 60), rows(pg_stack)["scheduler"]
+    healed = time.monotonic() - stopped
+    row = rows(pg_stack)["scheduler"]
+    assert row["last_exit"] in (-15, -9) and row["restarts"] >= 1, row
+    assert "has not answered" in supervisor.log_file(settings, "scheduler").read_text()
+    print(f"\n[figure] a hung scheduler (SIGSTOP; liveness {settings.liveness_seconds} s, health threshold 30 s): "
+          f"working again by itself after {healed:.0f} s, last exit {row['last_exit']}")
     api = airflow_api(settings)
-    api.wait_for_dag("noop_forty", timeout=90)
-    api.unpause("noop_forty")
-    assert api.wait_for_run("noop_forty", api.trigger("noop_forty")) == "success"
+    assert api.wait_for_run(DAG_ID, api.trigger(DAG_ID)) == "success"
 
 
 def test_a_database_gone_from_the_server_is_explained_not_recreated_empty(pg_stack, cluster):

@@ -129,3 +129,65 @@ def test_without_preload_every_process_is_execed(settings, fake_airflow):
         assert not reports["worker"]["preloaded"]
     finally:
         supervisor.stop(settings, "worker", timeout=5)
+
+
+@pytest.fixture
+def health_endpoint():
+    """A health URL on loopback whose answer the test sets (200 or 503)."""
+    import http.server
+    import threading
+
+    answer = {"status": 503}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(answer["status"])
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/health", answer
+    server.shutdown()
+
+
+def test_a_child_that_stops_answering_its_health_url_is_stopped_then_killed(tmp_path, health_endpoint):
+    """The liveness watchdog: a hung process (alive, its health URL failing for the whole allowance) gets
+    SIGTERM, and SIGKILL when it ignores that; the supervisor's crash path then starts it again."""
+    import signal
+    import subprocess
+    import time
+
+    from airflow_stack import launcher
+
+    url, answer = health_endpoint
+    stubborn = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, "
+                                 "signal.SIG_IGN); print('ready', flush=True); time.sleep(60)"],
+                                start_new_session=True, stdout=subprocess.PIPE, text=True)
+    assert stubborn.stdout.readline().strip() == "ready"
+    child = launcher.Child({"name": "scheduler", "log": str(tmp_path / "scheduler.log"), "liveness": url}, "exec")
+    child.pid, child.started = stubborn.pid, time.time() - 300  # long past its startup
+    try:
+        answer["status"] = 200
+        launcher.watch_liveness([child], after=60, now=1000.0)
+        assert child.failing_since is None and stubborn.poll() is None  # answers: left alone
+        answer["status"] = 503
+        launcher.watch_liveness([child], after=60, now=1010.0)
+        launcher.watch_liveness([child], after=60, now=1060.0)
+        assert child.failing_since == 1010.0 and not child.stopped_hung  # failing, not yet for 60 s
+        launcher.watch_liveness([child], after=60, now=1070.0)
+        assert child.stopped_hung == 1070.0 and "has not answered" in (tmp_path / "scheduler.log").read_text()
+        time.sleep(0.5)
+        assert stubborn.poll() is None  # it ignores SIGTERM
+        launcher.watch_liveness([child], after=60, now=1070.0 + launcher.KILL_AFTER)
+        assert stubborn.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        if stubborn.poll() is None:
+            stubborn.kill()
+    # a watchdog turned off (0), or a child without a URL, is never touched
+    quiet = launcher.Child({"name": "redis", "log": str(tmp_path / "redis.log")}, "exec")
+    quiet.pid, quiet.started = 1, time.time() - 300
+    launcher.watch_liveness([quiet], after=60, now=5000.0)
+    assert quiet.failing_since is None

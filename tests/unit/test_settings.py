@@ -77,3 +77,11 @@ def test_python_support_per_line(line, version, ok):
     else:
         with pytest.raises(StackError, match=f"Airflow {line} supports Python"):
             lines.get(line).check_python(version)
+
+
+def test_the_liveness_watchdog_can_be_turned_off_but_not_set_below_zero(env):
+    assert settings_mod.load(environ=env | {"STACK_LIVENESS_SECONDS": "0"}).liveness_seconds == 0
+    with pytest.raises(StackError, match=r"STACK_LIVENESS_SECONDS=-1 \(environment\) must be at least 0"):
+        settings_mod.load(environ=env | {"STACK_LIVENESS_SECONDS": "-1"})
+    with pytest.raises(StackError, match=r"STACK_API_PORT=0 \(environment\) is not a port"):
+        settings_mod.load(environ=env | {"STACK_API_PORT": "0"})
