@@ -63,3 +63,14 @@ def test_counts_are_whole_and_tiny_ratios_keep_their_digits():
     assert bench_report.number(12.0, "s") == "12.0"
     assert bench_report.ratio(1.3 / 268) == "0.005×"
     assert bench_report.ratio(0.61) == "0.61×"
+
+
+def test_integration_sessions_are_dealt_longest_first_to_the_least_loaded_lane():
+    from tests.support import lanes
+
+    sessions = [("integration(local, 3.3)", 2), ("integration(celery, 3.3)", 1),
+                ("integration(local, 2.11)", 2), ("integration(celery, 2.11)", 1)]
+    assert lanes.deal(sessions, 2) == [["integration(local, 3.3)", "integration(celery, 3.3)"],
+                                       ["integration(local, 2.11)", "integration(celery, 2.11)"]]
+    assert lanes.deal(sessions, 1) == [[name for name, weight in sorted(sessions, key=lambda s: -s[1])]]
+    assert len(lanes.deal(sessions[:1], 2)) == 1  # no empty lane

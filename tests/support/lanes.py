@@ -1,0 +1,98 @@
+"""`scripts/test` without arguments: lint and the unit tests, then the integration sessions in lanes that run
+at the same time.
+
+Each integration session brings up its own stack (state dir, free ports, role and database; the Celery
+sessions a PostgreSQL cluster of their own), so two sessions never meet. A session spends most of its time
+waiting on Airflow (a load of about 0.9 on this 2-core machine), so two lanes finish in a little more than
+half the time of one. Sessions are dealt to lanes longest first (a LocalExecutor session holds the
+once-per-line tests: about twice a Celery one).
+
+A lane is one ``nox -s A -s B`` process: its lines are printed as they arrive, prefixed with the lane; its
+whole output is also kept in .nox/lane-N.log. ``STACK_TEST_LANES`` sets the number of lanes (1: one after
+another, as plain ``nox`` runs them); the default is 2 where there are at least 2 CPUs and 6 GiB of memory
+per lane."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[2]
+GIB = 1 << 30
+
+
+def default_lanes() -> int:
+    chosen = os.environ.get("STACK_TEST_LANES", "")
+    if chosen:
+        if not chosen.isdigit() or int(chosen) < 1:
+            sys.exit(f"scripts/test: STACK_TEST_LANES={chosen!r} is not a number of lanes; use 1, 2, ...")
+        return int(chosen)
+    fits = min(os.cpu_count() or 1, psutil.virtual_memory().total // (6 * GIB))
+    return max(1, min(2, fits))
+
+
+def integration_sessions() -> list[tuple[str, int]]:
+    """(session, weight) of every integration session nox lists; weight: relative length."""
+    listed = subprocess.run([sys.executable, "-m", "nox", "-l", "--json"], cwd=ROOT, check=True,
+                            capture_output=True, text=True).stdout
+    return [(s["session"], 2 if "local" in s["tags"] else 1) for s in json.loads(listed) if s["name"] == "integration"]
+
+
+def deal(sessions: list[tuple[str, int]], lanes: int) -> list[list[str]]:
+    """Longest first, each to the lane with the least work so far."""
+    dealt: list[list[str]] = [[] for _ in range(lanes)]
+    work = [0] * lanes
+    for name, weight in sorted(sessions, key=lambda s: -s[1]):
+        lane = work.index(min(work))
+        dealt[lane].append(name)
+        work[lane] += weight
+    return [lane for lane in dealt if lane]
+
+
+def run_lane(number: int, sessions: list[str], lock: threading.Lock, results: dict[int, tuple[int, float]]) -> None:
+    began = time.monotonic()
+    log = ROOT / ".nox" / f"lane-{number}.log"
+    log.parent.mkdir(exist_ok=True)
+    args = [sys.executable, "-m", "nox", *(arg for name in sessions for arg in ("-s", name))]
+    with log.open("w") as kept, subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                                 stdin=subprocess.DEVNULL, text=True, bufsize=1) as proc:
+        for line in proc.stdout:
+            kept.write(line)
+            with lock:
+                sys.stdout.write(f"[lane {number}] {line}")
+                sys.stdout.flush()
+    results[number] = (proc.returncode, time.monotonic() - began)
+
+
+def main() -> int:
+    began = time.monotonic()
+    first = subprocess.run([sys.executable, "-m", "nox", "-s", "lint", "tests"], cwd=ROOT, stdin=subprocess.DEVNULL)
+    if first.returncode != 0:
+        return first.returncode
+    lanes = deal(integration_sessions(), default_lanes())
+    print(f"scripts/test: integration sessions in {len(lanes)} lane(s): "
+          + "; ".join(f"lane {n}: {', '.join(s)}" for n, s in enumerate(lanes, 1)), flush=True)
+    lock, results = threading.Lock(), {}
+    threads = [threading.Thread(target=run_lane, args=(n, s, lock, results)) for n, s in enumerate(lanes, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for number, sessions in enumerate(lanes, 1):
+        code, seconds = results.get(number, (1, 0.0))
+        print(f"scripts/test: lane {number} ({', '.join(sessions)}) {'passed' if code == 0 else 'FAILED'} in "
+              f"{seconds / 60:.1f} min (log: .nox/lane-{number}.log)")
+    failed = any(code != 0 for code, _ in results.values()) or len(results) != len(lanes)
+    print(f"scripts/test: {'FAILED' if failed else 'all passed'} in {(time.monotonic() - began) / 60:.1f} min")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
