@@ -32,6 +32,15 @@ class Cluster:
     online: bool
 
 
+class WholeStdin(io.StringIO):
+    """Text for a command's standard input, handed over in one piece: invoke reads ``in_stream`` one
+    character per read with a 10 ms pause between reads when it is not a terminal (about 100 bytes a
+    second: a certificate took 7 s, a pg_hba.conf a minute)."""
+
+    def read(self, size: int | None = -1) -> str:
+        return super().read(-1)
+
+
 def sudo_prefix(euid: int | None = None, interactive: bool | None = None) -> str:
     euid = os.geteuid() if euid is None else euid
     if euid == 0:
@@ -66,7 +75,7 @@ class Platform:
     def append_line(self, c: Context, path: str, line: str) -> None:
         """Append a line to a server file (pg_hba.conf), with the rights that file needs."""
         self._run(c, f"{self.sudo}tee -a {shlex.quote(path)}", f"appending to {path}",
-                  "run as root or with sudo rights", in_stream=io.StringIO(line + "\n"))
+                  "run as root or with sudo rights", in_stream=WholeStdin(line + "\n"))
 
     def write_file(self, c: Context, path: str, text: str) -> None:
         """Replace a server file's content (pg_hba.conf) atomically, keeping its owner and mode.
@@ -76,7 +85,7 @@ class Platform:
         """
         script = 'tmp="$1.airflow-stack.tmp" && cp -p "$1" "$tmp" && cat > "$tmp" && mv -f "$tmp" "$1"'
         self._run(c, f"{self.sudo}sh -c {shlex.quote(script)} sh {shlex.quote(path)}", f"writing {path}",
-                  "run as root or with sudo rights", in_stream=io.StringIO(text))
+                  "run as root or with sudo rights", in_stream=WholeStdin(text))
 
     # the OS user PostgreSQL runs as, who must own its key file ("": whoever runs the stack, as on Homebrew)
     pg_os_user = ""
@@ -85,7 +94,7 @@ class Platform:
         """Write a file only the server's OS user may read (PostgreSQL refuses a key file others can)."""
         owner = f"-o {self.pg_os_user} -g {self.pg_os_user} " if self.pg_os_user else ""
         self._run(c, f"{self.sudo}install {owner}-m 600 /dev/stdin {shlex.quote(path)}", f"writing {path}",
-                  "run as root or with sudo rights", in_stream=io.StringIO(text))
+                  "run as root or with sudo rights", in_stream=WholeStdin(text))
 
     def pg_bin(self, c: Context, tool: str, pg_version: str) -> str:
         raise NotImplementedError

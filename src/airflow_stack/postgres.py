@@ -9,7 +9,6 @@ cannot be, and Homebrew's is the login user.
 
 from __future__ import annotations
 
-import io
 import ipaddress
 import shlex
 import socket
@@ -23,7 +22,7 @@ from psycopg import sql
 from . import netutil, tls
 from . import settings as settings_mod
 from .errors import StackError
-from .platform import Cluster, Platform
+from .platform import Cluster, Platform, WholeStdin
 from .secrets import redact
 from .settings import Settings
 
@@ -89,7 +88,7 @@ class PsqlAdmin(Admin):
     def _psql(self, script: str, dbname: str, on_stdin: bool = True) -> str:
         cmd = f"{self.psql} -d {shlex.quote(dbname)}"
         if on_stdin:  # statements may carry a password: never on a command line
-            result = self.c.run(cmd, in_stream=io.StringIO(script), hide=True, warn=True)
+            result = self.c.run(cmd, in_stream=WholeStdin(script), hide=True, warn=True)
         else:  # a query without secrets: -c spares invoke's stdin thread (~1 s per call)
             cmd += f" -c {shlex.quote(script)}"
             result = self.c.run(cmd, hide=True, warn=True)

@@ -237,3 +237,15 @@ def test_brew_uses_the_macs_chrome_and_never_installs_a_browser(monkeypatch):
     with pytest.raises(StackError, match="Google Chrome is not installed"):
         platform.Homebrew().browser_install(c)
     assert commands(c) == []
+
+
+def test_standard_input_is_handed_over_whole_not_a_byte_per_read():
+    """invoke reads a non-terminal in_stream with read(1) and a 10 ms nap between reads; WholeStdin answers
+    the first read with everything (a server certificate: 7 s before, instant now), then EOF."""
+    text = "-----BEGIN CERTIFICATE-----\n" + "A" * 700 + "\n"
+    stdin = platform.WholeStdin(text)
+    assert stdin.read(1) == text and stdin.read(1) == ""
+    assert platform.WholeStdin(text).getvalue() == text  # what the MockContext tests read back
+    from invoke import Context
+
+    assert Context().run("cat", in_stream=platform.WholeStdin(text), hide=True).stdout == text
