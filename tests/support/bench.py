@@ -198,8 +198,8 @@ class Standalone(Target):
         sample.components["standalone"] = measure.pss_mib([self.proc.pid])
         with contextlib.suppress(psutil.Error):
             for child in psutil.Process(self.proc.pid).children():  # one per component it started
-                name = subcommand(child.cmdline()) or str(child.pid)
-                sample.components[name] = measure.pss_mib(measure.tree(child.pid))
+                name = subcommand(child.cmdline()) or "other (unnamed)"
+                sample.components[name] = sample.components.get(name, 0.0) + measure.pss_mib(measure.tree(child.pid))
 
     def stop(self) -> None:
         if self.proc is None:
@@ -216,10 +216,13 @@ class Standalone(Target):
 
 
 def subcommand(argv: list[str]) -> str:
-    """``scheduler`` from ``python .../bin/airflow scheduler`` or ``airflow scheduler -- ...``."""
-    for i, token in enumerate(argv[:-1]):
+    """``scheduler`` from ``python .../bin/airflow scheduler`` or ``airflow scheduler -- ...``; also from a
+    title set with setproctitle (the API server's "airflow api_server -- host:... port:..."), which
+    /proc shows as one string followed by empty arguments."""
+    tokens = " ".join(argv).split()
+    for i, token in enumerate(tokens[:-1]):
         if token.endswith("airflow"):
-            return argv[i + 1].replace("_", "-")
+            return tokens[i + 1].replace("_", "-")
     return ""
 
 
