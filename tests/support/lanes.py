@@ -56,11 +56,17 @@ def deal(sessions: list[tuple[str, int]], lanes: int) -> list[list[str]]:
     return [lane for lane in dealt if lane]
 
 
+def lane_command(sessions: list[str]) -> list[str]:
+    """One nox run of ``sessions``, in order: one -s followed by every name (nox keeps only the last of
+    several -s options: `-s A -s B` would run B alone)."""
+    return [sys.executable, "-m", "nox", "-s", *sessions]
+
+
 def run_lane(number: int, sessions: list[str], lock: threading.Lock, results: dict[int, tuple[int, float]]) -> None:
     began = time.monotonic()
     log = ROOT / ".nox" / f"lane-{number}.log"
     log.parent.mkdir(exist_ok=True)
-    args = [sys.executable, "-m", "nox", *(arg for name in sessions for arg in ("-s", name))]
+    args = lane_command(sessions)
     with log.open("w") as kept, subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                                  stdin=subprocess.DEVNULL, text=True, bufsize=1) as proc:
         for line in proc.stdout:
@@ -68,7 +74,14 @@ def run_lane(number: int, sessions: list[str], lock: threading.Lock, results: di
             with lock:
                 sys.stdout.write(f"[lane {number}] {line}")
                 sys.stdout.flush()
-    results[number] = (proc.returncode, time.monotonic() - began)
+    # every session dealt to the lane must have run and passed, as nox itself reports it
+    text = log.read_text()
+    missing = [name for name in sessions if f"Session {name} was successful" not in text]
+    code = proc.returncode or (1 if missing else 0)
+    if missing and not proc.returncode:
+        with lock:
+            print(f"[lane {number}] scripts/test: nox did not report {', '.join(missing)} as run and successful")
+    results[number] = (code, time.monotonic() - began)
 
 
 def main() -> int:

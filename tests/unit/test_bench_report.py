@@ -76,3 +76,17 @@ def test_integration_sessions_are_dealt_longest_first_to_the_least_loaded_lane()
                                        ["integration(local, 2.11)", "integration(celery, 2.11)"]]
     assert lanes.deal(sessions, 1) == [[name for name, weight in sorted(sessions, key=lambda s: -s[1])]]
     assert len(lanes.deal(sessions[:1], 2)) == 1  # no empty lane
+
+
+def test_a_lane_runs_every_session_dealt_to_it():
+    """nox keeps only the last of several -s options: a lane must name all its sessions after one -s.
+    Asked through nox itself: the sessions it would run for the lane's command line."""
+    import subprocess
+
+    from tests.support import lanes
+
+    sessions = ["integration(local, 3.3)", "integration(celery, 3.3)"]
+    argv = lanes.lane_command(sessions)
+    listed = subprocess.run([*argv, "--list"], cwd=lanes.ROOT, capture_output=True, text=True, check=True).stdout
+    selected = [line[2:].split(" -> ")[0].split(" [")[0] for line in listed.splitlines() if line.startswith("* ")]
+    assert selected == sessions, listed
