@@ -29,8 +29,8 @@ def backup_dir(settings: Settings) -> Path:
 
 
 def _libpq_env(settings: Settings) -> dict[str, str]:
-    return {"PGPASSWORD": settings.pg_password or "", "PGSSLMODE": settings.pg_ssl_mode,
-            "PGSSLROOTCERT": settings.pg_ssl_root}
+    env = {"PGPASSWORD": settings.pg_password or "", "PGSSLMODE": settings.pg_ssl_mode}
+    return env | ({"PGSSLROOTCERT": settings.pg_ssl_root} if settings.pg_ssl_root else {})
 
 
 def _target(settings: Settings) -> str:

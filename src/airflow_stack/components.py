@@ -38,14 +38,18 @@ class Probe:
     # 200): for what a server builds on its first request instead of at start (see the API server)
     warmup: str = ""
 
+    def url(self, settings: Settings, path: str | None = None) -> str:
+        """An http probe's URL on loopback: its ``path``, or another path on the same port."""
+        return f"http://127.0.0.1:{getattr(settings, self.port_setting)}{self.path if path is None else path}"
+
     def liveness_url(self, settings: Settings) -> str:
         """What the resident launcher GETs to tell a hung process from a live one ("": nothing it can ask
         without our package: the job, Celery, Redis and memcached probes)."""
-        return f"http://127.0.0.1:{getattr(settings, self.port_setting)}{self.path}" if self.kind == "http" else ""
+        return self.url(settings) if self.kind == "http" else ""
 
     def describe(self, settings: Settings) -> str:
         if self.kind == "http":
-            return f"GET http://127.0.0.1:{getattr(settings, self.port_setting)}{self.path}"
+            return f"GET {self.url(settings)}"
         if self.kind == "celery":
             return "celery control ping over the broker"
         if self.kind == "redis":

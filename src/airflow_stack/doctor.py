@@ -124,11 +124,7 @@ def check_redis(settings: Settings, refused: bool = False) -> list[Check]:
                             "invoke setup.redis"))
     checks.append(check_redis_acl(settings))
     wanted = {addr.lstrip("-") for addr in settings.redis_bind.split()}
-    try:
-        listening = {c.laddr.ip for c in psutil.Process(proc.pid).net_connections(kind="inet")
-                     if c.status == psutil.CONN_LISTEN}
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        listening = set()
+    listening = _listening(proc.pid)
     extra = listening - wanted - ({"0.0.0.0", "::"} if wanted & {"0.0.0.0", "::", "*"} else set())
     checks.append(Check("redis listens", not extra and bool(listening),
                         f"on {', '.join(sorted(listening)) or 'nothing'} (configured: {settings.redis_bind})",
@@ -169,6 +165,14 @@ def check_redis_acl(settings: Settings) -> Check:
     return Check(name, True, f"Airflow logs in as {user!r}: CONFIG, FLUSHALL, ACL, DEBUG, SHUTDOWN, MODULE refused")
 
 
+def _listening(pid: int) -> set[str]:
+    """The addresses process ``pid`` listens on (empty when it is gone or not ours to read)."""
+    try:
+        return {c.laddr.ip for c in psutil.Process(pid).net_connections(kind="inet") if c.status == psutil.CONN_LISTEN}
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return set()
+
+
 def _beyond_loopback(addresses: set[str] | list[str]) -> list[str]:
     return sorted(a for a in addresses if a and a not in settings_mod.LOOPBACK and not a.startswith("127."))
 
@@ -179,12 +183,8 @@ def check_encryption(settings: Settings) -> Check:
                                        "&& invoke stop && invoke up")
     plain = []
     proc = supervisor.running(settings, redis_server.NAME)
-    if proc is not None and not settings.tls:
-        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-            listening = {c.laddr.ip for c in psutil.Process(proc.pid).net_connections(kind="inet")
-                         if c.status == psutil.CONN_LISTEN}
-            if remote := _beyond_loopback(listening):
-                plain.append(f"Redis on {', '.join(remote)}")
+    if proc is not None and not settings.tls and (remote := _beyond_loopback(_listening(proc.pid))):
+        plain.append(f"Redis on {', '.join(remote)}")
     encrypted, listen = True, ""
     if settings.pg_is_local:
         with contextlib.suppress(psycopg.Error), psycopg.connect(**settings.pg_conninfo(connect_timeout=3)) as conn:

@@ -34,7 +34,7 @@ def http_get(url: str, timeout: float = 3.0) -> tuple[int, bytes]:
 
 def warm_up(probe: Probe, settings: Settings, timeout: float = 60.0) -> tuple[bool, str]:
     """GET the probe's warm-up path: (answered 200, one-line detail)."""
-    url = f"http://127.0.0.1:{getattr(settings, probe.port_setting)}{probe.warmup}"
+    url = probe.url(settings, probe.warmup)
     try:
         status, _ = http_get(url, timeout=timeout)
     except OSError as exc:
@@ -90,7 +90,7 @@ def _check_celery(name: str, settings: Settings) -> tuple[bool, str]:
 
 
 def _check_http(probe: Probe, settings: Settings) -> tuple[bool, str]:
-    url = f"http://127.0.0.1:{getattr(settings, probe.port_setting)}{probe.path}"
+    url = probe.url(settings)
     try:
         status, body = http_get(url)
     except OSError as exc:

@@ -419,6 +419,12 @@ def _merge_addresses(current: str, wanted: str) -> str:
     return ",".join(have + [a for a in add if a not in have])
 
 
+def _read_hba(admin: Admin) -> tuple[str, str]:
+    """(path, text) of the server's pg_hba.conf, read through the server itself."""
+    hba = admin.value(sql.SQL("SHOW hba_file"))
+    return hba, admin.value(sql.SQL("SELECT pg_read_file({})").format(hba))
+
+
 def _hba_line(settings: Settings, network: str) -> str:
     # with STACK_TLS only TLS connections match (hostssl): a plain-text client from there finds no entry
     kind = "hostssl" if settings.tls else "host"
@@ -435,8 +441,7 @@ def allow_remote(c: Context, platform: Platform, admin: Admin, settings: Setting
         except ValueError:
             raise StackError(f"--allow-from {allow_from!r} is not a network; give e.g. 10.0.0.0/24 or "
                              f"192.168.1.7/32") from None
-        hba = admin.value(sql.SQL("SHOW hba_file"))
-        text = admin.value(sql.SQL("SELECT pg_read_file({})").format(hba))
+        hba, text = _read_hba(admin)
         line = _hba_line(settings, str(network))
         if line not in text.splitlines():
             platform.append_line(c, hba, line)
@@ -489,8 +494,7 @@ def ensure_tls(c: Context, platform: Platform, admin: Admin, settings: Settings)
                        sql.SQL("ALTER SYSTEM SET ssl = on"), sql.SQL("SELECT pg_reload_conf()")])
         done.append(f"PostgreSQL serves TLS with the stack's certificate ({cert_path})")
     # pg_hba lines from an opt-in made before STACK_TLS: TLS only from now on
-    hba = admin.value(sql.SQL("SHOW hba_file"))
-    text = admin.value(sql.SQL("SELECT pg_read_file({})").format(hba))
+    hba, text = _read_hba(admin)
     lines = text.splitlines()
     secured = [("hostssl " + line.removeprefix("host ")) if line.endswith(hba_marker(settings))
                and line.startswith("host ") else line for line in lines]
@@ -503,8 +507,7 @@ def ensure_tls(c: Context, platform: Platform, admin: Admin, settings: Settings)
 
 def forget_remote(c: Context, platform: Platform, admin: Admin, settings: Settings) -> bool:
     """Remove the pg_hba lines allow_remote added for this role and database."""
-    hba = admin.value(sql.SQL("SHOW hba_file"))
-    text = admin.value(sql.SQL("SELECT pg_read_file({})").format(hba))
+    hba, text = _read_hba(admin)
     kept = [line for line in text.splitlines() if not line.endswith(hba_marker(settings))]
     if len(kept) == len(text.splitlines()):
         return False

@@ -17,6 +17,7 @@ from urllib.parse import quote
 import psycopg
 import pytest
 
+from airflow_stack import settings as settings_mod
 from airflow_stack import tls
 
 from .conftest import LINE, TEST_DAGS, Stack, airflow_api, can_make_clusters, own_cluster
@@ -39,8 +40,6 @@ def managed(services, tmp_path_factory):
     with own_cluster("m") as (version, name, port):
         provider = tmp_path_factory.mktemp("provider ca")
         # the provider's CA and server certificate (made with the stack's own tls module, in a folder of its own)
-        from airflow_stack import settings as settings_mod
-
         made = settings_mod.load(environ={"STACK_ENV_FILE": str(provider / ".env"), "STACK_STATE_DIR": str(provider),
                                           "STACK_TLS_NAMES": MANAGED_ADDRESS})
         tls.ensure(made)
