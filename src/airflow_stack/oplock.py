@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,7 +55,7 @@ def exclusive(settings: Settings, what: str, wait: float = WAIT_SECONDS) -> Iter
     private_dirs(settings)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        _acquire(fd, settings, what, wait)
+        _acquire(fd, str(settings.state_dir), what, wait)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()} {what}\n".encode(), 0)
         _held[path] = (fd, 1)
@@ -68,14 +69,38 @@ def exclusive(settings: Settings, what: str, wait: float = WAIT_SECONDS) -> Iter
         os.close(fd)
 
 
-def _acquire(fd: int, settings: Settings, what: str, wait: float) -> None:
+@contextlib.contextmanager
+def machine_wide(resource: str, what: str, wait: float = WAIT_SECONDS) -> Iterator[None]:
+    """Hold a lock that every checkout of this user shares, for a resource they share.
+
+    Two stacks (two checkouts, or the test lanes) that both find the local PostgreSQL down would
+    each start it; the second then sees a server that is still starting and no stack's lock
+    orders them. This lock does, across state dirs.
+    """
+    folder = Path(tempfile.gettempdir()) / f"airflow-stack-{os.getuid()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    fd = os.open(folder / f"{resource}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        _acquire(fd, f"this machine ({resource})", what, wait)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {what}\n".encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _acquire(fd: int, where: str, what: str, wait: float) -> None:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return
     except BlockingIOError:
         pass
     holder = _holder(fd)
-    print(f"{what}: waiting for {holder} to finish in {settings.state_dir} (one operation at a time)",
+    print(f"{what}: waiting for {holder} to finish in {where} (one operation at a time)",
           file=sys.stderr, flush=True)
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
@@ -85,5 +110,5 @@ def _acquire(fd: int, settings: Settings, what: str, wait: float) -> None:
             return
         except BlockingIOError:
             continue
-    raise StackError(f"{holder} still runs in {settings.state_dir} after {wait:.0f} s; wait for it to end, "
+    raise StackError(f"{holder} still runs in {where} after {wait:.0f} s; wait for it to end, "
                      f"then run {what} again")

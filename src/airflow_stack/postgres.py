@@ -19,7 +19,7 @@ import psycopg
 from invoke import Context
 from psycopg import sql
 
-from . import netutil, tls
+from . import netutil, oplock, tls
 from . import settings as settings_mod
 from .errors import StackError
 from .platform import Cluster, Platform, WholeStdin
@@ -34,10 +34,20 @@ READY_TIMEOUT = 30.0
 
 
 # ---- the server ----------------------------------------------------------------------------
-def is_ready(c: Context, platform: Platform, settings: Settings) -> bool:
+def _pg_isready(c: Context, platform: Platform, settings: Settings) -> int:
+    """pg_isready's exit code: 0 accepting, 1 rejecting (starting up or shutting down), 2 no answer."""
     pg_isready = platform.pg_bin(c, "pg_isready", settings.pg_version)
     return c.run(f"{pg_isready} -q -h {shlex.quote(settings.pg_host)} -p {settings.pg_port} -t 2",
-                 hide=True, warn=True).ok
+                 hide=True, warn=True).exited
+
+
+def is_ready(c: Context, platform: Platform, settings: Settings) -> bool:
+    return _pg_isready(c, platform, settings) == 0
+
+
+def is_starting(c: Context, platform: Platform, settings: Settings) -> bool:
+    """A PostgreSQL answers but rejects connections: it is starting up (or shutting down)."""
+    return _pg_isready(c, platform, settings) == 1
 
 
 def ensure_server(c: Context, platform: Platform, settings: Settings) -> list[str]:
@@ -45,19 +55,25 @@ def ensure_server(c: Context, platform: Platform, settings: Settings) -> list[st
     done: list[str] = []
     if not settings.pg_is_local:
         return done  # a server we do not run: never install or start anything
-    if not platform.pg_installed(c, settings.pg_version):
-        platform.pg_install(c, settings.pg_version)
-        done.append(f"installed PostgreSQL ({platform.name})")
-    if is_ready(c, platform, settings):
-        return done
-    if netutil.port_open(settings.pg_port):
-        raise StackError(f"port {settings.pg_port} is taken by a program that is not a ready PostgreSQL; "
-                         f"free it or set STACK_PG_PORT to the port of your PostgreSQL")
-    platform.pg_start(c, settings.pg_port, settings.pg_version)
+    # one checkout at a time installs or starts the server every checkout shares
+    with oplock.machine_wide(f"postgresql-{settings.pg_port}", "starting PostgreSQL"):
+        if not platform.pg_installed(c, settings.pg_version):
+            platform.pg_install(c, settings.pg_version)
+            done.append(f"installed PostgreSQL ({platform.name})")
+        if is_ready(c, platform, settings):
+            return done
+        if netutil.port_open(settings.pg_port):
+            # started by someone else a moment ago (a boot, the platform's service manager)
+            if is_starting(c, platform, settings) and netutil.wait_until(
+                    lambda: is_ready(c, platform, settings), READY_TIMEOUT):
+                return done
+            raise StackError(f"port {settings.pg_port} is taken by a program that is not a ready PostgreSQL; "
+                             f"free it or set STACK_PG_PORT to the port of your PostgreSQL")
+        platform.pg_start(c, settings.pg_port, settings.pg_version)
+        if not netutil.wait_until(lambda: is_ready(c, platform, settings), READY_TIMEOUT):
+            raise StackError(f"PostgreSQL did not accept connections on {settings.pg_host}:{settings.pg_port} "
+                             f"within {READY_TIMEOUT:.0f} s; see its log (pg_lsclusters / brew services info)")
     done.append(f"started PostgreSQL on port {settings.pg_port}")
-    if not netutil.wait_until(lambda: is_ready(c, platform, settings), READY_TIMEOUT):
-        raise StackError(f"PostgreSQL did not accept connections on {settings.pg_host}:{settings.pg_port} "
-                         f"within {READY_TIMEOUT:.0f} s; see its log (pg_lsclusters / brew services info)")
     return done
 
 

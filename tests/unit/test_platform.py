@@ -164,6 +164,39 @@ def test_a_remote_server_is_never_installed_or_started(env):
     assert commands(c) == []
 
 
+def test_a_server_another_checkout_is_starting_is_waited_for_not_started_again(settings, monkeypatch):
+    """Two stacks that find the server down at once: the second sees it starting (pg_isready 1)."""
+    answers = iter([1, 1, 1, 0])  # is_ready, is_starting, then polled until it accepts
+    monkeypatch.setattr(postgres, "_pg_isready", lambda c, p, s: next(answers))
+    monkeypatch.setattr(postgres.netutil, "port_open", lambda *a, **k: True)
+    c = ctx({"pg_lsclusters -h": DOWN})
+    assert postgres.ensure_server(c, platform.AptPgCtlcluster(""), settings) == []
+    assert not any("start" in cmd for cmd in commands(c))
+
+
+def test_a_port_held_by_something_that_is_not_postgresql_is_refused(settings, monkeypatch):
+    monkeypatch.setattr(postgres, "_pg_isready", lambda c, p, s: 2)  # no PostgreSQL answer
+    monkeypatch.setattr(postgres.netutil, "port_open", lambda *a, **k: True)
+    c = ctx({"pg_lsclusters -h": DOWN})
+    with pytest.raises(StackError, match="port 5432 is taken by a program that is not a ready PostgreSQL; free it"):
+        postgres.ensure_server(c, platform.AptPgCtlcluster(""), settings)
+    assert not any("start" in cmd for cmd in commands(c))
+
+
+def test_starting_the_shared_server_is_one_checkout_at_a_time(tmp_path, monkeypatch, capsys):
+    from airflow_stack import oplock
+
+    monkeypatch.setattr(oplock.tempfile, "tempdir", str(tmp_path))
+    # a second holder (another checkout's invoke) waits, then gives up in one line
+    with oplock.machine_wide("postgresql-5432", "starting PostgreSQL"), \
+            pytest.raises(StackError, match=r"starting PostgreSQL \(pid \d+\) still runs in this machine"), \
+            oplock.machine_wide("postgresql-5432", "starting PostgreSQL", wait=0.5):
+        pass
+    assert "waiting for starting PostgreSQL" in capsys.readouterr().err
+    with oplock.machine_wide("postgresql-5432", "starting PostgreSQL", wait=0.5):
+        pass  # released when its holder ended
+
+
 # ---- detection -----------------------------------------------------------------------------
 def which_of(*present: str):
     return lambda name: f"/usr/bin/{name}" if name in present else None
