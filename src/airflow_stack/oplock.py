@@ -55,7 +55,7 @@ def exclusive(settings: Settings, what: str, wait: float = WAIT_SECONDS) -> Iter
     private_dirs(settings)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        _acquire(fd, str(settings.state_dir), what, wait)
+        _acquire(fd, f"in {settings.state_dir}", what, wait)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()} {what}\n".encode(), 0)
         _held[path] = (fd, 1)
@@ -81,7 +81,7 @@ def machine_wide(resource: str, what: str, wait: float = WAIT_SECONDS) -> Iterat
     folder.mkdir(mode=0o700, exist_ok=True)
     fd = os.open(folder / f"{resource}.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        _acquire(fd, f"this machine ({resource})", what, wait)
+        _acquire(fd, f"on this machine ({resource})", what, wait)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()} {what}\n".encode(), 0)
         try:
@@ -100,7 +100,7 @@ def _acquire(fd: int, where: str, what: str, wait: float) -> None:
     except BlockingIOError:
         pass
     holder = _holder(fd)
-    print(f"{what}: waiting for {holder} to finish in {where} (one operation at a time)",
+    print(f"{what}: waiting for {holder} to finish {where} (one operation at a time)",
           file=sys.stderr, flush=True)
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
@@ -110,5 +110,5 @@ def _acquire(fd: int, where: str, what: str, wait: float) -> None:
             return
         except BlockingIOError:
             continue
-    raise StackError(f"{holder} still runs in {where} after {wait:.0f} s; wait for it to end, "
+    raise StackError(f"{holder} still runs {where} after {wait:.0f} s; wait for it to end, "
                      f"then run {what} again")

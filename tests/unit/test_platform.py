@@ -189,7 +189,7 @@ def test_starting_the_shared_server_is_one_checkout_at_a_time(tmp_path, monkeypa
     monkeypatch.setattr(oplock.tempfile, "tempdir", str(tmp_path))
     # a second holder (another checkout's invoke) waits, then gives up in one line
     with oplock.machine_wide("postgresql-5432", "starting PostgreSQL"), \
-            pytest.raises(StackError, match=r"starting PostgreSQL \(pid \d+\) still runs in this machine"), \
+            pytest.raises(StackError, match=r"starting PostgreSQL \(pid \d+\) still runs on this machine"), \
             oplock.machine_wide("postgresql-5432", "starting PostgreSQL", wait=0.5):
         pass
     assert "waiting for starting PostgreSQL" in capsys.readouterr().err
