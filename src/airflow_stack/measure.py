@@ -74,13 +74,16 @@ def tree(pid: int) -> list[int]:
         return []
 
 
-def cpu_seconds(pids: Iterable[int]) -> float:
-    """User + system CPU time spent so far by ``pids``."""
+def cpu_seconds(pids: Iterable[int], reaped: bool = False) -> float:
+    """User + system CPU time spent so far by ``pids``; with ``reaped``, also by the children they have
+    already waited for (a DAG parser's per-file processes come and go between two readings)."""
     total = 0.0
     for pid in set(pids):
         with contextlib.suppress(psutil.Error):
             times = psutil.Process(pid).cpu_times()
             total += times.user + times.system
+            if reaped:
+                total += times.children_user + times.children_system
     return total
 
 

@@ -30,8 +30,9 @@ class AirflowAPI:
     def close(self) -> None:
         self.client.close()
 
-    def dag_count(self) -> int:
-        resp = self.client.get(f"{self.prefix}/dags")
+    def dag_count(self, containing: str = "") -> int:
+        """DAGs the API lists (those whose id contains ``containing``)."""
+        resp = self.client.get(f"{self.prefix}/dags", params={"dag_id_pattern": containing} if containing else None)
         assert resp.status_code == 200, resp.status_code
         return resp.json()["total_entries"]
 

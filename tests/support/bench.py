@@ -1,13 +1,16 @@
 """`nox -s bench`: `airflow standalone` against our Local and Celery stacks, in one run, on one machine.
 
     python -m tests.support.bench [--line L] [--repeats 3] [--scenarios standalone,local,celery]
+                                  [--measures core,scale]
 
 For each scenario and repeat it measures: start command to healthy; trigger to success of a DAG of
 8 parallel sleep(5) tasks and of one of 40 no-op tasks; idle memory as PSS (Airflow's processes,
 each component, PostgreSQL and Redis apart); a new DAG file to triggerable through the API; and,
 for our stacks, `invoke setup` with nothing to do. Scenarios take turns within each repeat, so noise
-on the machine spreads over all of them. Everything runs in a sandbox (own state dir, ports, role
-and database) and everything it started is stopped at the end, also on Ctrl-C or a failure.
+on the machine spreads over all of them. Then, once, the scale curves (bench_scale.py): a wide DAG and
+many DAG files, for standalone, Local, and Celery with one and with two workers. Everything runs in
+a sandbox (own state dir, ports, role and database) and everything it started is stopped at the end,
+also on Ctrl-C or a failure.
 The report goes into docs/benchmarks.md (bench_report.py).
 """
 
@@ -24,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,12 +39,13 @@ from airflow_stack import airflow_install, lifecycle, lines, measure, redis_serv
 from airflow_stack.netutil import wait_until
 from airflow_stack.settings import PROJECT_DIR
 
-from . import api_client, bench_report
+from . import api_client, bench_report, bench_scale
 from .sandbox import Sandbox, clean_environ, free_ports
 
 DAGS = PROJECT_DIR / "tests" / "integration" / "dags"
 DAG_FILES = ("parallel_sleep.py", "noop_forty.py")
 SCENARIOS = ("standalone", "local", "celery")
+MEASURES = ("core", "scale")
 DEFAULT_OUTPUT = PROJECT_DIR / "docs" / "benchmarks.md"
 # Airflow's default dag-processor refresh (300 s) is what standalone users live with: measure that
 # once per run, not once per repeat
@@ -82,6 +86,9 @@ class Progress:
 class BenchError(Exception):
     """A scenario could not be measured; the run goes on with the others."""
 
+
+# what ends one scenario's measurement (recorded as its error) without ending the run
+MEASURE_ERRORS = (BenchError, AssertionError, OSError, ValueError, KeyError)
 
 # ---- what is measured ----------------------------------------------------------------------------
 def wait(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.2) -> float:
@@ -131,6 +138,10 @@ class Target:
     def memory(self, sample: Sample) -> None:
         raise NotImplementedError
 
+    def parser_cpu(self) -> float:
+        """CPU seconds spent so far by the component that parses DAG files, its finished children included."""
+        raise NotImplementedError
+
     def stop(self) -> None:
         raise NotImplementedError
 
@@ -142,7 +153,7 @@ class Standalone(Target):
     name = "standalone"
     new_dag_timeout = BASELINE_NEW_DAG_TIMEOUT
 
-    def __init__(self, sandbox: Sandbox, dags_folder: Path) -> None:
+    def __init__(self, sandbox: Sandbox, dags_folder: Path, extra_env: dict[str, str] | None = None) -> None:
         settings = sandbox.settings()
         self.line = settings.airflow_line
         self.profile = settings.line
@@ -165,7 +176,7 @@ class Standalone(Target):
         env |= self.profile.web_listen_env("127.0.0.1", api, self.url)
         # gunicorn (where the line's web server is one) opens a control socket in ~/.gunicorn otherwise
         env["GUNICORN_CMD_ARGS"] = f"--control-socket {shlex.quote(str(self.home / 'gunicorn.ctl'))}"
-        self.env = env
+        self.env = env | (extra_env or {})
         self.proc: subprocess.Popen | None = None
 
     def prepare(self) -> None:
@@ -201,6 +212,14 @@ class Standalone(Target):
                 name = subcommand(child.cmdline()) or "other (unnamed)"
                 sample.components[name] = sample.components.get(name, 0.0) + measure.pss_mib(measure.tree(child.pid))
 
+    def parser_cpu(self) -> float:
+        assert self.proc is not None
+        with contextlib.suppress(psutil.Error):
+            for child in psutil.Process(self.proc.pid).children():
+                if subcommand(child.cmdline()) == self.profile.dag_parser:
+                    return measure.cpu_seconds(measure.tree(child.pid), reaped=True)
+        raise BenchError(f"no {self.profile.dag_parser} process under airflow standalone")
+
     def stop(self) -> None:
         if self.proc is None:
             return
@@ -227,18 +246,25 @@ def subcommand(argv: list[str]) -> str:
 
 
 class OurStack(Target):
-    """Our stack in the sandbox, started and stopped with the project's own tasks."""
+    """Our stack in the sandbox, started and stopped with the project's own tasks; ``extra_workers``
+    more Celery workers (``invoke run.worker``), and ``env`` on top of the sandbox's settings."""
 
-    def __init__(self, sandbox: Sandbox, executor: str) -> None:
+    def __init__(self, sandbox: Sandbox, executor: str, name: str = "", extra_workers: int = 0,
+                 env: dict[str, str] | None = None) -> None:
         self.sandbox = sandbox
-        self.name = executor
+        self.name = name or executor
         self.executor = executor
+        self.extra_workers = extra_workers
+        self.env = env or {}
 
     def start(self) -> float:
         began = time.monotonic()
-        proc = self.sandbox.inv(f"run.{self.executor}")
-        if proc.returncode != 0:
-            raise BenchError(f"invoke run.{self.executor} failed: {(proc.stderr or proc.stdout).strip()[-300:]}")
+        commands = [(f"run.{self.executor}",)]
+        commands += [("run.worker", "--name", f"w{n}") for n in range(2, 2 + self.extra_workers)]
+        for command in commands:
+            proc = self.sandbox.inv(*command, env=self.env)
+            if proc.returncode != 0:
+                raise BenchError(f"invoke {' '.join(command)} failed: {(proc.stderr or proc.stdout).strip()[-300:]}")
         settings = self.sandbox.settings()
         # counted until the API itself answers that every component is healthy (as for standalone),
         # not only until our task returned
@@ -272,6 +298,13 @@ class OurStack(Target):
         postmaster = measure.listener(settings.pg_port)
         sample.postgres_pss = measure.pss_mib(measure.tree(postmaster)) if postmaster else None
 
+    def parser_cpu(self) -> float:
+        settings = self.sandbox.settings()
+        proc = supervisor.running(settings, settings.line.dag_parser)
+        if proc is None:
+            raise BenchError(f"our {settings.line.dag_parser} is not running")
+        return measure.cpu_seconds(measure.group(proc.pid), reaped=True)
+
     def stop(self) -> None:
         lifecycle.stop(self.sandbox.settings(), timeout=20)  # Airflow only: Redis stays for the next start
 
@@ -280,14 +313,13 @@ class OurStack(Target):
 def measure_once(target: Target, dags_folder: Path, repeat: int, settle: float, with_new_dag: bool,
                  progress: Progress) -> Sample:
     sample = Sample()
-    try:
+    with measuring(target, sample, f"{target.name} #{repeat}", progress):
         sample.healthy = target.start()
         progress(f"{target.name} #{repeat}: healthy in {sample.healthy:.1f} s; idle {settle:.0f} s before memory")
         time.sleep(settle)
         target.memory(sample)
         progress(f"{target.name} #{repeat}: idle PSS {sample.airflow_pss:.0f} MiB over {sample.processes} processes")
-        api = target.api()
-        try:
+        with contextlib.closing(target.api()) as api:
             for dag_id in ("parallel_sleep", "noop_forty"):
                 api.wait_for_dag(dag_id, timeout=120)
                 api.unpause(dag_id)
@@ -299,14 +331,84 @@ def measure_once(target: Target, dags_folder: Path, repeat: int, settle: float, 
                 dag_id = f"bench_new_{target.name}_{repeat}_{int(time.time())}"
                 sample.new_dag = new_dag_latency(api, dags_folder, dag_id, target.new_dag_timeout)
                 progress(f"{target.name} #{repeat}: new DAG file triggerable after {sample.new_dag:.1f} s")
-        finally:
-            api.close()
-    except (BenchError, AssertionError, OSError, ValueError, KeyError) as exc:
-        sample.error = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-        progress(f"{target.name} #{repeat}: FAILED: {sample.error}")
+    return sample
+
+
+@contextlib.contextmanager
+def measuring(target: Target, sample: Sample | bench_scale.ScaleSample, label: str,
+              progress: Progress) -> Iterator[None]:
+    """One measurement of a target: what fails is kept as the sample's error, and the target stops."""
+    try:
+        yield
+    except MEASURE_ERRORS as exc:
+        sample.error = first_line(exc)
+        progress(f"{label}: FAILED: {sample.error}")
     finally:
         target.stop()
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else exc.__class__.__name__
+
+
+def measure_scale(target: Target, dags_folder: Path, progress: Progress) -> bench_scale.ScaleSample:
+    """The scale curves of one scenario (bench_scale.py): the wide DAGs, then DAG files in steps."""
+    sample = bench_scale.ScaleSample()
+    prefix = f"bench_many_{target.name.replace('-', '_')}_{int(time.time())}_"
+    try:
+        with measuring(target, sample, f"{target.name} scale", progress):
+            target.start()
+            with contextlib.closing(target.api()) as api:
+                for width in bench_scale.WIDTHS:
+                    dag_id = bench_scale.wide_dag_id(width)
+                    api.wait_for_dag(dag_id, timeout=300)
+                    api.unpause(dag_id)
+                    sample.wide[width] = dag_wall_time(api, dag_id, timeout=1800)
+                    progress(f"{target.name} scale: {width} no-op tasks in {sample.wide[width]:.1f} s "
+                             f"({sample.tasks_per_second(width):.1f} tasks/s)")
+                written = 0
+                for total in bench_scale.FILE_COUNTS:
+                    sample.files.append(add_dag_files(target, api, dags_folder, prefix, written, total))
+                    written = total
+                    step = sample.files[-1]
+                    progress(f"{target.name} scale: {step.added} more DAG files listed in {step.listed:.1f} s, "
+                             f"{step.parse_ms_per_file:.0f} ms parser CPU per file; "
+                             f"idle with {total}: {step.idle_cpu_pct:.0f}%")
+    finally:
+        for path in dags_folder.glob(f"{prefix}*.py"):
+            path.unlink()
     return sample
+
+
+def add_dag_files(target: Target, api: api_client.AirflowAPI, dags_folder: Path, prefix: str, written: int,
+                  total: int) -> bench_scale.FilesStep:
+    """Grow the folder to ``total`` small DAG files: time until listed, parser CPU, then idle CPU."""
+    cpu_before = target.parser_cpu()
+    began = time.monotonic()
+    for i in range(written, total):
+        (dags_folder / f"{prefix}{i}.py").write_text(bench_scale.small_dag_source(f"{prefix}{i}"))
+    wait(lambda: api.dag_count(prefix) >= total, 900, f"{total} new DAG files listed", interval=0.5)
+    listed = time.monotonic() - began
+    parse_cpu = target.parser_cpu() - cpu_before
+    idle_before = target.parser_cpu()
+    time.sleep(bench_scale.IDLE_WINDOW)
+    idle_pct = 100 * (target.parser_cpu() - idle_before) / bench_scale.IDLE_WINDOW
+    return bench_scale.FilesStep(total, total - written, listed, parse_cpu, idle_pct)
+
+
+def scale_targets(sandbox: Sandbox, dags_folder: Path, scenarios: list[str]) -> list[Target]:
+    settings = sandbox.settings()
+    found: list[Target] = []
+    for name in scenarios:
+        if name == "standalone":  # our folder refresh, so new files are parsed when ours would be
+            found.append(Standalone(sandbox, dags_folder, settings.line.dag_refresh_env()))
+        elif name == "celery-2w":  # two workers' slots: the scheduler's parallelism must allow them
+            env = {"AIRFLOW__CORE__PARALLELISM": str(2 * settings.worker_concurrency)}
+            found.append(OurStack(sandbox, "celery", name, extra_workers=1, env=env))
+        else:
+            found.append(OurStack(sandbox, name))
+    return found
 
 
 def versions(sandbox: Sandbox) -> dict[str, str]:
@@ -348,7 +450,7 @@ def run(args: argparse.Namespace, progress: Progress) -> bench_report.Result:
             raise BenchError(f"invoke setup failed: {(proc.stderr or proc.stdout).strip()[-300:]}")
         result.versions = versions(sandbox)
         targets: list[Target] = []
-        for name in args.scenarios:
+        for name in args.scenarios if "core" in args.measures else ():
             if name == "standalone":
                 baseline = Standalone(sandbox, dags_folder)
                 progress("migrating standalone's SQLite database (untimed)")
@@ -369,6 +471,16 @@ def run(args: argparse.Namespace, progress: Progress) -> bench_report.Result:
                     sample.setup_rerun = setup_rerun
                 result.samples.setdefault(target.name, []).append(sample)
                 current.clear()
+        if "scale" in args.measures:
+            if "standalone" in args.scale_scenarios and not any(isinstance(t, Standalone) for t in targets):
+                progress("migrating standalone's SQLite database (untimed)")
+                Standalone(sandbox, dags_folder).prepare()
+            for width in bench_scale.WIDTHS:
+                (dags_folder / f"{bench_scale.wide_dag_id(width)}.py").write_text(bench_scale.wide_dag_source(width))
+            for target in scale_targets(sandbox, dags_folder, args.scale_scenarios):
+                current[:] = [target]
+                result.scale[target.name] = measure_scale(target, dags_folder, progress)
+                current.clear()
     finally:
         for target in current:
             with contextlib.suppress(Exception):
@@ -377,6 +489,8 @@ def run(args: argparse.Namespace, progress: Progress) -> bench_report.Result:
         survivors = sandbox.teardown()
         if survivors:
             progress(f"killed {len(survivors)} leftover processes: {survivors}")
+        for width in bench_scale.WIDTHS:
+            (dags_folder / f"{bench_scale.wide_dag_id(width)}.py").unlink(missing_ok=True)
         if not args.state_dir and not args.keep:
             shutil.rmtree(base, ignore_errors=True)
     return result
@@ -389,15 +503,23 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3, help="repeats per scenario (default 3)")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS),
                         help="comma-separated, from: standalone,local,celery (default: all)")
+    parser.add_argument("--measures", default="core,scale",
+                        help="comma-separated, from: core (the targets' figures, repeated), scale (the curves, once)")
+    parser.add_argument("--scale-scenarios", default=",".join(bench_scale.SCENARIOS),
+                        help=f"scenarios of the scale curves (default {','.join(bench_scale.SCENARIOS)})")
     parser.add_argument("--settle", type=float, default=15.0, help="seconds of idle before memory is read")
     parser.add_argument("--output", default=str(DEFAULT_OUTPUT), help="report file (default docs/benchmarks.md)")
     parser.add_argument("--state-dir", help="sandbox folder (default: a temporary one, removed afterwards)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary sandbox folder (logs)")
     args = parser.parse_args(argv)
     args.scenarios = [s for s in args.scenarios.split(",") if s]
-    unknown = set(args.scenarios) - set(SCENARIOS)
-    if unknown or not args.scenarios:
-        parser.error(f"unknown scenario(s) {', '.join(sorted(unknown)) or '(none given)'}; use {','.join(SCENARIOS)}")
+    args.measures = [s for s in args.measures.split(",") if s]
+    args.scale_scenarios = [s for s in args.scale_scenarios.split(",") if s]
+    for option, given, known in (("--scenarios", args.scenarios, SCENARIOS), ("--measures", args.measures, MEASURES),
+                                 ("--scale-scenarios", args.scale_scenarios, bench_scale.SCENARIOS)):
+        unknown = set(given) - set(known)
+        if unknown or not given:
+            parser.error(f"{option}: unknown {', '.join(sorted(unknown)) or '(none given)'}; use {','.join(known)}")
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
     args.command = "nox -s bench -- " + shlex.join(argv) if argv else "nox -s bench"
@@ -421,10 +543,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: {exc}", file=sys.stderr)
         return 1
     path = Path(args.output)
-    bench_report.write(path, result)
-    print(bench_report.render_table(result))
-    progress(f"wrote {path}")
+    written = bench_report.write(path, result)
+    if result.samples:
+        print(bench_report.render_table(result))
+    progress(f"wrote {', '.join(map(str, written))}")
     failed = [f"{name} #{i + 1}" for name, samples in result.samples.items() for i, s in enumerate(samples) if s.error]
+    failed += [f"{name} scale" for name, s in result.scale.items() if s.error]
     if failed:
         print(f"bench: some measurements failed ({', '.join(failed)}); see the progress lines", file=sys.stderr)
         return 1

@@ -11,6 +11,8 @@ from typing import Any
 
 from airflow_stack.measure import Summary
 
+from . import bench_scale
+
 # (Sample attribute, row label, unit)
 METRICS: tuple[tuple[str, str, str], ...] = (
     ("healthy", "start command → every component healthy", "s"),
@@ -69,6 +71,7 @@ class Result:
     machine: dict[str, str]
     versions: dict[str, str] = field(default_factory=dict)
     samples: dict[str, list[Any]] = field(default_factory=dict)  # scenario -> [bench.Sample]
+    scale: dict[str, bench_scale.ScaleSample] = field(default_factory=dict)  # scenario -> its curves
     finished: str = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
 
     def summary(self, scenario: str, metric: str) -> Summary:
@@ -180,26 +183,47 @@ Targets:
 """
 
 
-def _markers(line: str) -> tuple[str, str]:
-    return f"<!-- bench {line} begin (written by nox -s bench) -->", f"<!-- bench {line} end -->"
+def _markers(line: str, part: str = "") -> tuple[str, str]:
+    name = f"{line} {part}".strip()
+    return f"<!-- bench {name} begin (written by nox -s bench) -->", f"<!-- bench {name} end -->"
+
+
+def scale_image(path: Path, line: str) -> Path:
+    """Where the scale plot of ``line`` goes: docs/img/ beside the report."""
+    return path.parent / "img" / f"scale-{line}.png"
 
 
 HEADER = """# Benchmarks
 
 `nox -s bench` brings up, in turn and in one run, `airflow standalone` (the baseline a user has today)
-and our Local and Celery stacks, and measures each the same way (see src/airflow_stack/bench.py).
+and our Local and Celery stacks, and measures each the same way (see tests/support/bench.py).
 `nox -s bench -- --line 2.11` does the same for the 2.11 line, whose baseline is the
 SequentialExecutor on SQLite. Each run rewrites its own line's section below.
 
 """
 
 
-def write(path: Path, result: Result) -> None:
-    """Replace (or add) this line's section in ``path``; keep everything else in the file."""
-    begin, end = _markers(result.line)
-    section = f"{begin}\n{render_section(result)}{end}"
-    text = path.read_text() if path.exists() else HEADER
+def _replace(text: str, begin: str, end: str, body: str) -> str:
+    """``text`` with what lies between the markers replaced by ``body`` (added at the end the first time)."""
+    section = f"{begin}\n{body}{end}"
     pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
-    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section + "\n"
+    return pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section + "\n"
+
+
+def write(path: Path, result: Result) -> list[Path]:
+    """Replace (or add) this line's sections in ``path`` (the figures, the scale curves: each when this run
+    measured it) and write the scale plot beside it; keep everything else in the file. The files written."""
+    text = path.read_text() if path.exists() else HEADER
+    written = [path]
+    if result.samples:
+        text = _replace(text, *_markers(result.line), render_section(result))
+    if result.scale:
+        image = scale_image(path, result.line)
+        bench_scale.plot(result.scale, image, result.line)
+        written.append(image)
+        body = (f"Run {result.finished}: `{result.command}`, Airflow {result.versions.get('airflow', '?')}.\n\n"
+                + bench_scale.render(result.scale, image.relative_to(path.parent).as_posix()))
+        text = _replace(text, *_markers(result.line, "scale"), body)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
+    return written

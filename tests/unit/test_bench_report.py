@@ -3,7 +3,11 @@ place in docs/benchmarks.md while the rest of the file is kept."""
 
 from __future__ import annotations
 
-from tests.support import bench, bench_report
+import ast
+
+import pytest
+
+from tests.support import bench, bench_report, bench_scale
 from tests.support.bench import Sample
 
 
@@ -90,3 +94,50 @@ def test_a_lane_runs_every_session_dealt_to_it():
     listed = subprocess.run([*argv, "--list"], cwd=lanes.ROOT, capture_output=True, text=True, check=True).stdout
     selected = [line[2:].split(" -> ")[0].split(" [")[0] for line in listed.splitlines() if line.startswith("* ")]
     assert selected == sessions, listed
+
+
+def scale_result() -> bench_report.Result:
+    r = result()
+    r.scale["standalone"] = bench_scale.ScaleSample(
+        wide={100: 20.0, 200: 40.0, 400: 100.0},
+        files=[bench_scale.FilesStep(25, 25, 10.0, 5.0, 12.0), bench_scale.FilesStep(50, 25, 11.0, 5.5, 25.0)])
+    r.scale["celery-2w"] = bench_scale.ScaleSample(wide={100: 50.0}, error="invoke run.worker failed")
+    return r
+
+
+def test_the_scale_tables_give_throughput_and_parse_cost_per_file():
+    text = bench_scale.render(scale_result().scale, "img/scale-3.3.png")
+    assert "| 400 | 4.0 tasks/s (100 s) | — |" in text  # 400 tasks in 100 s; the failed scenario has none
+    assert "| 100 | 5.0 tasks/s (20 s) | 2.0 tasks/s (50 s) |" in text
+    # 5.5 CPU seconds for 25 new files: 220 ms each; 25% of a core idle with 50 files
+    assert "| 50 | 11 s, 220 ms CPU/file; idle 25% | — |" in text
+    assert "celery-2w: invoke run.worker failed" in text and "![" in text and "(img/scale-3.3.png)" in text
+
+
+def test_a_scale_run_writes_its_own_section_and_plot_and_keeps_the_figures(tmp_path):
+    path = tmp_path / "benchmarks.md"
+    bench_report.write(path, result("3.3"))
+    only_scale = scale_result()
+    only_scale.samples.clear()  # a run of --measures scale: the figures section stays as it was
+    written = bench_report.write(path, only_scale)
+    image = tmp_path / "img" / "scale-3.3.png"
+    assert written == [path, image]
+    assert image.read_bytes().startswith(b"\x89PNG") and image.stat().st_size > 10_000
+    text = path.read_text()
+    assert "8.5 (8.0–9.0)" in text and text.count("### Scale") == 1 and "(img/scale-3.3.png)" in text
+    bench_report.write(path, scale_result())
+    assert path.read_text().count("### Scale") == 1
+
+
+def test_the_bench_dags_are_valid_python_with_the_tasks_they_promise():
+    source = bench_scale.wide_dag_source(400)
+    assert any(isinstance(n, ast.Constant) and n.value == "bench_wide_400" for n in ast.walk(ast.parse(source)))
+    assert "range(400)" in source and "max_active_tasks=400" in source
+    ast.parse(bench_scale.small_dag_source("bench_many_local_1_0"))
+
+
+def test_bench_options_are_checked():
+    args = bench.parse_args(["--measures", "scale", "--scale-scenarios", "local,celery-2w"])
+    assert args.measures == ["scale"] and args.scale_scenarios == ["local", "celery-2w"]
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--measures", "speed"])

@@ -72,6 +72,13 @@ class AirflowLine:
     # the environment that moves `airflow standalone`'s web server to a host and port (the benchmark)
     web_listen_env: Callable[[str, int, str], dict[str, str]]
     ui: WebUI
+    # the setting for how often the DAG folder is listed for new files (DAG_DIR_REFRESH_SECONDS)
+    dag_refresh_setting: str
+    # the component that parses the DAG files (the benchmark's per-file cost)
+    dag_parser: str
+
+    def dag_refresh_env(self) -> dict[str, str]:
+        return {self.dag_refresh_setting: str(DAG_DIR_REFRESH_SECONDS)}
 
     @property
     def constraints_file(self) -> Path:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..components import FLOWER, TRIGGERER, WORKER, Component, Probe
-from . import DAG_DIR_REFRESH_SECONDS, AirflowLine, RestAPI, WebUI
+from . import AirflowLine, RestAPI, WebUI
 
 if TYPE_CHECKING:
     from ..settings import Settings
@@ -18,13 +18,12 @@ API_AUTH_BACKENDS = ("airflow.providers.fab.auth_manager.api.auth.backend.basic_
 
 
 def environment(settings: Settings) -> dict[str, str]:
-    return {
+    return PROFILE.dag_refresh_env() | {
         **web_listen_env(settings.api_host, settings.api_port, settings.api_url),
         "AIRFLOW__WEBSERVER__SECRET_KEY": settings.api_secret_key,
         "AIRFLOW__WEBSERVER__CONFIG_FILE": str(settings.webserver_config),
         "AIRFLOW__WEBSERVER__WORKERS": "2",
         "AIRFLOW__API__AUTH_BACKENDS": API_AUTH_BACKENDS,
-        "AIRFLOW__SCHEDULER__DAG_DIR_LIST_INTERVAL": str(DAG_DIR_REFRESH_SECONDS),
         # no forked health server: it shares the scheduler's DB connection on this line, and the
         # scheduler hangs; the scheduler is probed through its heartbeat in the job table instead
         "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
@@ -74,6 +73,8 @@ PROFILE = AirflowLine(
     task_pss_mib={"local": 72, "celery": 83},
     standalone_password=standalone_password,
     web_listen_env=web_listen_env,
+    dag_refresh_setting="AIRFLOW__SCHEDULER__DAG_DIR_LIST_INTERVAL",
+    dag_parser="scheduler",
     ui=WebUI(dag_list_path="/home", dag_runs_path="/dagrun/list/?_flt_3_dag_id={dag_id}", trigger_dialog=False,
              production_warnings=("Do not use SQLite as metadata DB in production",
                                   "Do not use the SequentialExecutor in production")),

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..components import FLOWER, TRIGGERER, WORKER, Component, Probe
-from . import DAG_DIR_REFRESH_SECONDS, AirflowLine, RestAPI, WebUI
+from . import AirflowLine, RestAPI, WebUI
 
 if TYPE_CHECKING:
     from ..settings import Settings
@@ -17,7 +17,7 @@ FAB_AUTH_MANAGER = "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthM
 
 
 def environment(settings: Settings) -> dict[str, str]:
-    return {
+    return PROFILE.dag_refresh_env() | {
         "AIRFLOW__CORE__AUTH_MANAGER": FAB_AUTH_MANAGER,
         "AIRFLOW__API__HOST": settings.api_host,
         "AIRFLOW__API__PORT": str(settings.api_port),
@@ -26,7 +26,6 @@ def environment(settings: Settings) -> dict[str, str]:
         # tasks report back over HTTP; without this they dial :8080 and fail with ConnectError
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{settings.api_url}/execution/",
         "AIRFLOW__FAB__CONFIG_FILE": str(settings.webserver_config),
-        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": str(DAG_DIR_REFRESH_SECONDS),
     }
 
 
@@ -85,6 +84,8 @@ PROFILE = AirflowLine(
     task_pss_mib={"local": 71, "celery": 96},
     standalone_password=standalone_password,
     web_listen_env=web_listen_env,
+    dag_refresh_setting="AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL",
+    dag_parser="dag-processor",
     # no production banners in the React UI; the FAB api-server logs the in-memory limiter warning instead
     ui=WebUI(dag_list_path="/dags", dag_runs_path="/dags/{dag_id}/runs", trigger_dialog=True),
 )
