@@ -83,14 +83,7 @@ def ensure(c: Context, platform: Platform, settings: Settings) -> list[str]:
     if not managed(settings):
         return []
     host, port = address(settings)  # type: ignore[misc]
-    done: list[str] = []
-    server = platform.memcached_bin(c)
-    if server is None:
-        platform.memcached_install(c)
-        done.append(f"installed memcached ({platform.name})")
-        server = platform.memcached_bin(c)
-        if server is None:
-            raise StackError("memcached is still not on PATH after installing it; check the install log")
+    server, done = platform.ensure_installed(c, "memcached", platform.memcached_bin, platform.memcached_install)
     proc = supervisor.running(settings, NAME)
     argv = [server, "-l", host, "-p", str(port), "-U", "0", "-m", "64"]
     if os.geteuid() == 0:  # memcached refuses to run as root: it drops to an unprivileged user after binding

@@ -13,13 +13,17 @@ import os
 import shlex
 import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from invoke import Context
 
 from . import progress
 from .errors import StackError
+
+Found = TypeVar("Found")
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,19 @@ class Platform:
     def pg_admin_psql(self, c: Context, port: int, pg_version: str) -> str:
         """A psql command line connected as the local superuser (no password: peer or trust)."""
         raise NotImplementedError
+
+    def ensure_installed(self, c: Context, what: str, find: Callable[[Context], Found | None],
+                         install: Callable[[Context], None]) -> tuple[Found, list[str]]:
+        """What ``find`` finds, after ``install`` when it found nothing; and what was done, for the report."""
+        found = find(c)
+        if found is not None:
+            return found, []
+        install(c)
+        found = find(c)
+        if found is None:
+            raise StackError(f"{what} is still not found after installing it with {self.name}; "
+                             f"check the package manager's output above")
+        return found, [f"installed {what} ({self.name})"]
 
     # Redis --------------------------------------------------------------------------------
     def redis_server_bin(self, c: Context) -> str | None:

@@ -98,14 +98,7 @@ def ping(settings: Settings) -> tuple[bool, str]:
 
 def ensure(c: Context, platform: Platform, settings: Settings) -> list[str]:
     """Install redis-server when missing, write our config, start our Redis when stopped."""
-    done: list[str] = []
-    server = platform.redis_server_bin(c)
-    if server is None:
-        platform.redis_install(c)
-        done.append(f"installed redis-server ({platform.name})")
-        server = platform.redis_server_bin(c)
-        if server is None:
-            raise StackError("redis-server is still not on PATH after installing it; check the install log")
+    server, done = platform.ensure_installed(c, "redis-server", platform.redis_server_bin, platform.redis_install)
     settings.redis_dir.mkdir(parents=True, exist_ok=True)
     if settings.tls:
         done += tls.ensure(settings)

@@ -155,6 +155,28 @@ def test_apt_redis_missing_is_installed():
     assert commands(c)[-1] == f"{INSTALL} redis-server"
 
 
+def test_a_missing_program_is_installed_then_found_and_the_install_reported():
+    installs, finds = [], iter([None, "/usr/bin/memcached"])
+    apt = platform.AptPgCtlcluster("")
+    found, done = apt.ensure_installed(MockContext(), "memcached", lambda c: next(finds),
+                                       lambda c: installs.append("memcached"))
+    assert (found, installs) == ("/usr/bin/memcached", ["memcached"])
+    assert done == ["installed memcached (apt+pg_ctlcluster)"]
+
+
+def test_a_program_already_there_is_not_installed_again():
+    found, done = platform.Homebrew("").ensure_installed(
+        MockContext(), "redis-server", lambda c: "/opt/homebrew/bin/redis-server",
+        lambda c: pytest.fail("installed although found"))
+    assert (found, done) == ("/opt/homebrew/bin/redis-server", [])
+
+
+def test_a_program_still_missing_after_its_install_is_one_line():
+    with pytest.raises(StackError) as err:
+        platform.AptPgCtlcluster("").ensure_installed(MockContext(), "memcached", lambda c: None, lambda c: None)
+    assert "\n" not in str(err.value) and "memcached is still not found after installing it" in str(err.value)
+
+
 def test_a_remote_server_is_never_installed_or_started(env):
     from airflow_stack import settings as settings_mod
 

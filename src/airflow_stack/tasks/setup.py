@@ -213,13 +213,7 @@ def browser(c: Context) -> None:
     """Install a headless browser and its WebDriver for the UI tests and screenshots (Debian's chromium)."""
     with Timer() as t:
         plat = platform.detect()
-        changes = []
-        if plat.browser(c) is None:
-            plat.browser_install(c)
-            changes.append("installed a browser and its WebDriver")
-        found = plat.browser(c)
-        if found is None:
-            raise StackError("no browser and WebDriver found after the install; check the package manager's output")
+        found, changes = plat.ensure_installed(c, "a browser and its WebDriver", plat.browser, plat.browser_install)
     _report("browser", changes, t.seconds, f"{found[0]} with {found[1]}")
 
 
