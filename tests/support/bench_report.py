@@ -48,12 +48,17 @@ class Target:
 
 
 SLEEP_LIMIT = 5.0  # the physical limit of the 8 x sleep(5) DAG
+# the performance issue's targets (round two); the round-one rows still held are kept below them
 TARGETS: tuple[Target, ...] = (
-    Target("local", "healthy", 0.6, "healthy", "Local time to healthy ≤ 0.6× standalone"),
-    Target("local", "airflow_pss", 0.7, "airflow_pss", "Local idle PSS of Airflow's processes ≤ 0.7× standalone"),
+    Target("local", "healthy", 0.6, "healthy", "Local start → healthy ≤ 0.60× standalone"),
+    Target("celery", "healthy", 0.7, "healthy", "Celery start → healthy ≤ 0.70× standalone"),
+    Target("local", "noop40", 0.8, "noop40", "40 no-op tasks, Local ≤ 0.80× standalone"),
+    Target("celery", "noop40", 1.0, "noop40", "40 no-op tasks, Celery ≤ 1.00× standalone"),
+    Target("local", "sleep8", 7.0, "", "8×sleep(5), Local ≤ 7.0 s"),
+    Target("celery", "sleep8", 7.0, "", "8×sleep(5), Celery ≤ 7.0 s"),
+    Target("local", "airflow_pss", 0.55, "airflow_pss", "idle PSS of Airflow's processes, Local ≤ 0.55× standalone"),
+    Target("celery", "airflow_pss", 0.7, "airflow_pss", "idle PSS of Airflow's processes, Celery ≤ 0.70× standalone"),
     Target("local", "stack_pss", 0.75, "airflow_pss", "Local idle PSS with PostgreSQL and Redis ≤ 0.75× standalone"),
-    Target("local", "sleep8", 1.5 * SLEEP_LIMIT, "", "Local 8×sleep(5) ≤ 1.5× the 5 s limit"),
-    Target("celery", "sleep8", 1.8 * SLEEP_LIMIT, "", "Celery 8×sleep(5) ≤ 1.8× the 5 s limit"),
     Target("local", "new_dag", 15.0, "", "new DAG file → triggerable ≤ 15 s"),
     Target("local", "setup_rerun", 3.0, "", "setup re-run ≤ 3 s"),
 )
@@ -148,7 +153,7 @@ def render_targets(result: Result) -> str:
     rows = ["| target | measured | met |", "|---|---|---|"]
     for target in result.targets():
         value = target.value(result)
-        shown = ratio(value) if target.baseline_metric else f"{number(value)} s"
+        shown = ratio(value) if target.baseline_metric or value is None else f"{number(value)} s"
         met = "—" if value is None else ("yes" if value <= target.limit else "**no**")
         rows.append(f"| {target.text} | {shown} | {met} |")
     return "\n".join(rows)
