@@ -76,7 +76,11 @@ class AirflowAPI:
         began = time.monotonic()
         state = "unknown"
         while time.monotonic() - began < timeout:
-            state = self.run_state(dag_id, run_id)
+            try:
+                state = self.run_state(dag_id, run_id)
+            except httpx.TimeoutException:
+                # an API server busy with a wide run (standalone's, on SQLite) may answer late: ask again
+                continue
             if state in ("success", "failed"):
                 return state
             time.sleep(interval)

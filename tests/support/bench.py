@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import psutil
 import psycopg
 import redis
@@ -88,7 +89,9 @@ class BenchError(Exception):
 
 
 # what ends one scenario's measurement (recorded as its error) without ending the run
-MEASURE_ERRORS = (BenchError, AssertionError, OSError, ValueError, KeyError)
+# what ends one measurement (kept as its sample's error) rather than the whole run: an API server that
+# stops answering under load is a finding about that scenario, not a reason to lose the others
+MEASURE_ERRORS = (BenchError, AssertionError, OSError, ValueError, KeyError, httpx.HTTPError)
 
 # ---- what is measured ----------------------------------------------------------------------------
 def wait(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.2) -> float:
