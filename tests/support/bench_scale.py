@@ -145,7 +145,7 @@ compare parsing, not the 5-minute wait for a new file that the table above shows
 
 {chr(10).join(files)}
 
-{failures and "Failed: " + failures + chr(10)}{plot}"""
+{failures and "Failed (left out of the figures):" + chr(10) + chr(10) + failures + chr(10)}{plot}"""
 
 
 def plot(scale: dict[str, ScaleSample], path: Path, line: str) -> None:
