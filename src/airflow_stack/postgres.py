@@ -55,8 +55,11 @@ def ensure_server(c: Context, platform: Platform, settings: Settings) -> list[st
     done: list[str] = []
     if not settings.pg_is_local:
         return done  # a server we do not run: never install or start anything
-    # one checkout at a time installs or starts the server every checkout shares
-    with oplock.machine_wide(f"postgresql-{settings.pg_port}", "starting PostgreSQL"):
+    if platform.pg_installed(c, settings.pg_version) and is_ready(c, platform, settings):
+        return done  # the usual case: nothing to do, so no other checkout to wait for
+    # one checkout at a time installs or starts the server every checkout shares (and looks again
+    # once it holds the lock: the one before it may have done it)
+    with oplock.machine_wide(f"postgresql-{settings.pg_port}", "installing or starting PostgreSQL"):
         if not platform.pg_installed(c, settings.pg_version):
             platform.pg_install(c, settings.pg_version)
             done.append(f"installed PostgreSQL ({platform.name})")

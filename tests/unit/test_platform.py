@@ -53,8 +53,9 @@ def test_brew_installs_and_starts_postgres_when_missing(settings, ready_after_st
              "brew services start postgresql@16": OK})
     on_command(c, "brew services start", lambda: ready_after_start.update(started=True))
     done = postgres.ensure_server(c, platform.Homebrew(), settings)
-    assert commands(c) == ["brew list --versions postgresql@16", "brew install postgresql@16",
-                           "brew services start postgresql@16"]
+    # asked once before the machine-wide lock and once holding it (another checkout may have installed it)
+    assert commands(c) == ["brew list --versions postgresql@16", "brew list --versions postgresql@16",
+                           "brew install postgresql@16", "brew services start postgresql@16"]
     assert done == ["installed PostgreSQL (brew)", "started PostgreSQL on port 5432"]
 
 
@@ -109,7 +110,7 @@ def test_apt_without_systemd_uses_pg_ctlcluster(settings, ready_after_start):
 def test_apt_without_systemd_not_root_uses_sudo(settings, ready_after_start):
     c = _apt_run(platform.AptPgCtlcluster("sudo -n "), settings, ready_after_start,
                  {"pg_lsclusters -h": DOWN, "sudo -n pg_ctlcluster 15 main start": OK})
-    assert commands(c) == ["pg_lsclusters -h", "pg_lsclusters -h", "sudo -n pg_ctlcluster 15 main start"]
+    assert commands(c) == ["pg_lsclusters -h"] * 3 + ["sudo -n pg_ctlcluster 15 main start"]
 
 
 def test_apt_install_path_runs_update_then_install(settings):
@@ -184,6 +185,16 @@ def test_a_remote_server_is_never_installed_or_started(env):
     c = ctx({})
     assert postgres.ensure_server(c, platform.AptPgCtlcluster(""), s) == []
     assert commands(c) == []
+
+
+def test_a_ready_server_is_used_without_waiting_for_another_checkouts_lock(settings, monkeypatch):
+    """Two lanes' setup.postgres at once: the one that finds the server ready neither waits nor says so
+    (its one-line error must stay one line)."""
+    from airflow_stack import oplock
+    monkeypatch.setattr(postgres, "_pg_isready", lambda c, p, s: 0)
+    monkeypatch.setattr(oplock, "machine_wide", lambda *a, **k: pytest.fail("locked for a ready server"))
+    c = ctx({"pg_lsclusters -h": Result("15 main 5432 online postgres /x /y.log\n")})
+    assert postgres.ensure_server(c, platform.AptPgCtlcluster(""), settings) == []
 
 
 def test_a_server_another_checkout_is_starting_is_waited_for_not_started_again(settings, monkeypatch):
