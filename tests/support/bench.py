@@ -88,7 +88,6 @@ class BenchError(Exception):
     """A scenario could not be measured; the run goes on with the others."""
 
 
-# what ends one scenario's measurement (recorded as its error) without ending the run
 # what ends one measurement (kept as its sample's error) rather than the whole run: an API server that
 # stops answering under load is a finding about that scenario, not a reason to lose the others
 MEASURE_ERRORS = (BenchError, AssertionError, OSError, ValueError, KeyError, httpx.HTTPError)

@@ -47,7 +47,6 @@ class Target:
         return mine.ratio_to(result.summary("standalone", self.baseline_metric))
 
 
-SLEEP_LIMIT = 5.0  # the physical limit of the 8 x sleep(5) DAG
 # the performance issue's targets (round two); the round-one rows still held are kept below them
 TARGETS: tuple[Target, ...] = (
     Target("local", "healthy", 0.6, "healthy", "Local start → healthy ≤ 0.60× standalone"),

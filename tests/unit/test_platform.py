@@ -199,7 +199,7 @@ def test_a_ready_server_is_used_without_waiting_for_another_checkouts_lock(setti
 
 def test_a_server_another_checkout_is_starting_is_waited_for_not_started_again(settings, monkeypatch):
     """Two stacks that find the server down at once: the second sees it starting (pg_isready 1)."""
-    answers = iter([1, 1, 1, 0])  # is_ready, is_starting, then polled until it accepts
+    answers = iter([1, 1, 1, 0])  # is_ready before the lock and in it, is_starting, then polled until it accepts
     monkeypatch.setattr(postgres, "_pg_isready", lambda c, p, s: next(answers))
     monkeypatch.setattr(postgres.netutil, "port_open", lambda *a, **k: True)
     c = ctx({"pg_lsclusters -h": DOWN})
