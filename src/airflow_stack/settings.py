@@ -86,6 +86,14 @@ class Settings:
     trigger_log_port: int = _spec("STACK_TRIGGER_LOG_PORT", 8794, kind=int, help="triggerer log server port")
     parallelism: int = _spec("AIRFLOW__CORE__PARALLELISM", max(8, 4 * _cpu_count()), kind=int,
                              help="task slots per scheduler; the fork LocalExecutor starts them all")
+    # Airflow 3's task supervisor notices that its task process exited either by a closed socket or at its next
+    # heartbeat; when the sockets close a moment before the process is reaped (seen in ~1 of 4 no-op tasks
+    # under Celery) it sleeps until the heartbeat, and the task's slot stays taken that long: Airflow's 5 s
+    # made a burst of 40 no-op tasks 2-3x slower on Celery (docs/benchmarks.md, tuning log 7)
+    task_heartbeat_seconds: int = _spec(
+        "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL", 1, kind=int,
+        help="Airflow 3: seconds between a running task's heartbeats, and the longest a finished task may hold "
+             "its slot (Airflow's default: 5)")
     passthrough: str = _spec("STACK_PASSTHROUGH", "",
                              help="comma-separated names of more environment variables the Airflow processes (and "
                                   "so DAG code) may see, e.g. AWS_PROFILE; see airflow_config.PASSED_NAMES")

@@ -7,6 +7,7 @@ import ast
 import pytest
 
 from airflow_stack import airflow_config, lines
+from airflow_stack import settings as settings_mod
 
 from .conftest import SECRETS
 
@@ -22,6 +23,18 @@ def test_3x_environment(settings):
     assert env["AIRFLOW__API_AUTH__JWT_SECRET"] == "jwt-secret-value-5"
     assert env["STACK_RATELIMIT_STORAGE_URI"] == "redis://airflow:redis-user-secret-value-7@127.0.0.1:6380/1"
     assert not any(key.startswith("AIRFLOW__WEBSERVER__") for key in env)
+
+
+def test_a_finished_task_frees_its_slot_within_a_second_on_3x_and_env_can_change_that(settings, env, tmp_path):
+    # the supervisor's wait between heartbeats is also how late it may notice its task process exited
+    assert airflow_config.environment(settings)["AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL"] == "1"
+    with (tmp_path / ".env").open("a") as dotenv:
+        dotenv.write("AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL=5\n")
+    slower = settings_mod.load(environ=env)
+    assert airflow_config.environment(slower)["AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL"] == "5"
+    # 2.x has no Task SDK supervisor: nothing to set there
+    assert "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL" not in airflow_config.environment(
+        settings.replace(airflow_line="2.11"))
 
 
 def test_211_environment(settings):

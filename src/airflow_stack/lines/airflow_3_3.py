@@ -26,6 +26,7 @@ def environment(settings: Settings) -> dict[str, str]:
         # tasks report back over HTTP; without this they dial :8080 and fail with ConnectError
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{settings.api_url}/execution/",
         "AIRFLOW__FAB__CONFIG_FILE": str(settings.webserver_config),
+        "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": str(settings.task_heartbeat_seconds),
     }
 
 
