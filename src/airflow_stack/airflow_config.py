@@ -48,6 +48,7 @@ def environment(settings: Settings, executor: str | None = None) -> dict[str, st
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(settings.plugins_folder),
         "PYTHONPATH": str(settings.project_dir),
         "AIRFLOW__CORE__PARALLELISM": str(settings.parallelism),
+        "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": f"{settings.scheduler_idle_sleep:g}",
         # every component would load Alembic's ~150 migration scripts at start to compare heads:
         # CPU and memory on each; `invoke run.*` checks the schema once before starting any
         # (airflow_db.needs_migration) and refuses to start on an old one

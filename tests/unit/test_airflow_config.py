@@ -37,6 +37,12 @@ def test_a_finished_task_frees_its_slot_within_a_second_on_3x_and_env_can_change
         settings.replace(airflow_line="2.11"))
 
 
+def test_an_idle_scheduler_looks_again_after_half_a_second_on_both_lines(settings):
+    for line in lines.NAMES:
+        env = airflow_config.environment(settings.replace(airflow_line=line))
+        assert env["AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME"] == "0.5"
+
+
 def test_211_environment(settings):
     env = airflow_config.environment(settings.replace(airflow_line="2.11", api_port=18081), "local")
     assert env["AIRFLOW__WEBSERVER__WEB_SERVER_PORT"] == "18081"

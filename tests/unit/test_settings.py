@@ -85,3 +85,16 @@ def test_the_liveness_watchdog_can_be_turned_off_but_not_set_below_zero(env):
         settings_mod.load(environ=env | {"STACK_LIVENESS_SECONDS": "-1"})
     with pytest.raises(StackError, match=r"STACK_API_PORT=0 \(environment\) is not a port"):
         settings_mod.load(environ=env | {"STACK_API_PORT": "0"})
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("soon", r"AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME='soon' \(environment\) is not a number"),
+    ("0", "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME=0 \\(environment\\) must be at least 0.1"),
+    ("nan", "must be at least 0.1"),
+])
+def test_the_scheduler_idle_sleep_is_a_positive_number_of_seconds(env, value, message):
+    assert settings_mod.load(environ=env).scheduler_idle_sleep == 0.5
+    assert settings_mod.load(environ=env | {"AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.25"}
+                             ).scheduler_idle_sleep == 0.25
+    with pytest.raises(StackError, match=message):
+        settings_mod.load(environ=env | {"AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": value})
