@@ -43,9 +43,9 @@ def tests(session: nox.Session) -> None:
 def integration(session: nox.Session, executor: str, line: str) -> None:
     """Integration tests against real PostgreSQL, Redis and Airflow, in their own state dir and ports."""
     install(session, "test")
-    # --durations: where a session's time goes (setup and call of the slowest tests), in every CI log
+    # --durations: where a session's time goes (every setup, call and teardown of 10 s or more), in every CI log
     session.run("pytest", "tests/integration", "-m", MARKERS[executor], "--line", line, "--executor", executor,
-                "--durations=15", *session.posargs)
+                "--durations=0", "--durations-min=10", *session.posargs)
 
 
 @nox.session(default=False)

@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -54,6 +55,15 @@ def deal(sessions: list[tuple[str, int]], lanes: int) -> list[list[str]]:
         dealt[lane].append(name)
         work[lane] += weight
     return [lane for lane in dealt if lane]
+
+
+def busy_share(before: Any, after: Any) -> float:
+    """How much of all the CPUs' time between two ``psutil.cpu_times()`` readings was busy (0..1): near 1,
+    the suite waits for CPU, and more lanes would only share it thinner."""
+    def busy(times: Any) -> float:
+        return sum(times) - times.idle - getattr(times, "iowait", 0.0)
+    total = sum(after) - sum(before)
+    return (busy(after) - busy(before)) / total if total > 0 else 0.0
 
 
 def lane_command(sessions: list[str]) -> list[str]:
@@ -92,7 +102,7 @@ def main() -> int:
     lanes = deal(integration_sessions(), default_lanes())
     print(f"scripts/test: integration sessions in {len(lanes)} lane(s): "
           + "; ".join(f"lane {n}: {', '.join(s)}" for n, s in enumerate(lanes, 1)), flush=True)
-    lock, results = threading.Lock(), {}
+    lock, results, cpu_before = threading.Lock(), {}, psutil.cpu_times()
     threads = [threading.Thread(target=run_lane, args=(n, s, lock, results)) for n, s in enumerate(lanes, 1)]
     for thread in threads:
         thread.start()
@@ -102,6 +112,8 @@ def main() -> int:
         code, seconds = results.get(number, (1, 0.0))
         print(f"scripts/test: lane {number} ({', '.join(sessions)}) {'passed' if code == 0 else 'FAILED'} in "
               f"{seconds / 60:.1f} min (log: .nox/lane-{number}.log)")
+    print(f"scripts/test: the {psutil.cpu_count()} CPUs were busy {busy_share(cpu_before, psutil.cpu_times()):.0%} "
+          f"of the time while the lanes ran")
     failed = any(code != 0 for code, _ in results.values()) or len(results) != len(lanes)
     print(f"scripts/test: {'FAILED' if failed else 'all passed'} in {(time.monotonic() - began) / 60:.1f} min")
     return 1 if failed else 0

@@ -142,3 +142,14 @@ def test_bench_options_are_checked():
     assert args.measures == ["scale"] and args.scale_scenarios == ["local", "celery-2w"]
     with pytest.raises(SystemExit):
         bench.parse_args(["--measures", "speed"])
+
+
+def test_the_lanes_report_how_busy_the_cpus_were():
+    from collections import namedtuple
+
+    from tests.support import lanes
+
+    times = namedtuple("times", "user system idle iowait")
+    # 30 s busy of 40 s of CPU time, 5 s of it waiting for the disk (not busy)
+    assert lanes.busy_share(times(100, 20, 500, 10), times(125, 25, 505, 15)) == pytest.approx(0.75)
+    assert lanes.busy_share(times(1, 1, 1, 0), times(1, 1, 1, 0)) == 0.0  # no time passed
