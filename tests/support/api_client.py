@@ -69,7 +69,9 @@ class AirflowAPI:
         return resp.status_code, content if isinstance(content, str) else "\n".join(map(str, content))
 
     def run_state(self, dag_id: str, run_id: str) -> str:
-        return self.client.get(f"{self.prefix}/dags/{dag_id}/dagRuns/{run_id}").json()["state"]
+        resp = self.client.get(f"{self.prefix}/dags/{dag_id}/dagRuns/{run_id}")
+        resp.raise_for_status()  # an error body has no state: say which status it was
+        return resp.json()["state"]
 
     def wait_for_run(self, dag_id: str, run_id: str, timeout: float = 180, interval: float = 0.5) -> str:
         """The run's final state (success/failed), or its state when ``timeout`` ran out."""
@@ -80,6 +82,12 @@ class AirflowAPI:
                 state = self.run_state(dag_id, run_id)
             except httpx.TimeoutException:
                 # an API server busy with a wide run (standalone's, on SQLite) may answer late: ask again
+                continue
+            except httpx.HTTPStatusError as exc:
+                # standalone's SQLite answers 500 while "database is locked"; the run goes on: ask again
+                if exc.response.status_code < 500:
+                    raise
+                time.sleep(interval)
                 continue
             if state in ("success", "failed"):
                 return state
