@@ -210,9 +210,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     executor = __getattr__("EXECUTOR")
     extra = {
         # a task whose process was killed (with its worker, or by test_faults) is failed, then retried,
-        # after 20 s without heartbeat, not 300 s (the names of both lines)
-        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "20",
-        "AIRFLOW__SCHEDULER__SCHEDULER_ZOMBIE_TASK_THRESHOLD": "20",
+        # after 40 s without heartbeat, not 300 s (the names of both lines). Not less: a task in flight must
+        # outlive an API-server kill (test_faults), and its supervisor heartbeats again only once the
+        # restarted server answers and the client's backoff lets it (~20 s under two test lanes: at 20 s
+        # the scheduler failed a task that was fine, CI 2026-12-06)
+        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "40",
+        "AIRFLOW__SCHEDULER__SCHEDULER_ZOMBIE_TASK_THRESHOLD": "40",
     }
     cluster: contextlib.AbstractContextManager = contextlib.nullcontext()
     if executor == "celery":
