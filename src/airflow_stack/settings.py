@@ -390,21 +390,13 @@ def read_env_file(path: Path) -> dict[str, str]:
 
 
 def _convert(name: str, spec: Spec, raw: Any, source: str) -> Any:
-    if spec.kind is int:
+    if spec.kind in (int, float):
         try:
-            value = int(raw)
+            value = spec.kind(raw)
         except (TypeError, ValueError):
             raise StackError(f"{spec.env}={raw!r} ({source}) is not a number; set it to a number") from None
         if name.endswith("port") and not 1 <= value <= 65535:
             raise StackError(f"{spec.env}={value} ({source}) is not a port; use 1-65535")
-        if value < spec.minimum:
-            raise StackError(f"{spec.env}={value} ({source}) must be at least {spec.minimum}")
-        return value
-    if spec.kind is float:
-        try:
-            value = float(raw)
-        except (TypeError, ValueError):
-            raise StackError(f"{spec.env}={raw!r} ({source}) is not a number; set it to a number") from None
         if not value >= spec.minimum:  # also refuses nan
             raise StackError(f"{spec.env}={value:g} ({source}) must be at least {spec.minimum:g}")
         return value
