@@ -10,7 +10,8 @@ once-per-line tests: about twice a Celery one).
 A lane is one ``nox -s A -s B`` process: its lines are printed as they arrive, prefixed with the lane; its
 whole output is also kept in .nox/lane-N.log. ``STACK_TEST_LANES`` sets the number of lanes (1: one after
 another, as plain ``nox`` runs them); the default is 2 where there are at least 2 CPUs and 6 GiB of memory
-per lane."""
+per lane. At the end it prints how busy the CPUs were and which processes used them (cpu_ledger.py): the
+suite's floor is that CPU work, so every CI log says where its time goes."""
 
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+
+from tests.support import cpu_ledger
 
 ROOT = Path(__file__).resolve().parents[2]
 GIB = 1 << 30
@@ -57,13 +60,20 @@ def deal(sessions: list[tuple[str, int]], lanes: int) -> list[list[str]]:
     return [lane for lane in dealt if lane]
 
 
+def _busy(times: Any) -> float:
+    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
+
+
+def busy_seconds(before: Any, after: Any) -> float:
+    """CPU seconds all the CPUs were busy between two ``psutil.cpu_times()`` readings."""
+    return _busy(after) - _busy(before)
+
+
 def busy_share(before: Any, after: Any) -> float:
     """How much of all the CPUs' time between two ``psutil.cpu_times()`` readings was busy (0..1): near 1,
     the suite waits for CPU, and more lanes would only share it thinner."""
-    def busy(times: Any) -> float:
-        return sum(times) - times.idle - getattr(times, "iowait", 0.0)
     total = sum(after) - sum(before)
-    return (busy(after) - busy(before)) / total if total > 0 else 0.0
+    return busy_seconds(before, after) / total if total > 0 else 0.0
 
 
 def lane_command(sessions: list[str]) -> list[str]:
@@ -103,6 +113,7 @@ def main() -> int:
     print(f"scripts/test: integration sessions in {len(lanes)} lane(s): "
           + "; ".join(f"lane {n}: {', '.join(s)}" for n, s in enumerate(lanes, 1)), flush=True)
     lock, results, cpu_before = threading.Lock(), {}, psutil.cpu_times()
+    sampler = cpu_ledger.Sampler().start()
     threads = [threading.Thread(target=run_lane, args=(n, s, lock, results)) for n, s in enumerate(lanes, 1)]
     for thread in threads:
         thread.start()
@@ -112,8 +123,11 @@ def main() -> int:
         code, seconds = results.get(number, (1, 0.0))
         print(f"scripts/test: lane {number} ({', '.join(sessions)}) {'passed' if code == 0 else 'FAILED'} in "
               f"{seconds / 60:.1f} min (log: .nox/lane-{number}.log)")
-    print(f"scripts/test: the {psutil.cpu_count()} CPUs were busy {busy_share(cpu_before, psutil.cpu_times()):.0%} "
+    cpu_after, by_kind = psutil.cpu_times(), sampler.stop()
+    print(f"scripts/test: the {psutil.cpu_count()} CPUs were busy {busy_share(cpu_before, cpu_after):.0%} "
           f"of the time while the lanes ran")
+    for line in cpu_ledger.report(by_kind, busy_seconds(cpu_before, cpu_after), psutil.cpu_count() or 1):
+        print(f"scripts/test: {line}")
     failed = any(code != 0 for code, _ in results.values()) or len(results) != len(lanes)
     print(f"scripts/test: {'FAILED' if failed else 'all passed'} in {(time.monotonic() - began) / 60:.1f} min")
     return 1 if failed else 0

@@ -153,3 +153,61 @@ def test_the_lanes_report_how_busy_the_cpus_were():
     # 30 s busy of 40 s of CPU time, 5 s of it waiting for the disk (not busy)
     assert lanes.busy_share(times(100, 20, 500, 10), times(125, 25, 505, 15)) == pytest.approx(0.75)
     assert lanes.busy_share(times(1, 1, 1, 0), times(1, 1, 1, 0)) == 0.0  # no time passed
+    assert lanes.busy_seconds(times(100, 20, 500, 10), times(125, 25, 505, 15)) == pytest.approx(30)
+
+
+@pytest.mark.parametrize(("cmdline", "expected"), [
+    ("airflow api_server -- host:127.0.0.1 port:20704", "Airflow API server / webserver"),
+    ("[ready] gunicorn: worker [airflow-webserver]", "Airflow API server / webserver"),
+    ("/tmp/pytest-of-root/pytest-5/stack state0/venv-airflow-3.3.2/bin/python /tmp/pytest-of-root/pytest-5/"
+     "stack state0/venv-airflow-3.3.2/bin/airflow scheduler --skip-serve-logs", "Airflow scheduler"),
+    ("/tmp/pytest-of-root/pytest-5/s/venv/bin/python /tmp/pytest-of-root/pytest-5/s/venv/bin/airflow db migrate",
+     "airflow db migrate"),
+    ("venv/bin/python -c import os, sys; from airflow.__main__ import main; sys.exit(main()) users create --role "
+     "Admin", "airflow users create / reset-password"),
+    ("venv/bin/python venv/bin/airflow dags test project_probe", "other airflow CLI commands"),
+    ("/repo/.nox/integration-local-3-3/bin/python -m invoke stop -c scheduler", "the stack's invoke tasks"),
+    ("[celeryd: celery@host:ForkPoolWorker-1]", "Celery workers and their tasks"),
+    ("airflow worker -- LocalExecutor: <idle>", "Airflow task processes"),
+    ("postgres: 15/main: ast_test_1 ast_test_1 127.0.0.1(5) idle", "PostgreSQL"),
+    ("/repo/.nox/integration-local-3-3/bin/uv pip install --python /tmp/x/venv", "installs (uv, apt, dpkg)"),
+    ("/repo/.nox/integration-local-3-3/bin/python /repo/.nox/integration-local-3-3/bin/pytest tests/integration",
+     "pytest, nox (the tests themselves)"),
+    ("/usr/bin/something-else", "other processes"),
+])
+def test_the_cpu_ledger_names_what_a_process_does(cmdline, expected):
+    from tests.support import cpu_ledger
+
+    assert cpu_ledger.kind(cmdline) == expected
+
+
+def test_the_cpu_ledger_sums_what_each_kind_used_since_it_began():
+    from tests.support import cpu_ledger
+
+    ledger = cpu_ledger.Ledger()
+    before, after = ledger.began - 100, ledger.began + 1
+    ledger.add(10, before, "postgres: 15/main: checkpointer", 50.0)  # ran before: only what it uses from now
+    ledger.add(10, before, "postgres: 15/main: checkpointer", 52.5)
+    ledger.add(20, after, "/venv/bin/python /src/airflow_stack/launcher.py run/launch-1.json", 0.4)
+    ledger.add(20, after, "airflow api_server -- host:127.0.0.1 port:1", 7.0)  # forked, then renamed: its last name
+    ledger.add(30, after, "", 1.0)  # a process whose command line could not be read yet keeps its kind
+    ledger.add(30, after, "", 1.5)
+    ledger.add(20, after + 5, "airflow api_server -- host:127.0.0.1 port:1", 3.0)  # a new process, the same pid
+    assert ledger.by_kind() == {"PostgreSQL": 2.5, "Airflow API server / webserver": 10.0, "other processes": 1.5}
+
+    lines = cpu_ledger.report(ledger.by_kind(), busy_seconds=20.0, cpus=2, top=2)
+    assert lines[0] == "20 CPU seconds busy on 2 CPUs: at full use a floor of 0.2 min; by kind of process:"
+    assert lines[1:] == ["     10 s  50%  Airflow API server / webserver", "      2 s  12%  PostgreSQL",
+                         "      2 s   8%  1 more kinds", f"      6 s  30%  {cpu_ledger.UNSEEN}"]
+
+
+def test_the_cpu_sampler_sees_this_process_burn_cpu():
+    import time
+
+    from tests.support import cpu_ledger
+
+    sampler = cpu_ledger.Sampler(interval=0.05).start()
+    began = time.process_time()
+    while time.process_time() - began < 0.3:
+        pass
+    assert sampler.stop()["pytest, nox (the tests themselves)"] >= 0.25
