@@ -10,7 +10,6 @@ the machine was busy with beyond what was seen as a rest."""
 from __future__ import annotations
 
 import threading
-import time
 from collections import defaultdict
 from collections.abc import Iterable
 
@@ -19,7 +18,9 @@ import psutil
 INTERVAL = 0.5  # a pass over ~300 processes costs ~15 ms of CPU: ~3% of one CPU at this interval
 
 # (kind, parts of a command line): the first kind with a part in the command line wins. Order matters:
-# a test's Airflow runs in pytest's temporary folders ("/tmp/pytest-of-root/..."), so pytest comes last.
+# a test's Airflow runs in pytest's temporary folders ("/tmp/pytest-of-root/..."), and the sessions' own
+# command lines name executors ("-m 'integration and not celery'"), so pytest and nox match on their
+# programs only, and last; 2.11's parse processes are named "airflow scheduler - DagFileProcessor ...".
 KINDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("browser (UI tests)", ("chromium", "chromedriver")),
     ("PostgreSQL", ("postgres: ", "/bin/postgres ")),
@@ -27,17 +28,17 @@ KINDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("installs (uv, apt, dpkg)", ("bin/uv ", "apt-get ", "apt-cache ", "dpkg")),
     ("the stack's invoke tasks", ("-m invoke ",)),
     ("Airflow API server / webserver", ("api_server", "api-server", "webserver", "gunicorn")),
-    ("Airflow scheduler", ("scheduler",)),
     ("Airflow DAG processor", ("dag-processor", "dag_processor", "DagFileProcessor")),
-    ("Airflow triggerer", ("triggerer",)),
-    ("Celery workers and their tasks", ("celery",)),
-    ("Airflow task processes", ("airflow worker", "airflow task", "tasks run")),
+    ("Airflow scheduler", ("airflow scheduler",)),
+    ("Airflow triggerer", ("airflow triggerer",)),
+    ("Celery workers and their tasks", ("celeryd", "airflow celery", "celery worker", "ForkPoolWorker")),
+    ("Airflow task processes", ("airflow worker", "airflow task runner", "airflow task supervisor", " tasks run ")),
     ("airflow_helper (DAG checks, objects)", ("airflow_helper.py",)),
     ("airflow db migrate", ("airflow db migrate",)),
     ("airflow users create / reset-password", ("users create", "users reset-password", "users delete")),
     ("other airflow CLI commands", ("bin/airflow ", "airflow.__main__")),
     ("the stack's launcher (preload, restarts)", ("launcher.py",)),
-    ("pytest, nox (the tests themselves)", ("pytest", "nox")),
+    ("pytest, nox (the tests themselves)", ("bin/pytest ", "-m pytest", "bin/nox ", "-m nox")),
 )
 OTHER = "other processes"
 UNSEEN = "not seen by the sampler (shorter than a sample, the kernel)"
@@ -55,32 +56,41 @@ class Ledger:
     forked by the launcher renames itself: its last name counts)."""
 
     def __init__(self) -> None:
-        self.began = time.time()
-        # (pid, create time) -> [CPU seconds it had when first seen (0 if it started after us), latest, kind]
+        # (pid, create time) -> [CPU seconds it had when first seen (0 if it started after the first
+        # sample), latest, kind]
         self.processes: dict[tuple[int, float], list] = {}
+        self._primed = False
 
-    def add(self, pid: int, created: float, cmdline: str, cpu: float) -> None:
+    def add(self, pid: int, created: float, cmdline: str, cpu: float, existing: bool = False) -> None:
+        """One reading of one process; ``existing``: it ran before the ledger began (only what it uses from
+        now on counts)."""
         entry = self.processes.get((pid, created))
         if entry is None:
-            entry = self.processes[(pid, created)] = [cpu if created < self.began else 0.0, cpu, kind(cmdline)]
-        entry[1] = cpu
+            entry = self.processes[(pid, created)] = [cpu if existing else 0.0, cpu, kind(cmdline)]
+        entry[1] = max(entry[1], cpu)
         if cmdline:
             entry[2] = kind(cmdline)
 
     def by_kind(self) -> dict[str, float]:
         totals: dict[str, float] = defaultdict(float)
-        for first, latest, name in self.processes.values():
+        for first, latest, name in list(self.processes.values()):
             totals[name] += latest - first
         return dict(totals)
 
     def sample(self, processes: Iterable[psutil.Process] | None = None) -> None:
-        for proc in processes if processes is not None else psutil.process_iter(["cmdline", "create_time",
-                                                                                   "cpu_times"]):
+        """Read every process once; the first call marks what ran before the ledger began."""
+        if processes is None:
+            # fresh Process objects each pass: a cached one keeps the start time of a pid since reused
+            getattr(psutil.process_iter, "cache_clear", lambda: None)()
+            processes = psutil.process_iter(["cmdline", "create_time", "cpu_times"])
+        existing, self._primed = not self._primed, True
+        for proc in processes:
             info = proc.info
             if info.get("cpu_times") is None or info.get("create_time") is None:
                 continue  # gone, or a process we may not read
             times = info["cpu_times"]
-            self.add(proc.pid, info["create_time"], " ".join(info.get("cmdline") or []), times.user + times.system)
+            self.add(proc.pid, info["create_time"], " ".join(info.get("cmdline") or []), times.user + times.system,
+                     existing)
 
 
 def report(totals: dict[str, float], busy_seconds: float, cpus: int, top: int = 12) -> list[str]:
@@ -104,21 +114,27 @@ class Sampler:
     """Samples every process into a Ledger in a daemon thread until ``stop``."""
 
     def __init__(self, interval: float = INTERVAL) -> None:
-        self.ledger, self.interval = Ledger(), interval
+        self.ledger, self.interval, self.failed_passes = Ledger(), interval, 0
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="cpu-ledger")
 
+    def _sample(self) -> None:
+        try:
+            self.ledger.sample()
+        except Exception:  # a figure is never a reason for the suite to fail: the pass is lost, counted
+            self.failed_passes += 1
+
     def _run(self) -> None:
         while not self._done.wait(self.interval):
-            self.ledger.sample()
+            self._sample()
 
     def start(self) -> Sampler:
-        self.ledger.sample()
+        self._sample()
         self._thread.start()
         return self
 
     def stop(self) -> dict[str, float]:
         self._done.set()
         self._thread.join()
-        self.ledger.sample()
+        self._sample()
         return self.ledger.by_kind()

@@ -128,6 +128,8 @@ def main() -> int:
           f"of the time while the lanes ran")
     for line in cpu_ledger.report(by_kind, busy_seconds(cpu_before, cpu_after), psutil.cpu_count() or 1):
         print(f"scripts/test: {line}")
+    if sampler.failed_passes:
+        print(f"scripts/test: {sampler.failed_passes} passes of the CPU sampler failed (their CPU counts as not seen)")
     failed = any(code != 0 for code, _ in results.values()) or len(results) != len(lanes)
     print(f"scripts/test: {'FAILED' if failed else 'all passed'} in {(time.monotonic() - began) / 60:.1f} min")
     return 1 if failed else 0

@@ -171,8 +171,15 @@ def test_the_lanes_report_how_busy_the_cpus_were():
     ("airflow worker -- LocalExecutor: <idle>", "Airflow task processes"),
     ("postgres: 15/main: ast_test_1 ast_test_1 127.0.0.1(5) idle", "PostgreSQL"),
     ("/repo/.nox/integration-local-3-3/bin/uv pip install --python /tmp/x/venv", "installs (uv, apt, dpkg)"),
-    ("/repo/.nox/integration-local-3-3/bin/python /repo/.nox/integration-local-3-3/bin/pytest tests/integration",
+    # the sessions name executors and the tests' Airflow runs in pytest's folders: neither misleads
+    ("/repo/.nox/integration-local-3-3/bin/python /repo/.nox/integration-local-3-3/bin/pytest tests/integration "
+     "-m integration and not celery --line 3.3", "pytest, nox (the tests themselves)"),
+    ("/repo/.venv/bin/python -m nox -s integration(celery, 2.11) integration(local, 3.3)",
      "pytest, nox (the tests themselves)"),
+    ("airflow scheduler - DagFileProcessor /tmp/pytest-of-root/pytest-5/p/dags/x.py", "Airflow DAG processor"),
+    ("/tmp/pytest-of-root/pytest-5/s/venv/bin/python /tmp/pytest-of-root/pytest-5/s/venv/bin/airflow tasks list x",
+     "other airflow CLI commands"),
+    ("git clone -q /repo /tmp/pytest-of-root/pytest-5/clone", "other processes"),
     ("/usr/bin/something-else", "other processes"),
 ])
 def test_the_cpu_ledger_names_what_a_process_does(cmdline, expected):
@@ -185,8 +192,8 @@ def test_the_cpu_ledger_sums_what_each_kind_used_since_it_began():
     from tests.support import cpu_ledger
 
     ledger = cpu_ledger.Ledger()
-    before, after = ledger.began - 100, ledger.began + 1
-    ledger.add(10, before, "postgres: 15/main: checkpointer", 50.0)  # ran before: only what it uses from now
+    before, after = 1000.0, 2000.0
+    ledger.add(10, before, "postgres: 15/main: checkpointer", 50.0, existing=True)  # only what it uses from now
     ledger.add(10, before, "postgres: 15/main: checkpointer", 52.5)
     ledger.add(20, after, "/venv/bin/python /src/airflow_stack/launcher.py run/launch-1.json", 0.4)
     ledger.add(20, after, "airflow api_server -- host:127.0.0.1 port:1", 7.0)  # forked, then renamed: its last name
@@ -211,3 +218,22 @@ def test_the_cpu_sampler_sees_this_process_burn_cpu():
     while time.process_time() - began < 0.3:
         pass
     assert sampler.stop()["pytest, nox (the tests themselves)"] >= 0.25
+
+
+def test_the_cpu_ledger_counts_only_new_cpu_of_what_ran_before_its_first_sample():
+    from collections import namedtuple
+    from types import SimpleNamespace
+
+    from tests.support import cpu_ledger
+
+    times = namedtuple("times", "user system")
+
+    def proc(pid, cmdline, cpu, created=1.0):
+        return SimpleNamespace(pid=pid, info={"cmdline": cmdline.split(), "create_time": created,
+                                              "cpu_times": times(cpu, 0.0)})
+
+    ledger = cpu_ledger.Ledger()
+    ledger.sample([proc(1, "redis-server 127.0.0.1:6380", 40.0)])  # the first pass: it ran before
+    ledger.sample([proc(1, "redis-server 127.0.0.1:6380", 41.0), proc(2, "redis-server 127.0.0.1:7000", 3.0, 9.0),
+                   SimpleNamespace(pid=3, info={"cmdline": None, "create_time": None, "cpu_times": None})])  # gone
+    assert ledger.by_kind() == {"Redis, memcached": 4.0}
