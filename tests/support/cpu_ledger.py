@@ -15,7 +15,7 @@ from collections.abc import Iterable
 
 import psutil
 
-INTERVAL = 0.5  # a pass over ~300 processes costs ~15 ms of CPU: ~3% of one CPU at this interval
+INTERVAL = 0.5  # a pass costs ~10 ms of CPU with ~200 processes: 2-3% of one CPU, shown in the report
 
 # (kind, parts of a command line): the first kind with a part in the command line wins. Order matters:
 # a test's Airflow runs in pytest's temporary folders ("/tmp/pytest-of-root/..."), and the sessions' own
@@ -38,6 +38,7 @@ KINDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("airflow users create / reset-password", ("users create", "users reset-password", "users delete")),
     ("other airflow CLI commands", ("bin/airflow ", "airflow.__main__")),
     ("the stack's launcher (preload, restarts)", ("launcher.py",)),
+    ("scripts/test's lanes and this sampler", ("tests.support.lanes",)),
     ("pytest, nox (the tests themselves)", ("bin/pytest ", "-m pytest", "bin/nox ", "-m nox")),
 )
 OTHER = "other processes"
@@ -59,29 +60,33 @@ class Ledger:
         # (pid, create time) -> [CPU seconds it had when first seen (0 if it started after the first
         # sample), latest, kind]
         self.processes: dict[tuple[int, float], list] = {}
+        self.retired: list[list] = []  # entries of processes whose pid was reused
         self._primed = False
 
     def add(self, pid: int, created: float, cmdline: str, cpu: float, existing: bool = False) -> None:
         """One reading of one process; ``existing``: it ran before the ledger began (only what it uses from
         now on counts)."""
         entry = self.processes.get((pid, created))
+        if entry is not None and cpu < entry[1]:
+            # CPU time never goes back: the pid was reused between two passes and psutil's cached process
+            # kept the old start time. The old process's figure stands; the new one starts from zero.
+            self.retired.append(entry)
+            entry = None
         if entry is None:
             entry = self.processes[(pid, created)] = [cpu if existing else 0.0, cpu, kind(cmdline)]
-        entry[1] = max(entry[1], cpu)
+        entry[1] = cpu
         if cmdline:
             entry[2] = kind(cmdline)
 
     def by_kind(self) -> dict[str, float]:
         totals: dict[str, float] = defaultdict(float)
-        for first, latest, name in list(self.processes.values()):
+        for first, latest, name in [*self.processes.values(), *self.retired]:
             totals[name] += latest - first
         return dict(totals)
 
     def sample(self, processes: Iterable[psutil.Process] | None = None) -> None:
         """Read every process once; the first call marks what ran before the ledger began."""
-        if processes is None:
-            # fresh Process objects each pass: a cached one keeps the start time of a pid since reused
-            getattr(psutil.process_iter, "cache_clear", lambda: None)()
+        if processes is None:  # psutil's cached Process objects: half the cost of new ones (see add)
             processes = psutil.process_iter(["cmdline", "create_time", "cpu_times"])
         existing, self._primed = not self._primed, True
         for proc in processes:

@@ -180,6 +180,7 @@ def test_the_lanes_report_how_busy_the_cpus_were():
     ("/tmp/pytest-of-root/pytest-5/s/venv/bin/python /tmp/pytest-of-root/pytest-5/s/venv/bin/airflow tasks list x",
      "other airflow CLI commands"),
     ("git clone -q /repo /tmp/pytest-of-root/pytest-5/clone", "other processes"),
+    ("python -m tests.support.lanes", "scripts/test's lanes and this sampler"),
     ("/usr/bin/something-else", "other processes"),
 ])
 def test_the_cpu_ledger_names_what_a_process_does(cmdline, expected):
@@ -206,6 +207,12 @@ def test_the_cpu_ledger_sums_what_each_kind_used_since_it_began():
     assert lines[0] == "20 CPU seconds busy on 2 CPUs: at full use a floor of 0.2 min; by kind of process:"
     assert lines[1:] == ["     10 s  50%  Airflow API server / webserver", "      2 s  12%  PostgreSQL",
                          "      2 s   8%  1 more kinds", f"      6 s  30%  {cpu_ledger.UNSEEN}"]
+
+    # a pid reused between two passes, seen with the old start time (psutil's cache): its CPU went back
+    ledger.add(30, after, "redis-server 127.0.0.1:7000", 0.25)
+    ledger.add(30, after, "redis-server 127.0.0.1:7000", 0.5)
+    assert ledger.by_kind() == {"PostgreSQL": 2.5, "Airflow API server / webserver": 10.0, "other processes": 1.5,
+                                "Redis, memcached": 0.5}
 
 
 def test_the_cpu_sampler_sees_this_process_burn_cpu():
