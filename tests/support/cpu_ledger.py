@@ -73,9 +73,9 @@ class Ledger:
             self.retired.append(entry)
             entry = None
         if entry is None:
-            entry = self.processes[(pid, created)] = [cpu if existing else 0.0, cpu, kind(cmdline)]
+            entry = self.processes[(pid, created)] = [cpu if existing else 0.0, cpu, OTHER]
         entry[1] = cpu
-        if cmdline:
+        if cmdline:  # unreadable for a moment (starting, exiting): it keeps the kind it had
             entry[2] = kind(cmdline)
 
     def by_kind(self) -> dict[str, float]:

@@ -123,10 +123,10 @@ def main() -> int:
         code, seconds = results.get(number, (1, 0.0))
         print(f"scripts/test: lane {number} ({', '.join(sessions)}) {'passed' if code == 0 else 'FAILED'} in "
               f"{seconds / 60:.1f} min (log: .nox/lane-{number}.log)")
-    cpu_after, by_kind = psutil.cpu_times(), sampler.stop()
-    print(f"scripts/test: the {psutil.cpu_count()} CPUs were busy {busy_share(cpu_before, cpu_after):.0%} "
+    cpu_after, by_kind, cpus = psutil.cpu_times(), sampler.stop(), psutil.cpu_count() or 1
+    print(f"scripts/test: the {cpus} CPUs were busy {busy_share(cpu_before, cpu_after):.0%} "
           f"of the time while the lanes ran")
-    for line in cpu_ledger.report(by_kind, busy_seconds(cpu_before, cpu_after), psutil.cpu_count() or 1):
+    for line in cpu_ledger.report(by_kind, busy_seconds(cpu_before, cpu_after), cpus):
         print(f"scripts/test: {line}")
     if sampler.failed_passes:
         print(f"scripts/test: {sampler.failed_passes} passes of the CPU sampler failed (their CPU counts as not seen)")
