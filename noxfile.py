@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import nox
 
-from airflow_stack import lines
+from airflow_stack.apache_airflow import profiles
 
 nox.needs_version = ">=2025.2.9"
 nox.options.default_venv_backend = "uv|virtualenv"
@@ -12,7 +12,7 @@ nox.options.error_on_missing_interpreters = True
 nox.options.sessions = ["lint", "tests", "integration"]
 
 PYPROJECT = nox.project.load_toml("pyproject.toml")
-LINES = [nox.param(name, id=name, tags=[f"line-{name}"]) for name in lines.NAMES]
+LINES = [nox.param(name, id=name, tags=[f"line-{name}"]) for name in profiles.NAMES]
 EXECUTORS = [nox.param(name, id=name, tags=[name]) for name in ("local", "celery")]
 # the executor-independent tests (services, bad input, backups, carry-over) run once per line
 MARKERS = {"local": "integration and not celery", "celery": "integration and not once_per_line"}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from airflow_stack import lines
+from airflow_stack.apache_airflow import profiles
 from airflow_stack.settings import EXECUTORS
 
 LINE_VAR = "STACK_TEST_AIRFLOW_LINE"
@@ -17,8 +17,8 @@ EXECUTOR_VAR = "STACK_TEST_EXECUTOR"
 
 def pytest_addoption(parser):
     group = parser.getgroup("airflow-stack")
-    group.addoption("--line", choices=lines.NAMES, default=None,
-                    help=f"Airflow line the integration stack runs (default: ${LINE_VAR} or {lines.DEFAULT})")
+    group.addoption("--line", choices=profiles.NAMES, default=None,
+                    help=f"Airflow line the integration stack runs (default: ${LINE_VAR} or {profiles.DEFAULT})")
     group.addoption("--executor", choices=EXECUTORS, default=None,
                     help=f"executor the integration stack runs (default: ${EXECUTOR_VAR} or local)")
 
@@ -31,5 +31,5 @@ def pytest_configure(config):
 
 
 def pytest_report_header(config):
-    return (f"airflow-stack: line {os.environ.get(LINE_VAR, lines.DEFAULT)}, "
+    return (f"airflow-stack: line {os.environ.get(LINE_VAR, profiles.DEFAULT)}, "
             f"executor {os.environ.get(EXECUTOR_VAR, 'local')}")

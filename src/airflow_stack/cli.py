@@ -5,21 +5,23 @@ from __future__ import annotations
 import os
 import sys
 
-from . import airflow_config, airflow_install, registry, settings
+from . import settings
+from .apache_airflow import config, install
 from .errors import StackError
+from .runtime import registry
 
 
 def main(argv: list[str]) -> int:
     try:
         conf = settings.load()
-        binary = airflow_install.airflow_bin(conf)
+        binary = install.airflow_bin(conf)
         if not binary.exists():
             raise StackError("Airflow is not installed; run: invoke setup.airflow")
-        env = airflow_config.environment(conf, registry.executor(conf))
+        env = config.environment(conf, registry.executor(conf))
     except StackError as err:
         print(f"airflow-stack: {err}", file=sys.stderr)
         return err.code
-    os.execve(binary, [str(binary), *argv], airflow_config.process_environment(conf, env))
+    os.execve(binary, [str(binary), *argv], config.process_environment(conf, env))
     return 0  # not reached
 
 

@@ -1,9 +1,10 @@
 """What can run: a component is one supervised process, described once (its command, its probe,
-its ports); the line profiles (lines/) list which components each Airflow line runs.
+its ports); the line profiles (apache_airflow/profiles/) list which components each Airflow line runs.
 
 run, stop, status, logs, doctor and the benchmark read these descriptions; the registry
-(registry.py) says which of them run now. A probe is data (kind + target); health.py knows how to
-check each kind.
+(runtime/registry.py) says which of them run now. A probe is data (kind + target); runtime/health.py
+knows how to check each kind. The services the stack runs for Airflow (our Redis, memcached) are
+components too: started, waited for and stopped the same way (runtime/lifecycle.py).
 """
 
 from __future__ import annotations
@@ -117,9 +118,9 @@ WORKER = Component("worker", ("celery", "worker"), Probe("celery"), ports=("work
 FLOWER = Component("flower", ("celery", "flower"), Probe("http", port_setting="flower_port", path="/healthcheck"),
                    ports=("flower_port",), executors=("celery",), optional=True,
                    own_env=lambda s: {"AIRFLOW__CELERY__FLOWER_BASIC_AUTH": f"{s.admin_user}:{s.flower_password}"})
-# our Redis: started by setup.redis, stopped last; listed so that stop, status and logs see it too
+# our Redis: started by setup.redis (services/redis_server.py gives its argv), stopped last
 REDIS = Component("redis", (), Probe("redis"), ports=("redis_port",), airflow=False)
-# our memcached, when the login limiter's storage is one on this machine (memcached_server.py)
+# our memcached, when the login limiter's storage is one on this machine (services/memcached_server.py)
 MEMCACHED = Component("memcached", (), Probe("memcached"), airflow=False)
 
 

@@ -60,12 +60,13 @@ def port_holder(port: int) -> str:
 
 
 def _output_file(pid: int) -> str:
-    """The regular file a process's stdout goes to, or ""."""
+    """The regular file a process's stdout goes to, or "" (psutil names a file's descriptor on Linux; where
+    it cannot, nothing is said)."""
     try:
-        target = os.readlink(f"/proc/{pid}/fd/1")
-    except OSError:
+        files = psutil.Process(pid).open_files()
+    except (psutil.Error, OSError):
         return ""
-    return target if target.startswith("/") and os.path.isfile(target) else ""
+    return next((f.path for f in files if f.fd == 1 and os.path.isfile(f.path)), "")
 
 
 def _parent(pid: int) -> int | None:

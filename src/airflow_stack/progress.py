@@ -4,7 +4,8 @@ waiting for health), so a first `scripts/up` never looks hung.
 On a terminal: one live line on stderr with a spinner, the elapsed time and what the step is doing
 now (the last line of its output: "Resolved 264 packages", "Unpacking redis-server ..."). Elsewhere
 (CI, a log file): a plain, timestamped line on stdout every 5 s while a step runs longer than that,
-with the same detail. ``STACK_PROGRESS=off`` (or ``invoke up --quiet``) prints neither.
+with the same detail. ``STACK_PROGRESS=off`` (or ``invoke up --quiet``) prints neither; the tasks set the
+mode once per command from the settings (``configure``).
 """
 
 from __future__ import annotations
@@ -18,17 +19,22 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-MODE_VAR = "STACK_PROGRESS"  # auto (default), plain, off
+_chosen = "auto"  # STACK_PROGRESS (a setting): auto, plain or off; the tasks set it once per command
 # the time and level a log line starts with (3.x structlog, 2.x logging): the detail is the message
 LOG_PREFIX = re.compile(r"^(\d{4}-\d\d-\d\dT[\d:.]+Z? \[ ?\w+ ?\] |\[[^]]+\] \{[^}]+\} \w+ - )")
 HEARTBEAT = 5.0  # seconds between plain lines
 SPIN = "|/-\\"
 
 
+def configure(chosen: str) -> None:
+    """How progress shows for the rest of this command: "auto", "plain" or "off"."""
+    global _chosen
+    _chosen = chosen
+
+
 def mode() -> str:
-    wanted = os.environ.get(MODE_VAR, "auto").strip().lower()
-    if wanted in ("off", "plain"):
-        return wanted
+    if _chosen in ("off", "plain"):
+        return _chosen
     return "live" if sys.stderr.isatty() and os.environ.get("TERM") != "dumb" else "plain"
 
 
@@ -108,14 +114,18 @@ def step(what: str, detail: Callable[[], str] | None = None) -> Iterator[Step]:
         yield running
 
 
-def last_line(path: Path) -> Callable[[], str]:
-    """A detail source: the last non-empty line of a log file being written (e.g. `db migrate`'s)."""
-
-    def read() -> str:
+def tail(path: Path, lines: int = 15, missing: str = "(no log yet)") -> str:
+    """The last non-empty lines of a log, for error messages and progress details."""
+    try:
         with path.open("rb") as fh:
             fh.seek(0, os.SEEK_END)
-            fh.seek(max(0, fh.tell() - 4096))
-            lines = [ln for ln in fh.read().decode(errors="replace").splitlines() if ln.strip()]
-        return lines[-1] if lines else ""
+            fh.seek(max(0, fh.tell() - 64 * 1024))
+            text = fh.read().decode(errors="replace")
+    except FileNotFoundError:
+        return missing
+    return "\n".join([line for line in text.splitlines() if line.strip()][-lines:])
 
-    return read
+
+def last_line(path: Path) -> Callable[[], str]:
+    """A detail source: the last non-empty line of a log file being written (e.g. `db migrate`'s)."""
+    return lambda: tail(path, 1, missing="")

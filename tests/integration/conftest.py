@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from airflow_stack import lines
 from airflow_stack import settings as settings_mod
+from airflow_stack.apache_airflow import profiles
 from tests.conftest import EXECUTOR_VAR, LINE_VAR
 from tests.support import api_client
 from tests.support.sandbox import PROJECT_DIR as REPO
@@ -183,7 +183,7 @@ def write_project(root: Path) -> Path:
 def __getattr__(name: str) -> str:
     """LINE and EXECUTOR: read when a test module asks, after pytest parsed --line / --executor."""
     if name == "LINE":
-        return os.environ.get(LINE_VAR, lines.DEFAULT)
+        return os.environ.get(LINE_VAR, profiles.DEFAULT)
     if name == "EXECUTOR":
         return os.environ.get(EXECUTOR_VAR, "local")
     raise AttributeError(name)

@@ -21,8 +21,11 @@ import psutil
 import psycopg
 import pytest
 
-from airflow_stack import airflow_config, airflow_install, redis_server, registry, supervisor
-from airflow_stack import settings as settings_mod
+from airflow_stack import statedir
+from airflow_stack.apache_airflow import config as airflow_config
+from airflow_stack.apache_airflow import install, profiles
+from airflow_stack.runtime import registry, supervisor
+from airflow_stack.services import redis_server
 
 from .conftest import EXECUTOR, REPO, airflow_api, free_ports
 from .test_bad_input import assert_one_line_error
@@ -39,7 +42,7 @@ def test_up_brings_every_component_to_healthy(stack, airflow_up):
     print(f"\n[figure] invoke up --executor {EXECUTOR} from nothing (Airflow {stack.settings().airflow_line}): "
           f"{airflow_up['up_seconds']:.1f} s")
     rows = status(stack)
-    expected = {c.name for c in stack.settings().line.for_executor(EXECUTOR)}
+    expected = {c.name for c in profiles.of(stack.settings()).for_executor(EXECUTOR)}
     assert expected <= set(rows)
     for name in [*expected, "postgresql", "redis"]:
         assert rows[name]["up"] and rows[name]["healthy"], rows[name]
@@ -55,13 +58,13 @@ def test_every_module_the_launcher_preloads_imports_in_the_pinned_venv(stack, ai
             "        failed.append(f'{name}: {exc!r}')\nprint('\\n'.join(failed))\nsys.exit(1 if failed else 0)")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "STACK_"))}
     env |= airflow_config.environment(settings, EXECUTOR)
-    modules = settings.line.all_preloads()
-    proc = subprocess.run([str(airflow_install.airflow_python(settings)), "-c", code, *modules], env=env,
+    modules = profiles.of(settings).all_preloads()
+    proc = subprocess.run([str(install.airflow_python(settings)), "-c", code, *modules], env=env,
                           capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, f"modules that do not import: {proc.stdout}{proc.stderr[-2000:]}"
     # and the running stack was started with its preload: no component fell back to a plain start
     for name in registry.running(settings):
-        log = supervisor.log_file(settings, name).read_text()
+        log = settings.paths.log_file(name).read_text()
         assert "starts on its own" not in log, f"{name}: {log[-1000:]}"
 
 
@@ -90,7 +93,7 @@ def test_two_ups_at_once_start_one_set_of_processes(stack, airflow_up):
     assert sum("waiting for invoke up (pid" in err for _, err in outputs) == 1, outputs
     assert sum("already running" in out for out, _ in outputs) == 1, outputs
     running = registry.running(settings)
-    assert set(running) == {c.name for c in settings.line.for_executor(EXECUTOR)}
+    assert set(running) == {c.name for c in profiles.of(settings).for_executor(EXECUTOR)}
     redis = supervisor.running(settings, "redis")
     # every process that holds one of the stack's ports or names its state dir is in the session of a
     # recorded component, of our Redis, or of the launcher that supervises them: nothing runs untracked
@@ -107,7 +110,7 @@ def test_two_ups_at_once_start_one_set_of_processes(stack, airflow_up):
 
 
 def test_no_sqlite_anywhere_and_the_executor_is_ours(stack, airflow_up):
-    home = stack.settings().airflow_home
+    home = stack.settings().paths.airflow_home
     assert not [p for p in home.rglob("*") if p.suffix in (".db", ".sqlite", ".sqlite3")]
     assert "sqlite" not in (home / "airflow.cfg").read_text()
     out = stack.inv("airflow", "--args", "config get-value core executor").stdout
@@ -146,7 +149,7 @@ def test_a_company_shell_proxy_set_and_env_exported_reaches_no_secret_into_dag_c
     none of the tooling's secrets. The stack goes on running with that environment."""
     settings = stack.settings()
     proxy = f"http://127.0.0.1:{free_ports(1)[0]}"  # nothing listens there
-    exported = settings_mod.read_env_file(settings.env_file)
+    exported = statedir.read_env_file(settings.env_file)
     env = exported | {var: proxy for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY")}
     env |= {"NO_PROXY": None, "no_proxy": None}
     stack.inv("stop")
@@ -199,10 +202,11 @@ def test_new_dag_file_becomes_triggerable(stack, api):
 def test_restarts_only_what_is_down_and_refuses_a_taken_port(stack, airflow_up):
     settings = stack.settings()
     pids = {c.name: supervisor.running(settings, c.name).pid
-            for c in settings.line.for_executor(EXECUTOR)}
+            for c in profiles.of(settings).for_executor(EXECUTOR)}
     # the last started component that listens on a port (which ones do depends on the line and on
     # whether the log servers run)
-    victim, setting, port = next((comp.name, name, port) for comp in reversed(settings.line.for_executor(EXECUTOR))
+    components = profiles.of(settings).for_executor(EXECUTOR)
+    victim, setting, port = next((comp.name, name, port) for comp in reversed(components)
                                  for name, port in comp.listen_ports(settings, EXECUTOR))
     assert f"{victim}: stopped" in stack.inv("stop", "-c", victim).stdout
     holder = socket.socket()
@@ -259,9 +263,9 @@ def _login_page(client: httpx.Client, line: str) -> tuple[str, str]:
 
 def test_no_production_warnings(stack, airflow_up):
     settings = stack.settings()
-    web = settings.line.web.name
+    web = profiles.of(settings).web.name
     # 3.x: the FAB auth manager in the api-server warns at start when Flask-Limiter keeps limits in memory
-    log = supervisor.log_file(settings, web).read_text().lower()
+    log = settings.paths.log_file(web).read_text().lower()
     assert "application startup complete" in log or "listening at" in log or "booting worker" in log
     assert "in-memory storage" not in log
     if settings.airflow_line != "2.11":
@@ -283,7 +287,7 @@ def test_no_production_warnings(stack, airflow_up):
 
 def test_login_attempts_are_limited_in_redis_across_restarts(stack, airflow_up):
     settings = stack.settings()
-    web = settings.line.web.name
+    web = profiles.of(settings).web.name
     limiter = redis_server.client(settings, db=1)  # over TLS where the session's Redis speaks it
     with httpx.Client(base_url=settings.api_url, timeout=30) as client:
         path, token = _login_page(client, settings.airflow_line)

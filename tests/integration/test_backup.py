@@ -76,7 +76,7 @@ def test_clean_refuses_while_running_and_without_yes_when_nobody_can_confirm(sta
     (tmp_path / "logs").mkdir()
     assert_one_line_error(stack.inv("clean", check=False, env={"STACK_STATE_DIR": str(tmp_path)}), "--yes")
     assert (tmp_path / "logs").exists()
-    assert env_digest(stack) == before and stack.settings().airflow_home.exists()
+    assert env_digest(stack) == before and stack.settings().paths.airflow_home.exists()
 
 
 def test_retention_removes_only_what_is_older_than_it(stack, airflow_up):
@@ -88,8 +88,8 @@ def test_retention_removes_only_what_is_older_than_it(stack, airflow_up):
     import psycopg
 
     settings = stack.settings()
-    old = settings.log_dir / "airflow" / "dag_id=gone" / "run_id=old" / "task_id=t" / "attempt=1.log"
-    fresh = settings.log_dir / "airflow" / "dag_id=kept" / "run_id=new" / "task_id=t" / "attempt=1.log"
+    old = settings.paths.logs / "airflow" / "dag_id=gone" / "run_id=old" / "task_id=t" / "attempt=1.log"
+    fresh = settings.paths.logs / "airflow" / "dag_id=kept" / "run_id=new" / "task_id=t" / "attempt=1.log"
     for path in (old, fresh):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("a task's log\n")

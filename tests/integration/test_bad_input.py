@@ -20,7 +20,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from airflow_stack import lines, postgres, redis_server, registry, supervisor
+from airflow_stack.apache_airflow import install, profiles
+from airflow_stack.runtime import registry, supervisor
+from airflow_stack.services import postgres, redis_server
 
 from .conftest import EXECUTOR, LINE, Stack, free_ports
 
@@ -69,7 +71,7 @@ def server_config_files(settings) -> list[Path]:
 def guarded_files(settings, bench) -> list[Path]:
     """Every file bad input must leave byte-identical: .env, redis.conf, airflow.cfg, the server's config, what
     the case adds, and every file of a second state dir it made."""
-    files = [settings.env_file, redis_server.conf_path(settings), settings.airflow_home / "airflow.cfg",
+    files = [settings.env_file, redis_server.conf_path(settings), settings.paths.airflow_home / "airflow.cfg",
              *server_config_files(settings), *bench.guarded]
     if "home" in bench.values:
         files += [path for path in Path(bench.values["home"]).rglob("*") if path.is_file() and not path.is_symlink()]
@@ -117,8 +119,8 @@ class Bench:
         home = self.tmp / "other-state"
         (home / "airflow").mkdir(parents=True)
         shutil.copy2(settings.env_file, home / ".env")
-        (home / settings.airflow_venv.name).symlink_to(settings.airflow_venv)
-        shutil.copy2(settings.airflow_home / ".airflow-stack-migrated.json", home / "airflow")
+        (home / install.venv(settings).name).symlink_to(install.venv(settings))
+        shutil.copy2(settings.paths.airflow_home / ".airflow-stack-migrated.json", home / "airflow")
         self.guarded.append(home / ".env")
         self.values["home"] = home
         return {"STACK_ENV_FILE": str(home / ".env"), "STACK_STATE_DIR": str(home)} | {
@@ -224,7 +226,7 @@ def component_port_in_use(b):
     port = b.hold_port()  # held by this test's own process: "another program"
     ports = dict(zip(("STACK_SCHEDULER_HEALTH_PORT", "STACK_WORKER_LOG_PORT", "STACK_TRIGGER_LOG_PORT",
                       "STACK_FLOWER_PORT"), free_ports(4), strict=True))
-    b.values |= {"port": port, "web": b.stack.settings().line.web.name, "pid": os.getpid()}
+    b.values |= {"port": port, "web": profiles.of(b.stack.settings()).web.name, "pid": os.getpid()}
     return [f"run.{EXECUTOR}"], b.other_state_dir(STACK_API_PORT=port, **ports)
 
 
@@ -234,14 +236,14 @@ def another_state_dirs_stack(b):
     names the port, its setting, and the process holding it (the running stack's: its log in that state dir)."""
     settings = b.stack.settings()
     component, setting, port = next((comp.name, name, port)
-                                    for comp in settings.line.for_executor(EXECUTOR)
+                                    for comp in profiles.of(settings).for_executor(EXECUTOR)
                                     for name, port in comp.listen_ports(settings, EXECUTOR))
     leader = supervisor.running(settings, component).pid
     b.values |= {"component": component, "setting": f"STACK_{setting.upper()}", "port": port, "leader": leader}
 
     def names_the_running_stack(proc) -> None:
         assert f"pid {leader} (" in proc.stderr, proc.stderr
-        assert f"writing to {supervisor.log_file(settings, component)}" in proc.stderr, proc.stderr
+        assert f"writing to {settings.paths.log_file(component)}" in proc.stderr, proc.stderr
 
     b.verify = names_the_running_stack
     return [f"run.{EXECUTOR}"], b.other_state_dir()
@@ -389,7 +391,7 @@ def nothing_installed(b) -> None:
     """No venv appeared, airflow.cfg and webserver_config.py stayed as they were."""
     settings = b.stack.settings()
     venvs = sorted(p.name for p in settings.state_dir.glob("venv-airflow-*"))
-    b.guarded += [settings.airflow_home / "airflow.cfg", settings.airflow_home / "webserver_config.py"]
+    b.guarded += [settings.paths.airflow_home / "airflow.cfg", settings.paths.airflow_home / "webserver_config.py"]
 
     def same_venvs(proc) -> None:
         assert sorted(p.name for p in settings.state_dir.glob("venv-airflow-*")) == venvs
@@ -409,10 +411,10 @@ def setup_on_a_schema_a_newer_release_migrated(b):
 
 
 def release(line: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in lines.get(line).pinned_version().split("."))
+    return tuple(int(part) for part in profiles.get(line).pinned_version().split("."))
 
 
-OLDER_LINES = [name for name in lines.NAMES if release(name) < release(LINE)]
+OLDER_LINES = [name for name in profiles.NAMES if release(name) < release(LINE)]
 OLDER_PATCH = ".".join(map(str, (*release(LINE)[:2], release(LINE)[2] - 1))) if release(LINE)[2] else ""
 
 
@@ -434,7 +436,7 @@ if OLDER_PATCH:
 if OLDER_LINES:
     @case("Airflow {older}", "cannot run on it, so nothing was installed or changed")
     def up_with_an_older_line_on_a_running_stack(b):
-        b.values["older"] = lines.get(OLDER_LINES[0]).pinned_version()
+        b.values["older"] = profiles.get(OLDER_LINES[0]).pinned_version()
         nothing_installed(b)
         return ["up", "--line", OLDER_LINES[0]], {}
 

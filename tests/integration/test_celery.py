@@ -18,8 +18,10 @@ import psycopg
 import pytest
 import redis
 
-from airflow_stack import airflow_config, redis_server, registry, supervisor, tls
+from airflow_stack.apache_airflow import config as airflow_config
 from airflow_stack.netutil import wait_until
+from airflow_stack.runtime import registry, supervisor
+from airflow_stack.services import redis_server, tls
 
 from .conftest import REMOTE_ADDRESS, free_ports
 from .test_bad_input import assert_one_line_error
@@ -195,7 +197,7 @@ def test_a_task_whose_worker_is_killed_is_retried_on_another_worker(stack, api):
     settings = stack.settings()
     assert "started worker-c" in stack.inv("run.worker", "--name", "c", "--queues", "default").stdout
     # an extra worker is an instance like any other: its log by name, and among all logs
-    log = str(supervisor.log_file(settings, "worker-c"))
+    log = str(settings.paths.log_file("worker-c"))
     assert f"==> {log} <==" in stack.inv("logs", "--lines", "1").stdout
     shown = stack.inv("logs", "-c", "worker-c", "--lines", "3").stdout.strip().splitlines()
     assert shown and shown[-1] in Path(log).read_text()

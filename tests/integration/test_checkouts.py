@@ -14,7 +14,7 @@ import httpx
 import psycopg
 import pytest
 
-from airflow_stack import postgres
+from airflow_stack.services import pg_database
 
 from .conftest import LINE, Stack, airflow_api
 from .test_bad_input import running_pids
@@ -65,8 +65,8 @@ def dag_ids(server: Stack) -> set[str]:
 
 def owner(stack: Stack) -> str | None:
     """The checkout id the stack's database is marked with, read in PostgreSQL."""
-    marker = postgres.database_marker(stack.settings())
-    return postgres.marked_id(marker) if marker else None
+    marker = pg_database.database_marker(stack.settings())
+    return pg_database.marked_id(marker) if marker else None
 
 
 def test_two_checkouts_side_by_side_then_one_after_the_other_keep_their_own_database_and_password(

@@ -13,6 +13,7 @@ import psutil
 import pytest
 
 from airflow_stack import settings as settings_mod
+from airflow_stack.apache_airflow import install
 from tests.support.sandbox import PORT_SETTINGS, clean_environ, free_ports
 
 from .conftest import LINE, REPO
@@ -48,7 +49,7 @@ def test_a_clone_in_a_folder_with_a_space_runs_the_quick_start(services, tmp_pat
         for row in [row for name, row in rows.items() if name != "postgresql"]:  # the server is not ours to run
             pid_file = clone / ".stack" / "run" / f"{row['name']}.pid"
             assert pid_file.read_text().strip() == str(row["pid"]), row
-        assert (clone / ".venv" / "bin" / "invoke").exists() and settings.airflow_venv.is_relative_to(clone)
+        assert (clone / ".venv" / "bin" / "invoke").exists() and install.venv(settings).is_relative_to(clone)
         secrets = [value for value in settings_mod.secret_values(settings) if len(value) >= 6]
         assert secrets and not [s for s in secrets if s in out], "a secret of .env in the quick start's output"
     finally:

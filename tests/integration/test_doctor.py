@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from airflow_stack import supervisor
+from airflow_stack.apache_airflow import profiles
 from airflow_stack.netutil import wait_until
+from airflow_stack.runtime import supervisor
 
 from .conftest import EXECUTOR
 
@@ -111,7 +112,7 @@ def test_doctor_catches_redis_down(stack, airflow_up):
 
 
 def test_doctor_catches_login_limits_kept_in_memory(stack, airflow_up):
-    web = stack.settings().line.web.name
+    web = profiles.of(stack.settings()).web.name
     stack.inv("stop", "-c", web)
     stack.inv(f"run.{EXECUTOR}", env={"STACK_RATELIMIT_STORAGE_URI": "memory://"})
     try:

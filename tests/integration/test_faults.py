@@ -17,8 +17,10 @@ import psutil
 import psycopg
 import pytest
 
-from airflow_stack import lines, supervisor
+from airflow_stack.apache_airflow import profiles
+from airflow_stack.apache_airflow.airflow_side import procgroup
 from airflow_stack.netutil import wait_until
+from airflow_stack.runtime import supervisor
 
 from .conftest import EXECUTOR, LINE
 
@@ -63,7 +65,7 @@ def print_task_memory(settings, pids: list[int]) -> None:
     parent = sum(p for _, p in found) / len(found)
     print(f"\n[figure] one running task ({settings.airflow_line}, {EXECUTOR}, {len(found)} running): PSS task "
           f"runner {runner:.0f} + its supervisor {parent:.0f} = {runner + parent:.0f} MiB (doctor assumes "
-          f"{settings.line.task_pss_mib[EXECUTOR]})")
+          f"{profiles.of(settings).task_pss_mib[EXECUTOR]})")
 
 
 def session_members(sid: int) -> list[int]:
@@ -77,14 +79,14 @@ def session_members(sid: int) -> list[int]:
 
 
 # every Airflow component the line runs under both executors (a killed Celery worker is test_celery's)
-KILLED = [comp.name for comp in lines.get(LINE).components
+KILLED = [comp.name for comp in profiles.get(LINE).components
           if not comp.optional and comp.executors == ("local", "celery")]
 
 
 @pytest.mark.parametrize("name", KILLED)
 def test_a_run_in_flight_finishes_after_its_killed_component_came_back_by_itself(stack, api, name):
     settings = stack.settings()
-    component = settings.line.component(name)
+    component = profiles.of(settings).component(name)
     api.wait_for_dag(DAG_ID, timeout=90)
     api.unpause(DAG_ID)
     run_id = api.trigger(DAG_ID)
@@ -112,7 +114,7 @@ def test_a_run_in_flight_finishes_after_its_killed_component_came_back_by_itself
     healed = time.monotonic() - killed
     row = status(stack)[name]
     assert (row["restarts"], row["last_exit"]) == (1, -9), row
-    assert supervisor._group_alive(victim.pid) == []  # what it left in its process group was reaped
+    assert procgroup.members(victim.pid) == []  # what it left in its process group was reaped
 
     assert wait_until(lambda: run_state(settings, run_id) in ("success", "failed"), 240), \
         task_instances(settings, run_id)

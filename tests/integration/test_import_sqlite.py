@@ -10,7 +10,7 @@ import psycopg
 import pytest
 import yaml
 
-from airflow_stack import airflow_install
+from airflow_stack.apache_airflow import install
 
 from .test_bad_input import assert_one_line_error
 
@@ -24,7 +24,7 @@ def old_airflow(stack, services, tmp_path_factory):
     stack.inv("setup.airflow")
     home = tmp_path_factory.mktemp("old-airflow")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "STACK_"))} | {"AIRFLOW_HOME": str(home)}
-    airflow = str(airflow_install.airflow_bin(stack.settings()))
+    airflow = str(install.airflow_bin(stack.settings()))
     for args in (["db", "migrate"],
                  ["connections", "add", "warehouse", "--conn-uri",
                   f"postgres://analyst:{OLD_PASSWORD}@db.internal.example:5432/sales"],

@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 from airflow_stack import settings as settings_mod
-from airflow_stack import tls
+from airflow_stack.services import tls
 
 from .conftest import LINE, TEST_DAGS, Stack, airflow_api, can_make_clusters, own_cluster
 

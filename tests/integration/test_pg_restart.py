@@ -18,8 +18,9 @@ import time
 import psycopg
 import pytest
 
-from airflow_stack import supervisor
+from airflow_stack.apache_airflow import profiles
 from airflow_stack.netutil import wait_until
+from airflow_stack.runtime import supervisor
 
 from .conftest import LINE, TEST_DAGS, Stack, airflow_api, can_make_clusters, own_cluster
 from .test_bad_input import assert_one_line_error
@@ -107,8 +108,8 @@ def test_every_component_and_a_run_in_flight_come_back_by_themselves_after_postg
 def hung_candidate(settings) -> str:
     """The component the hang test freezes: the scheduler where it has a health URL (3.x; the 2.11 line runs
     it without Airflow's health server, see its profile), else the web component."""
-    scheduler = settings.line.component("scheduler")
-    return "scheduler" if scheduler.probe.liveness_url(settings) else settings.line.web.name
+    scheduler = profiles.of(settings).component("scheduler")
+    return "scheduler" if scheduler.probe.liveness_url(settings) else profiles.of(settings).web.name
 
 
 def test_a_hung_component_is_stopped_and_started_again_by_its_supervisor(pg_stack):
@@ -133,7 +134,7 @@ def test_a_hung_component_is_stopped_and_started_again_by_its_supervisor(pg_stac
     healed = time.monotonic() - stopped
     row = rows(pg_stack)[name]
     assert row["last_exit"] in (-15, -9) and row["restarts"] >= 1, row
-    assert "has not answered" in supervisor.log_file(settings, name).read_text()
+    assert "has not answered" in settings.paths.log_file(name).read_text()
     print(f"\n[figure] a hung {name} (SIGSTOP; liveness {settings.liveness_seconds} s): working again by itself "
           f"after {healed:.0f} s, last exit {row['last_exit']}")
     api = airflow_api(settings)

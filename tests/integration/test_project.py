@@ -17,8 +17,9 @@ import psycopg
 import pytest
 import yaml
 
-from airflow_stack import airflow_install, supervisor
-from airflow_stack import settings as settings_mod
+from airflow_stack import statedir
+from airflow_stack.apache_airflow import install
+from airflow_stack.runtime import supervisor
 
 from .conftest import EXECUTOR, PROJECT_SECRET_NAME, write_project
 from .test_bad_input import assert_one_line_error
@@ -31,7 +32,7 @@ def project_dir(stack) -> Path:
 
 
 def project_secret(stack) -> str:
-    return settings_mod.read_env_file(Path(stack.env["STACK_ENV_FILE"]))[PROJECT_SECRET_NAME]
+    return statedir.read_env_file(Path(stack.env["STACK_ENV_FILE"]))[PROJECT_SECRET_NAME]
 
 
 def run_probe(stack, api) -> dict:
@@ -48,8 +49,8 @@ def run_probe(stack, api) -> dict:
 
 
 def freeze(stack) -> str:
-    python = airflow_install.airflow_python(stack.settings())
-    return subprocess.run([airflow_install.uv_bin(), "pip", "freeze", "--python", str(python)],
+    python = install.airflow_python(stack.settings())
+    return subprocess.run([install.uv_bin(), "pip", "freeze", "--python", str(python)],
                           capture_output=True, text=True, check=True).stdout
 
 
@@ -100,7 +101,7 @@ def test_a_requirement_change_reaches_the_next_task_and_no_old_process_is_left(s
         for name, pid in before.items():  # every process of the old code is gone
             gone = not psutil.pid_exists(pid) or psutil.Process(pid).create_time() != old[name]
             assert gone and after[name] != pid, name
-        build = airflow_install.installed_build(stack.settings())
+        build = install.installed_build(stack.settings())
         assert {supervisor.running(stack.settings(), name).build for name in after} == {build}
         assert run_probe(stack, api)["cowsay"] == "6.1"
         assert "requirements" not in stack.inv("up").stdout  # a plain up again: nothing to install ...

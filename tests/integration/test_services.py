@@ -11,8 +11,9 @@ import psycopg
 import pytest
 import redis
 
-from airflow_stack import airflow_config, supervisor
 from airflow_stack import settings as settings_mod
+from airflow_stack.apache_airflow import config as airflow_config
+from airflow_stack.runtime import supervisor
 
 pytestmark = [pytest.mark.integration, pytest.mark.once_per_line]
 

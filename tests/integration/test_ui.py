@@ -14,8 +14,9 @@ import pytest
 import redis
 from invoke import Context
 
-from airflow_stack import lines, platform
+from airflow_stack.apache_airflow import profiles
 from airflow_stack.netutil import wait_until
+from airflow_stack.services import host
 
 from .conftest import LINE
 from .test_airflow import status
@@ -27,14 +28,14 @@ pytestmark = pytest.mark.integration
 def browser_paths(stack, airflow_up) -> tuple[str, str]:
     """The browser and its driver, installed through the project's own task (as CI does)."""
     stack.inv("setup.browser", timeout=900)
-    found = platform.detect().browser(Context())
+    found = host.detect().browser(Context())
     assert found, "invoke setup.browser succeeded, yet no browser and driver are found"
     return found
 
 
 @pytest.fixture
 def browser(browser_paths, tmp_path):
-    from airflow_stack.browser import Browser
+    from airflow_stack.ops.browser import Browser
 
     shots = tmp_path / "screenshots"
     b = Browser(*browser_paths, shots)
@@ -49,18 +50,18 @@ def test_the_login_form_lets_the_admin_in_and_the_dag_list_shows_the_projects_da
     settings = stack.settings()
     assert browser.login(settings.api_url, settings.airflow_line, settings.admin_user, settings.admin_password) is None
     assert browser.logged_in(), "still on the login form after the admin's password from .env"
-    browser.get(settings.api_url + settings.line.ui.dag_list_path)
+    browser.get(settings.api_url + profiles.of(settings).ui.dag_list_path)
     for dag_id in ("hello_stack", "project_probe", "noop_forty"):
         browser.wait_text(dag_id)
     browser.shot("dag-list")
-    warnings = [w for w in settings.line.ui.production_warnings if w in browser.text()]
+    warnings = [w for w in profiles.of(settings).ui.production_warnings if w in browser.text()]
     assert not warnings, f"the stack's UI shows the production warnings {warnings}"
 
 
 def test_a_dag_triggered_in_the_ui_runs_to_success_there(stack, browser):
     settings = stack.settings()
     browser.login(settings.api_url, settings.airflow_line, settings.admin_user, settings.admin_password)
-    ui = settings.line.ui
+    ui = profiles.of(settings).ui
     assert browser.run_states(settings.api_url, ui, "hello_stack") == []  # so the run seen is the one triggered here
     began = time.monotonic()
     browser.trigger(settings.api_url, ui, "hello_stack")
@@ -68,7 +69,7 @@ def test_a_dag_triggered_in_the_ui_runs_to_success_there(stack, browser):
     print(f"\n[figure] hello_stack triggered in the UI -> success shown there: {time.monotonic() - began:.1f} s")
 
 
-if lines.get(LINE).ui.production_warnings:
+if profiles.get(LINE).ui.production_warnings:
     @pytest.mark.once_per_line
     def test_the_check_for_production_warnings_sees_them_on_a_default_standalone(stack, browser, tmp_path):
         """The same page check, pointed at `airflow standalone` of the same release (SQLite, the line's
@@ -84,8 +85,8 @@ if lines.get(LINE).ui.production_warnings:
             standalone.start()
             password = standalone.profile.standalone_password(standalone.home)
             browser.login(standalone.url, settings.airflow_line, "admin", password)
-            browser.get(standalone.url + settings.line.ui.dag_list_path)
-            for warning in settings.line.ui.production_warnings:
+            browser.get(standalone.url + profiles.of(settings).ui.dag_list_path)
+            for warning in profiles.of(settings).ui.production_warnings:
                 browser.wait_text(warning)
             browser.shot("standalone-home")
         finally:
@@ -114,12 +115,13 @@ def test_six_wrong_logins_in_the_browser_show_the_rate_limit_page_counted_in_red
 def test_with_memcached_as_the_limiter_storage_the_sixth_wrong_login_is_refused_and_counted_there(stack, browser):
     """One setting (STACK_RATELIMIT_STORAGE_URI=memcached://...): the stack installs memcached, runs it on
     loopback, supervises it like Redis; the same six wrong logins are counted there."""
-    from airflow_stack import memcached_server, supervisor
+    from airflow_stack.runtime import supervisor
+    from airflow_stack.services import memcached_server
 
     from .conftest import free_ports
 
     settings = stack.settings()
-    web = settings.line.web.name
+    web = profiles.of(settings).web.name
     uri = {"STACK_RATELIMIT_STORAGE_URI": f"memcached://127.0.0.1:{free_ports(1)[0]}"}
     cached = stack.settings().replace(ratelimit_storage_uri=uri["STACK_RATELIMIT_STORAGE_URI"])
     try:

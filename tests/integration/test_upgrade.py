@@ -21,9 +21,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.once_per_line]
 
 
 def releases() -> tuple[str, str]:
-    from airflow_stack import lines
+    from airflow_stack.apache_airflow import profiles
 
-    pinned = lines.get(LINE).pinned_version()
+    pinned = profiles.get(LINE).pinned_version()
     major, minor, patch = (int(part) for part in pinned.split("."))
     return (f"{major}.{minor}.{patch - 1}" if patch else ""), pinned
 

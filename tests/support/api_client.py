@@ -11,12 +11,12 @@ import time
 
 import httpx
 
-from airflow_stack import lines
+from airflow_stack.apache_airflow import profiles
 
 
 class AirflowAPI:
     def __init__(self, base_url: str, line: str, user: str, password: str, timeout: float = 30) -> None:
-        self.rest = lines.get(line).rest
+        self.rest = profiles.get(line).rest
         self.prefix = self.rest.prefix
         # the stack's own address: never through a proxy the environment names
         self.client = httpx.Client(base_url=base_url, timeout=timeout, trust_env=False)
@@ -99,7 +99,7 @@ def all_healthy(base_url: str, line: str, timeout: float = 2) -> bool:
     """True when the API answers and every component its health endpoint lists is healthy
     (the metadatabase, scheduler, triggerer and, where it runs apart, the dag-processor)."""
     try:
-        resp = httpx.get(base_url + lines.get(line).rest.health_path, timeout=timeout, trust_env=False)
+        resp = httpx.get(base_url + profiles.get(line).rest.health_path, timeout=timeout, trust_env=False)
         body = resp.json()
     except (httpx.HTTPError, ValueError):
         return False

@@ -36,8 +36,10 @@ import psutil
 import psycopg
 import redis
 
-from airflow_stack import airflow_install, lifecycle, lines, measure, redis_server, registry, supervisor
+from airflow_stack.apache_airflow import install, profiles
 from airflow_stack.netutil import wait_until
+from airflow_stack.runtime import lifecycle, measure, registry, supervisor
+from airflow_stack.services import redis_server
 from airflow_stack.settings import PROJECT_DIR
 
 from . import api_client, bench_report, bench_scale
@@ -158,11 +160,11 @@ class Standalone(Target):
     def __init__(self, sandbox: Sandbox, dags_folder: Path, extra_env: dict[str, str] | None = None) -> None:
         settings = sandbox.settings()
         self.line = settings.airflow_line
-        self.profile = settings.line
+        self.profile = profiles.of(settings)
         self.home = sandbox.state_dir / "standalone"
         self.home.mkdir(exist_ok=True)
         self.log = sandbox.state_dir / "logs" / "standalone.log"
-        self.airflow = str(airflow_install.airflow_bin(settings))
+        self.airflow = str(install.airflow_bin(settings))
         api, worker_log, trigger_log, health = free_ports(4)
         self.url = f"http://127.0.0.1:{api}"
         env = clean_environ() | {
@@ -302,9 +304,9 @@ class OurStack(Target):
 
     def parser_cpu(self) -> float:
         settings = self.sandbox.settings()
-        proc = supervisor.running(settings, settings.line.dag_parser)
+        proc = supervisor.running(settings, profiles.of(settings).dag_parser)
         if proc is None:
-            raise BenchError(f"our {settings.line.dag_parser} is not running")
+            raise BenchError(f"our {profiles.of(settings).dag_parser} is not running")
         return measure.cpu_seconds(measure.group(proc.pid), reaped=True)
 
     def stop(self) -> None:
@@ -404,7 +406,7 @@ def scale_targets(sandbox: Sandbox, dags_folder: Path, scenarios: list[str]) -> 
     found: list[Target] = []
     for name in scenarios:
         if name == "standalone":  # our folder refresh, so new files are parsed when ours would be
-            found.append(Standalone(sandbox, dags_folder, settings.line.dag_refresh_env()))
+            found.append(Standalone(sandbox, dags_folder, profiles.of(settings).dag_refresh_env()))
         elif name == "celery-2w":  # two workers' slots: the scheduler's parallelism must allow them
             env = {"AIRFLOW__CORE__PARALLELISM": str(2 * settings.worker_concurrency)}
             found.append(OurStack(sandbox, "celery", name, extra_workers=1, env=env))
@@ -415,7 +417,7 @@ def scale_targets(sandbox: Sandbox, dags_folder: Path, scenarios: list[str]) -> 
 
 def versions(sandbox: Sandbox) -> dict[str, str]:
     settings = sandbox.settings()
-    found = {"airflow": airflow_install.installed_version(settings) or "?",
+    found = {"airflow": install.installed_version(settings) or "?",
              "python": platform.python_version()}
     with contextlib.suppress(psycopg.Error), psycopg.connect(**settings.pg_conninfo()) as conn:
         found["postgresql"] = conn.execute("SHOW server_version").fetchone()[0].split()[0]
@@ -435,7 +437,7 @@ def machine() -> dict[str, str]:
 
 
 def run(args: argparse.Namespace, progress: Progress) -> bench_report.Result:
-    lines.get(args.line).check_python()
+    profiles.get(args.line).check_python()
     base = Path(args.state_dir) if args.state_dir else Path(tempfile.mkdtemp(prefix="airflow-stack-bench-"))
     base.mkdir(parents=True, exist_ok=True)
     dags_folder = base / "project" / "dags"
@@ -500,8 +502,8 @@ def run(args: argparse.Namespace, progress: Progress) -> bench_report.Result:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="nox -s bench --", description=__doc__.splitlines()[0])
-    parser.add_argument("--line", choices=lines.NAMES, default=lines.DEFAULT,
-                        help=f"Airflow line (default {lines.DEFAULT})")
+    parser.add_argument("--line", choices=profiles.NAMES, default=profiles.DEFAULT,
+                        help=f"Airflow line (default {profiles.DEFAULT})")
     parser.add_argument("--repeats", type=int, default=3, help="repeats per scenario (default 3)")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS),
                         help="comma-separated, from: standalone,local,celery (default: all)")

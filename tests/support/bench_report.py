@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from airflow_stack.measure import Summary
+from airflow_stack.runtime.measure import Summary
 
 from . import bench_scale
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from airflow_stack.lines import DAG_DIR_REFRESH_SECONDS
+from airflow_stack.apache_airflow.profiles import DAG_DIR_REFRESH_SECONDS
 
 WIDTHS = (100, 200, 400)
 FILE_COUNTS = (25, 50, 100)

@@ -19,6 +19,7 @@ from pathlib import Path
 import psutil
 
 from airflow_stack import settings as settings_mod
+from airflow_stack import statedir
 from airflow_stack.netutil import port_bindable
 from airflow_stack.settings import PROJECT_DIR
 
@@ -85,7 +86,7 @@ class Sandbox:
 
     def secrets(self) -> list[str]:
         """The secret values in the sandbox's .env (output is checked for them)."""
-        values = settings_mod.read_env_file(Path(self.env["STACK_ENV_FILE"]))
+        values = statedir.read_env_file(Path(self.env["STACK_ENV_FILE"]))
         names = {spec.env for spec in settings_mod.specs().values() if spec.secret}
         # and the user's own secrets there (what airflow_settings.yaml names as ${NAME})
         return [v for k, v in values.items()
@@ -111,7 +112,7 @@ class Sandbox:
     def secrets_in_logs(self) -> list[str]:
         """Every log file under the state dir (components', Airflow's task and DAG-processor logs, setup
         logs) that holds a secret of .env: "file: SETTING", never the value."""
-        values = settings_mod.read_env_file(Path(self.env["STACK_ENV_FILE"]))
+        values = statedir.read_env_file(Path(self.env["STACK_ENV_FILE"]))
         secrets = {name: value for name, value in values.items() if value in self.secrets()}
         found = []
         for folder in (self.state_dir / "logs", self.state_dir / "airflow" / "logs"):

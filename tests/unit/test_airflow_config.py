@@ -6,8 +6,9 @@ import ast
 
 import pytest
 
-from airflow_stack import airflow_config, lines
 from airflow_stack import settings as settings_mod
+from airflow_stack.apache_airflow import config as airflow_config
+from airflow_stack.apache_airflow import profiles
 
 from .conftest import SECRETS
 
@@ -38,7 +39,7 @@ def test_a_finished_task_frees_its_slot_within_a_second_on_3x_and_env_can_change
 
 
 def test_an_idle_scheduler_looks_again_after_half_a_second_on_both_lines(settings):
-    for line in lines.NAMES:
+    for line in profiles.NAMES:
         env = airflow_config.environment(settings.replace(airflow_line=line))
         assert env["AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME"] == "0.5"
 
@@ -50,17 +51,17 @@ def test_211_environment(settings):
     assert "basic_auth" in env["AIRFLOW__API__AUTH_BACKENDS"]
     assert env["AIRFLOW__SCHEDULER__DAG_DIR_LIST_INTERVAL"] == "5"
     assert "AIRFLOW__CORE__AUTH_MANAGER" not in env
-    assert env["GUNICORN_CMD_ARGS"] == f"--control-socket {settings.run_dir / 'gunicorn.ctl'}"
+    assert env["GUNICORN_CMD_ARGS"] == f"--control-socket {settings.paths.run / 'gunicorn.ctl'}"
 
 
 def test_every_component_gets_the_same_secrets(settings):
-    for line in lines.NAMES:
+    for line in profiles.NAMES:
         s = settings.replace(airflow_line=line)
         local, celery = airflow_config.environment(s, "local"), airflow_config.environment(s, "celery")
         shared = airflow_config.secret_keys(local, s)
         assert {"AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"} <= shared
         assert all(local[k] == celery[k] for k in shared)
-        assert len(lines.get(line).components) >= 3  # one environment is handed to all of them
+        assert len(profiles.get(line).components) >= 3  # one environment is handed to all of them
 
 
 def test_celery_result_backend_uses_db_plus_postgresql(settings):
@@ -72,7 +73,7 @@ def test_celery_result_backend_uses_db_plus_postgresql(settings):
 
 
 def test_airflow_cfg_holds_no_secret(settings):
-    for line in lines.NAMES:
+    for line in profiles.NAMES:
         s = settings.replace(airflow_line=line)
         cfg = airflow_config.render_airflow_cfg(airflow_config.environment(s), s)
         assert "[core]" in cfg and "executor = LocalExecutor" in cfg

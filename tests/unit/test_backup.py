@@ -5,8 +5,8 @@ import stat
 import pytest
 from invoke import MockContext, Result
 
-from airflow_stack import backup
 from airflow_stack.errors import StackError
+from airflow_stack.ops import backup
 
 
 def test_backup_runs_pg_dump_as_the_role_with_the_password_in_its_environment(settings, tmp_path):

@@ -4,7 +4,9 @@ import os
 import socket
 from types import SimpleNamespace
 
-from airflow_stack import airflow_config, doctor, supervisor
+from airflow_stack.apache_airflow import config as airflow_config
+from airflow_stack.ops import doctor
+from airflow_stack.runtime import supervisor
 
 from .conftest import SECRETS
 
@@ -31,7 +33,7 @@ def test_fingerprints_are_keyed_per_state_dir(settings, tmp_path):
     mine = supervisor.fingerprint(settings, env, create_key=True)["AIRFLOW__CORE__FERNET_KEY"]
     plain = hashlib.sha256(settings.fernet_key.encode()).hexdigest()[:16]
     assert plain not in mine
-    key = settings.run_dir / "fingerprint.key"
+    key = settings.paths.run / "fingerprint.key"
     assert key.stat().st_mode & 0o777 == 0o600
     other = settings.replace(state_dir=tmp_path / "other")
     assert supervisor.fingerprint(other, env, create_key=True)["AIRFLOW__CORE__FERNET_KEY"] != mine

@@ -13,8 +13,8 @@ import psutil
 import pytest
 from invoke import Context
 
-from airflow_stack import supervisor
 from airflow_stack.netutil import wait_until
+from airflow_stack.runtime import supervisor
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the preload forks on Linux only")
 
@@ -56,7 +56,7 @@ def launch(settings, fake_airflow: Path, names: list[str], preload: tuple[str, .
     pids = supervisor.start_many(Context(), settings, launches, env, python=sys.executable, preload=preload)
     reports = {}
     for name in names:
-        log = supervisor.log_file(settings, name)
+        log = settings.paths.log_file(name)
         assert wait_until(lambda log=log: '"argv"' in log.read_text(), 15), log.read_text()
         reports[name] = json.loads(next(line for line in log.read_text().splitlines() if '"argv"' in line))
     return pids, reports
@@ -100,7 +100,7 @@ def test_a_module_that_fails_to_import_costs_only_its_component_a_fork(settings,
     try:
         reports = {}
         for name in pids:
-            log = supervisor.log_file(settings, name)
+            log = settings.paths.log_file(name)
             assert wait_until(lambda log=log: '"argv"' in log.read_text(), 15), log.read_text()
             reports[name] = log.read_text()
         said = [line for line in reports["dag-processor"].splitlines() if "airflow-stack launcher" in line]
@@ -115,8 +115,8 @@ def test_a_module_that_fails_to_import_costs_only_its_component_a_fork(settings,
 def test_the_pid_file_holds_the_pid_alone(settings, fake_airflow):
     pids, _ = launch(settings, fake_airflow, ["scheduler"], ("preloaded_marker",))
     try:
-        assert supervisor.pid_file(settings, "scheduler").read_text() == f"{pids['scheduler']}\n"
-        record = supervisor.meta_file(settings, "scheduler")
+        assert settings.paths.pid_file("scheduler").read_text() == f"{pids['scheduler']}\n"
+        record = settings.paths.meta_file("scheduler")
         assert record.stat().st_mode & 0o777 == 0o600  # the launch fingerprint sits beside it, private
         assert json.loads(record.read_text())["argv"][1] == "scheduler"
     finally:
@@ -160,7 +160,7 @@ def test_a_child_that_stops_answering_its_health_url_is_stopped_then_killed(tmp_
     import subprocess
     import time
 
-    from airflow_stack import launcher
+    from airflow_stack.apache_airflow.airflow_side import launcher, upkeep
 
     url, answer = health_endpoint
     stubborn = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, "
@@ -171,17 +171,17 @@ def test_a_child_that_stops_answering_its_health_url_is_stopped_then_killed(tmp_
     child.pid, child.started = stubborn.pid, time.time() - 300  # long past its startup
     try:
         answer["status"] = 200
-        launcher.watch_liveness([child], after=60, now=1000.0)
+        upkeep.watch_liveness([child], after=60, now=1000.0)
         assert child.failing_since is None and stubborn.poll() is None  # answers: left alone
         answer["status"] = 503
-        launcher.watch_liveness([child], after=60, now=1010.0)
-        launcher.watch_liveness([child], after=60, now=1060.0)
+        upkeep.watch_liveness([child], after=60, now=1010.0)
+        upkeep.watch_liveness([child], after=60, now=1060.0)
         assert child.failing_since == 1010.0 and not child.stopped_hung  # failing, not yet for 60 s
-        launcher.watch_liveness([child], after=60, now=1070.0)
+        upkeep.watch_liveness([child], after=60, now=1070.0)
         assert child.stopped_hung == 1070.0 and "has not answered" in (tmp_path / "scheduler.log").read_text()
         time.sleep(0.5)
         assert stubborn.poll() is None  # it ignores SIGTERM
-        launcher.watch_liveness([child], after=60, now=1070.0 + launcher.KILL_AFTER)
+        upkeep.watch_liveness([child], after=60, now=1070.0 + upkeep.KILL_AFTER)
         assert stubborn.wait(timeout=10) == -signal.SIGKILL
     finally:
         if stubborn.poll() is None:
@@ -189,5 +189,5 @@ def test_a_child_that_stops_answering_its_health_url_is_stopped_then_killed(tmp_
     # a watchdog turned off (0), or a child without a URL, is never touched
     quiet = launcher.Child({"name": "redis", "log": str(tmp_path / "redis.log")}, "exec")
     quiet.pid, quiet.started = 1, time.time() - 300
-    launcher.watch_liveness([quiet], after=60, now=5000.0)
+    upkeep.watch_liveness([quiet], after=60, now=5000.0)
     assert quiet.failing_since is None

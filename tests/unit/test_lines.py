@@ -9,14 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from airflow_stack import airflow_config, airflow_install, components, health, lines, registry
+from airflow_stack import components
+from airflow_stack.apache_airflow import config as airflow_config
+from airflow_stack.apache_airflow import install, profiles
 from airflow_stack.errors import StackError
+from airflow_stack.runtime import health, registry
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "airflow_stack"
 
 
 def test_3x_runs_four_components_with_a_separate_dag_processor():
-    line = lines.get("3.3")
+    line = profiles.get("3.3")
     names = [c.name for c in line.for_executor("local")]
     # the web component first: the longest way to healthy starts first, and stops last
     assert names == ["api-server", "scheduler", "dag-processor", "triggerer"]
@@ -26,14 +29,14 @@ def test_3x_runs_four_components_with_a_separate_dag_processor():
 
 
 def test_211_runs_the_webserver_and_parses_dags_in_the_scheduler():
-    line = lines.get("2.11")
+    line = profiles.get("2.11")
     assert [c.name for c in line.for_executor("local")] == ["webserver", "scheduler", "triggerer"]
     assert line.web.command("/venv/bin/airflow") == ["/venv/bin/airflow", "webserver"]
     assert line.web.probe.path == "/health" == line.rest.health_path
 
 
 def test_each_component_has_a_probe_and_known_ports(settings):
-    for line in lines.LINES.values():
+    for line in profiles.LINES.values():
         for comp in (*line.components, components.REDIS):
             assert comp.probe.kind in ("http", "job", "celery", "redis")
             for name, port in comp.listen_ports(settings):
@@ -43,26 +46,26 @@ def test_each_component_has_a_probe_and_known_ports(settings):
 
 def test_unknown_names_say_the_valid_ones(settings):
     with pytest.raises(StackError, match="use one of: webserver, scheduler, triggerer"):
-        lines.get("2.11").component("dag-processor")
+        profiles.get("2.11").component("dag-processor")
     with pytest.raises(StackError, match=r"unknown Airflow line '2\.10'; use one of: 3\.3, 2\.11"):
-        lines.get("2.10")
+        profiles.get("2.10")
     with pytest.raises(StackError, match=r"no component 'dag-procesor' .*use one of: redis, api-server, scheduler"):
         registry.find(settings, "dag-procesor")
 
 
 def test_the_scheduler_serves_task_logs_only_with_the_local_executor(settings):
-    scheduler = lines.get("3.3").component("scheduler")
+    scheduler = profiles.get("3.3").component("scheduler")
     opted_in = settings.replace(api_host="0.0.0.0")  # workers on other machines fetch logs from here
     assert ("worker_log_port", 8793) in scheduler.listen_ports(opted_in, "local")
     assert ("worker_log_port", 8793) not in scheduler.listen_ports(opted_in, "celery")
     assert ("worker_log_port", 8793) in components.WORKER.listen_ports(opted_in, "celery")
 
 
-@pytest.mark.parametrize("line", lines.NAMES)
+@pytest.mark.parametrize("line", profiles.NAMES)
 def test_log_servers_run_only_when_other_machines_are_let_in(settings, line):
     """Airflow's log servers listen on every interface, whatever the settings: by default (loopback
     only) they are not started at all, and the API server reads the task logs from disk."""
-    profile = lines.get(line)
+    profile = profiles.get(line)
     for executor in ("local", "celery"):
         for comp in profile.for_executor(executor):
             names = {name for name, _ in comp.listen_ports(settings, executor)}
@@ -84,7 +87,7 @@ def test_worker_commands(settings):
 
 
 def test_211_scheduler_is_probed_through_its_heartbeat_not_a_forked_health_server(settings):
-    scheduler = lines.get("2.11").component("scheduler")
+    scheduler = profiles.get("2.11").component("scheduler")
     assert scheduler.probe.kind == "job" and scheduler.probe.job_type == "SchedulerJob"
     assert ("scheduler_health_port", 8974) not in scheduler.listen_ports(settings, "local")
     env = airflow_config.environment(settings.replace(airflow_line="2.11"))
@@ -92,9 +95,9 @@ def test_211_scheduler_is_probed_through_its_heartbeat_not_a_forked_health_serve
 
 
 def test_components_that_run_tasks_get_the_task_modules_preloaded():
-    line = lines.get("3.3")
+    line = profiles.get("3.3")
     assert "airflow.sdk.execution_time.task_runner" in line.preload_for(line.component("scheduler"))
-    old = lines.get("2.11")
+    old = profiles.get("2.11")
     assert "airflow.cli.commands.task_command" in old.preload_for(components.WORKER)
     api = line.component("api-server")
     assert line.preload_for(api) == api.preload  # the API server runs no task
@@ -102,10 +105,10 @@ def test_components_that_run_tasks_get_the_task_modules_preloaded():
 
 
 def test_the_registry_lists_redis_the_lines_components_and_extra_workers(settings):
-    settings.run_dir.mkdir(parents=True)
-    (settings.run_dir / "worker-w2.pid").write_text("1\n")
-    settings.log_dir.mkdir(parents=True)
-    (settings.log_dir / "worker-gone.log").write_text("")
+    settings.paths.run.mkdir(parents=True)
+    (settings.paths.run / "worker-w2.pid").write_text("1\n")
+    settings.paths.logs.mkdir(parents=True)
+    (settings.paths.logs / "worker-gone.log").write_text("")
     names = [inst.name for inst in registry.instances(settings)]
     assert names == ["redis", "api-server", "scheduler", "dag-processor", "triggerer", "worker", "flower",
                      "worker-w2"]
@@ -123,17 +126,19 @@ def test_the_running_line_wins_over_the_configured_one(settings):
 
 
 def test_every_line_has_its_constraints_and_a_default_release():
-    for line in lines.LINES.values():
-        assert airflow_install.constraints_file(line.name).exists()
+    for line in profiles.LINES.values():
+        assert line.constraints_file.exists()
         assert line.default_version.startswith(line.name + ".")
         assert set(line.task_pss_mib) == {"local", "celery"}
 
 
 def test_no_module_outside_the_profiles_names_a_line():
-    """Adding a line is one profile plus a constraints file: nothing else compares line names."""
-    names = "|".join(re.escape(name) for name in lines.NAMES)
+    """Adding a line is one profile, its name in the settings' AIRFLOW_LINES and a constraints file: nothing
+    else compares line names."""
+    names = "|".join(re.escape(name) for name in profiles.NAMES)
     pattern = re.compile(rf"(?<![\d.])({names})(?![\d])")
-    found = [f"{path.relative_to(SRC)}:{n}" for path in SRC.rglob("*.py") if path.parent.name != "lines"
+    found = [f"{path.relative_to(SRC)}:{n}" for path in SRC.rglob("*.py")
+             if path.parent.name != "profiles" and path.relative_to(SRC) != Path("settings/model.py")
              for n, text in enumerate(path.read_text().splitlines(), 1) if pattern.search(text)]
     assert found == []
 
@@ -154,7 +159,7 @@ def test_the_api_server_counts_as_started_only_once_its_execution_api_answered(s
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        probe = lines.get("3.3").component("api-server").probe
+        probe = profiles.get("3.3").component("api-server").probe
         local = settings.replace(api_port=server.server_address[1])
         assert health.warm_up(probe, local) == (True, "warm-up /execution/health: HTTP 200")
         missing = components.Probe("http", port_setting="api_port", warmup="/nope")
@@ -192,13 +197,13 @@ def test_probes_ignore_a_proxy_the_environment_names(settings, monkeypatch):
 def test_another_release_of_the_line_gets_its_own_venv_and_resolved_constraints(settings):
     """STACK_AIRFLOW_VERSION picks a patch without editing a tracked file: its constraints are resolved
     into the state dir and it is installed beside the running release."""
-    pinned = settings.line.pinned_version()
-    assert settings.airflow_release == pinned and settings.airflow_venv.name == f"venv-airflow-{pinned}"
-    assert airflow_install.constraints_for(settings) == settings.line.constraints_file
+    pinned = profiles.of(settings).pinned_version()
+    assert profiles.release(settings) == pinned and install.venv(settings).name == f"venv-airflow-{pinned}"
+    assert install.constraints_for(settings) == profiles.of(settings).constraints_file
     other = settings.replace(airflow_version="3.3.1")
-    assert other.airflow_venv.name == "venv-airflow-3.3.1"
-    assert airflow_install.constraints_for(other) == settings.state_dir / "constraints" / "airflow-3.3.1.txt"
-    assert airflow_install.requirement(other).endswith("==3.3.1")
-    assert not airflow_install.is_current(other)  # nothing resolved or installed yet
+    assert install.venv(other).name == "venv-airflow-3.3.1"
+    assert install.constraints_for(other) == settings.state_dir / "constraints" / "airflow-3.3.1.txt"
+    assert install.requirement(other).endswith("==3.3.1")
+    assert not install.is_current(other)  # nothing resolved or installed yet
     with pytest.raises(StackError, match=r"'2\.11\.2' is not an Airflow 3\.3\.x release"):
-        _ = settings.replace(airflow_version="2.11.2").airflow_venv
+        _ = install.venv(settings.replace(airflow_version="2.11.2"))

@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from airflow_stack import measure
-from airflow_stack.measure import Summary
+from airflow_stack.runtime import measure
+from airflow_stack.runtime.measure import Summary
 
 ROLLUP = """00400000-7ffd5b1ff000 ---p 00000000 00:00 0                          [rollup]
 Rss:              204800 kB

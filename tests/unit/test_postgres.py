@@ -7,8 +7,8 @@ import io
 import pytest
 from invoke import MockContext, Result
 
-from airflow_stack import postgres
 from airflow_stack.errors import StackError
+from airflow_stack.services import pg_access, pg_database, postgres
 
 
 class RecordingAdmin(postgres.Admin):
@@ -39,8 +39,8 @@ class RecordingAdmin(postgres.Admin):
 def role_works(monkeypatch):
     monkeypatch.setattr(postgres, "check_role_can_create", lambda s: None)
     monkeypatch.setattr(postgres, "role_can_login", lambda s: (True, ""))
-    monkeypatch.setattr(postgres, "mark_database", lambda s, take_over=False: False)
-    monkeypatch.setattr(postgres, "database_marker", lambda s: None)
+    monkeypatch.setattr(pg_database, "mark_database", lambda s, take_over=False: False)
+    monkeypatch.setattr(pg_database, "database_marker", lambda s: None)
 
 
 ALL_SET = "client_encoding=utf8,default_transaction_isolation=read committed,TimeZone=UTC"
@@ -48,7 +48,7 @@ ALL_SET = "client_encoding=utf8,default_transaction_isolation=read committed,Tim
 
 def test_fresh_server_gets_role_then_database_owned_by_it(settings):
     admin = RecordingAdmin()
-    changes = postgres.bootstrap(admin, settings)
+    changes = pg_database.bootstrap(admin, settings)
     sql = [s for s, _ in admin.executed]
     assert "SET log_statement = 'none'" in sql
     create_role = next(s for s in sql if s.startswith("CREATE ROLE"))
@@ -64,21 +64,21 @@ def test_fresh_server_gets_role_then_database_owned_by_it(settings):
 
 def test_a_database_made_before_it_was_closed_to_other_roles_is_closed_once(settings):
     admin = RecordingAdmin(role=("f", ALL_SET), owner="airflow", public_connect="t")
-    assert postgres.bootstrap(admin, settings) == ["closed database airflow to other roles (CONNECT revoked from "
+    assert pg_database.bootstrap(admin, settings) == ["closed database airflow to other roles (CONNECT revoked from "
                                                    "PUBLIC)"]
     assert admin.executed == [('REVOKE CONNECT, TEMPORARY ON DATABASE "airflow" FROM PUBLIC', "postgres")]
 
 
 def test_second_run_executes_nothing(settings):
     admin = RecordingAdmin(role=("f", ALL_SET), owner="airflow")
-    assert postgres.bootstrap(admin, settings) == []
+    assert pg_database.bootstrap(admin, settings) == []
     assert admin.executed == []
 
 
 def test_changed_password_is_resynced_from_env_file(settings, monkeypatch):
     monkeypatch.setattr(postgres, "role_can_login", lambda s: (False, "password authentication failed"))
     admin = RecordingAdmin(role=("f", ALL_SET), owner="airflow")
-    changes = postgres.bootstrap(admin, settings)
+    changes = pg_database.bootstrap(admin, settings)
     assert [s for s, _ in admin.executed][1].startswith('ALTER ROLE "airflow" WITH LOGIN PASSWORD')
     assert changes == ["reset the password of role airflow to the one in .env"]
 
@@ -88,34 +88,34 @@ def test_another_checkouts_database_is_refused_before_anything_changes(settings,
     database; the first's mark on the database stops it, naming the settings to change."""
     monkeypatch.setattr(postgres, "role_can_login", lambda s: (False, "password authentication failed"))
     mine = settings.replace(checkout_id="aaaa1111")
-    admin = RecordingAdmin(role=("f", ALL_SET), owner="airflow", marker=postgres.OWNER_MARK + "bbbb2222")
+    admin = RecordingAdmin(role=("f", ALL_SET), owner="airflow", marker=pg_database.OWNER_MARK + "bbbb2222")
     with pytest.raises(StackError, match=r"belongs to another airflow-stack checkout .* set STACK_PG_DATABASE "
                                          r"and STACK_PG_USER in \.env to new names"):
-        postgres.bootstrap(admin, mine)
+        pg_database.bootstrap(admin, mine)
     assert admin.executed == []  # no password reset, nothing
     with pytest.raises(StackError, match="another airflow-stack checkout"):
-        postgres.drop(admin, mine)
+        pg_database.drop(admin, mine)
     assert admin.executed == []
     # its own mark, no mark (a database set up before marks existed), or a comment of the user's: go on
-    for marker in (postgres.OWNER_MARK + "aaaa1111", "", "the team's warehouse"):
-        postgres.check_owner(mine, marker)
+    for marker in (pg_database.OWNER_MARK + "aaaa1111", "", "the team's warehouse"):
+        pg_database.check_owner(mine, marker)
 
 
 def test_superuser_role_is_refused(settings):
     with pytest.raises(StackError, match="is a superuser"):
-        postgres.bootstrap(RecordingAdmin(role=("t", "")), settings)
+        pg_database.bootstrap(RecordingAdmin(role=("t", "")), settings)
 
 
 def test_database_owned_by_someone_else_gets_schema_grants_in_that_database(settings):
     admin = RecordingAdmin(role=("f", ALL_SET), owner="postgres")
-    postgres.bootstrap(admin, settings)
+    pg_database.bootstrap(admin, settings)
     assert ('GRANT CREATE, USAGE ON SCHEMA public TO "airflow"', "airflow") in admin.executed
 
 
 def test_identifiers_and_literals_are_quoted_by_psycopg(settings):
     odd = settings.replace(pg_user='air"flow', pg_database="air flow", pg_password="it's")
     admin = RecordingAdmin()
-    postgres.bootstrap(admin, odd)
+    pg_database.bootstrap(admin, odd)
     sql = " ".join(s for s, _ in admin.executed)
     assert 'CREATE ROLE "air""flow"' in sql and "PASSWORD 'it''s'" in sql
     assert 'CREATE DATABASE "air flow" OWNER "air""flow"' in sql
@@ -126,7 +126,7 @@ def test_no_superuser_access_uses_an_existing_role(env):
 
     remote = settings_mod.load(environ=env | {"STACK_PG_HOST": "db.example.internal", "STACK_PG_PASSWORD": "x"})
     assert postgres.admin_for(MockContext(), None, remote) is None
-    assert postgres.bootstrap(None, remote) == []
+    assert pg_database.bootstrap(None, remote) == []
 
 
 def test_no_superuser_access_and_no_role_says_what_to_do(env, monkeypatch):
@@ -135,7 +135,7 @@ def test_no_superuser_access_and_no_role_says_what_to_do(env, monkeypatch):
     monkeypatch.setattr(postgres, "role_can_login", lambda s: (False, "role does not exist"))
     remote = settings_mod.load(environ=env | {"STACK_PG_HOST": "db.example.internal", "STACK_PG_PASSWORD": "x"})
     with pytest.raises(StackError, match="create that role and database on the server, or set STACK_PG_ADMIN_DSN"):
-        postgres.bootstrap(None, remote)
+        pg_database.bootstrap(None, remote)
 
 
 def test_psql_admin_sends_secrets_on_stdin_never_on_the_command_line(settings):
@@ -190,7 +190,7 @@ class FakePlatform:
 def test_allow_remote_adds_a_tagged_scram_line_and_listen_address(settings, monkeypatch):
     monkeypatch.setattr(postgres, "is_ready", lambda c, p, s: True)
     admin, plat = RemoteAdmin(), FakePlatform()
-    changes = postgres.allow_remote(None, plat, admin, settings, "localhost,127.0.0.2", "127.0.0.2/32")
+    changes = pg_access.allow_remote(None, plat, admin, settings, "localhost,127.0.0.2", "127.0.0.2/32")
     assert plat.appended == [("/etc/postgresql/15/main/pg_hba.conf",
                               "host airflow airflow 127.0.0.2/32 scram-sha-256 # airflow-stack airflow airflow")]
     assert ("ALTER SYSTEM SET listen_addresses = 'localhost,127.0.0.2'", "postgres") in admin.executed
@@ -201,7 +201,7 @@ def test_allow_remote_adds_a_tagged_scram_line_and_listen_address(settings, monk
 
 def test_with_tls_the_opt_in_admits_tls_only_and_says_so(settings, monkeypatch):
     admin, plat = RemoteAdmin(), FakePlatform()
-    changes = postgres.allow_remote(None, plat, admin, settings.replace(tls=True), None, "10.0.0.0/24")
+    changes = pg_access.allow_remote(None, plat, admin, settings.replace(tls=True), None, "10.0.0.0/24")
     assert plat.appended == [("/etc/postgresql/15/main/pg_hba.conf",
                               "hostssl airflow airflow 10.0.0.0/24 scram-sha-256 # airflow-stack airflow airflow")]
     assert "over TLS only" in changes[1] and str(settings.tls_ca_file) in changes[1]
@@ -239,7 +239,7 @@ def test_ensure_tls_replaces_debians_snakeoil_and_secures_earlier_opt_ins(settin
     other = "host all all 10.9.0.0/16 scram-sha-256"  # the admin's own line: left as it is
     tls_settings = settings.replace(tls=True)
     admin, plat = TlsAdmin(hba=f"local all all peer\n{other}\n{line}\n"), TlsPlatform()
-    changes = postgres.ensure_tls(None, plat, admin, tls_settings)
+    changes = pg_access.ensure_tls(None, plat, admin, tls_settings)
     cert = "/var/lib/postgresql/15/main/airflow-stack-server.crt"
     assert plat.private[cert] == tls_settings.tls_ca_file.with_name("server.pem").read_text()
     assert "BEGIN PRIVATE KEY" in plat.private["/var/lib/postgresql/15/main/airflow-stack-server.key"]
@@ -253,33 +253,33 @@ def test_ensure_tls_refuses_a_certificate_it_did_not_sign(settings):
     admin = TlsAdmin(cert_file="/etc/postgresql/server.crt", served="-----BEGIN CERTIFICATE-----\nxx\n")
     plat = TlsPlatform()
     with pytest.raises(StackError, match=r"already serves TLS with /etc/postgresql/server\.crt.*STACK_PG_SSLROOTCERT"):
-        postgres.ensure_tls(None, plat, admin, settings.replace(tls=True))
+        pg_access.ensure_tls(None, plat, admin, settings.replace(tls=True))
     assert plat.private == {} and admin.executed == []  # nothing written
 
 
 def test_allow_remote_twice_changes_nothing(settings):
     line = "host airflow airflow 127.0.0.2/32 scram-sha-256 # airflow-stack airflow airflow"
     admin, plat = RemoteAdmin(listen="localhost,127.0.0.2", hba=f"local all all peer\n{line}\n"), FakePlatform()
-    assert postgres.allow_remote(None, plat, admin, settings, "127.0.0.2", "127.0.0.2/32") == []
+    assert pg_access.allow_remote(None, plat, admin, settings, "127.0.0.2", "127.0.0.2/32") == []
     assert plat.appended == [] and plat.restarted == 0 and admin.executed == []
 
 
 def test_allow_remote_rejects_a_bad_network(settings):
     with pytest.raises(StackError, match="is not a network"):
-        postgres.allow_remote(None, FakePlatform(), RemoteAdmin(), settings, None, "10.0.0.300/8")
+        pg_access.allow_remote(None, FakePlatform(), RemoteAdmin(), settings, None, "10.0.0.300/8")
 
 
 def test_listen_everywhere_absorbs_the_rest():
-    assert postgres._merge_addresses("localhost", "*") == "*"
-    assert postgres._merge_addresses("*", "10.0.0.5") == "*"
-    assert postgres._merge_addresses("localhost", "localhost, 10.0.0.5") == "localhost,10.0.0.5"
+    assert pg_access._merge_addresses("localhost", "*") == "*"
+    assert pg_access._merge_addresses("*", "10.0.0.5") == "*"
+    assert pg_access._merge_addresses("localhost", "localhost, 10.0.0.5") == "localhost,10.0.0.5"
 
 
 def test_forget_remote_removes_only_our_lines(settings):
     ours = "host airflow airflow 127.0.0.2/32 scram-sha-256 # airflow-stack airflow airflow"
     theirs = "host other other 10.0.0.0/8 scram-sha-256"
     admin, plat = RemoteAdmin(hba=f"local all all peer\n{ours}\n{theirs}\n"), FakePlatform()
-    assert postgres.forget_remote(None, plat, admin, settings)
+    assert pg_access.forget_remote(None, plat, admin, settings)
     assert plat.written == ("/etc/postgresql/15/main/pg_hba.conf", f"local all all peer\n{theirs}\n")
 
 
@@ -290,27 +290,27 @@ def test_a_database_whose_checkout_was_deleted_may_be_taken_over(settings, tmp_p
 
     mine = settings.replace(checkout_id="aaaa1111")
     other_env = tmp_path / "old-clone" / ".env"
-    gone = f"{postgres.OWNER_MARK}bbbb2222 {socket.gethostname()}:{other_env}"
-    assert postgres.check_owner(mine, gone) is True
+    gone = f"{pg_database.OWNER_MARK}bbbb2222 {socket.gethostname()}:{other_env}"
+    assert pg_database.check_owner(mine, gone) is True
     other_env.parent.mkdir()
     other_env.write_text("STACK_CHECKOUT_ID=bbbb2222\n")  # that clone is alive
     with pytest.raises(StackError, match="belongs to another airflow-stack checkout"):
-        postgres.check_owner(mine, gone)
-    elsewhere = f"{postgres.OWNER_MARK}bbbb2222 another-host:/does/not/exist/.env"
+        pg_database.check_owner(mine, gone)
+    elsewhere = f"{pg_database.OWNER_MARK}bbbb2222 another-host:/does/not/exist/.env"
     with pytest.raises(StackError, match="belongs to another airflow-stack checkout"):
-        postgres.check_owner(mine, elsewhere)
-    assert postgres.owner_mark(mine).startswith(f"{postgres.OWNER_MARK}aaaa1111 {socket.gethostname()}:/")
-    assert postgres.check_owner(mine, postgres.owner_mark(mine)) is False  # its own
+        pg_database.check_owner(mine, elsewhere)
+    assert pg_database.owner_mark(mine).startswith(f"{pg_database.OWNER_MARK}aaaa1111 {socket.gethostname()}:/")
+    assert pg_database.check_owner(mine, pg_database.owner_mark(mine)) is False  # its own
 
 
 # ---- a database this stack migrated is gone (a major upgrade on apt, a drop by hand) ---------------
 def test_a_vanished_database_is_explained_and_nothing_is_created(settings):
-    from airflow_stack.platform import Cluster
+    from airflow_stack.services.host import Cluster
 
     admin = RecordingAdmin()  # no role, no database: what a new, empty cluster on our port holds
     clusters = [Cluster("15", "main", 5433, False), Cluster("16", "main", 5432, True)]
     with pytest.raises(StackError) as err:
-        postgres.bootstrap(admin, settings, migrated_by="3.3.2", clusters=clusters)
+        pg_database.bootstrap(admin, settings, migrated_by="3.3.2", clusters=clusters)
     message = str(err.value)
     assert "database airflow is not on the PostgreSQL at 127.0.0.1:5432" in message
     assert "no empty one is created" in message and "Airflow 3.3.2" in message
@@ -321,10 +321,10 @@ def test_a_vanished_database_is_explained_and_nothing_is_created(settings):
 
 def test_a_vanished_database_without_an_older_cluster_points_at_the_backups(settings):
     with pytest.raises(StackError, match=r"restore a backup .*db.restore FILE --yes.*--new-database"):
-        postgres.bootstrap(RecordingAdmin(role=("f", ALL_SET)), settings, migrated_by="3.3.2", clusters=[])
+        pg_database.bootstrap(RecordingAdmin(role=("f", ALL_SET)), settings, migrated_by="3.3.2", clusters=[])
 
 
 def test_a_first_setup_or_a_new_database_on_purpose_creates_it(settings):
     admin = RecordingAdmin(role=("f", ALL_SET))
-    changes = postgres.bootstrap(admin, settings, migrated_by=None)
+    changes = pg_database.bootstrap(admin, settings, migrated_by=None)
     assert "created database airflow owned by airflow, closed to other roles" in changes

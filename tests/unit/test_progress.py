@@ -9,7 +9,7 @@ from airflow_stack import progress
 
 
 def test_a_long_step_prints_a_timestamped_line_with_what_it_does_now(monkeypatch, capsys):
-    monkeypatch.setenv(progress.MODE_VAR, "plain")
+    monkeypatch.setattr(progress, "_chosen", "plain")
     monkeypatch.setattr(progress, "HEARTBEAT", 0.3)
     with progress.step("installing apache-airflow[postgres]==3.3.2") as step:
         step.write("Resolved 264 packages in 1.21s\nPrepared 12 packages in 0.8s\n")
@@ -21,14 +21,14 @@ def test_a_long_step_prints_a_timestamped_line_with_what_it_does_now(monkeypatch
 
 
 def test_a_quick_step_prints_nothing(monkeypatch, capsys):
-    monkeypatch.setenv(progress.MODE_VAR, "plain")
+    monkeypatch.setattr(progress, "_chosen", "plain")
     with progress.step("apt-get install redis-server"):
         pass
     assert capsys.readouterr() == ("", "")
 
 
 def test_off_prints_nothing_however_long(monkeypatch, capsys):
-    monkeypatch.setenv(progress.MODE_VAR, "off")
+    monkeypatch.setattr(progress, "_chosen", "off")
     monkeypatch.setattr(progress, "HEARTBEAT", 0.1)
     with progress.step("airflow db migrate"):
         time.sleep(0.5)
@@ -38,7 +38,7 @@ def test_off_prints_nothing_however_long(monkeypatch, capsys):
 def test_the_detail_can_come_from_a_log_being_written(tmp_path, monkeypatch, capsys):
     log = tmp_path / "setup-airflow.log"
     log.write_text("INFO  [alembic] Context impl PostgresqlImpl.\nRunning upgrade 1a2b -> 3c4d, add dag bundles\n\n")
-    monkeypatch.setenv(progress.MODE_VAR, "plain")
+    monkeypatch.setattr(progress, "_chosen", "plain")
     monkeypatch.setattr(progress, "HEARTBEAT", 0.2)
     with progress.step("airflow db migrate", progress.last_line(log)):
         time.sleep(0.7)

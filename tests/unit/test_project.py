@@ -9,9 +9,12 @@ import re
 import pytest
 from invoke import MockContext, Result
 
-from airflow_stack import airflow_config, airflow_install, dags, lines, objects, platform, project
 from airflow_stack import settings as settings_mod
+from airflow_stack.apache_airflow import config as airflow_config
+from airflow_stack.apache_airflow import install, profiles
 from airflow_stack.errors import StackError
+from airflow_stack.project import dags, folder, objects
+from airflow_stack.services import host
 
 OK, FAIL = Result(""), Result("", exited=1)
 
@@ -88,14 +91,14 @@ def test_the_project_defaults_to_the_repo_and_its_folders_follow_it(env, proj_se
 
 def test_a_missing_project_or_dags_folder_is_named(proj_settings, tmp_path):
     with pytest.raises(StackError, match="does not exist; point STACK_PROJECT_DIR"):
-        project.Project(tmp_path / "nowhere").check()
+        folder.Project(tmp_path / "nowhere").check()
     with pytest.raises(StackError, match="has no dags/ folder"):
-        project.Project(tmp_path).check()
-    project.get(proj_settings).check()
+        folder.Project(tmp_path).check()
+    folder.get(proj_settings).check()
 
 
 def test_requirements_comments_do_not_count(proj_settings):
-    proj = project.get(proj_settings)
+    proj = folder.get(proj_settings)
     assert proj.requirement_lines() == []
     proj.requirements.write_text("# ours\ncowsay==5.0  # pinned\n\n")
     digest = proj.requirements_digest()
@@ -107,15 +110,15 @@ def test_requirements_comments_do_not_count(proj_settings):
 
 
 def test_the_venv_stamp_follows_the_requirements(proj_settings):
-    proj = project.get(proj_settings)
-    without = airflow_install._wanted_stamp(proj_settings)
+    proj = folder.get(proj_settings)
+    without = install._wanted_stamp(proj_settings)
     assert "project_requirements_sha256" not in without  # no requirements: the stamp of a plain install
     proj.requirements.write_text("cowsay==5.0\n")
-    assert airflow_install._wanted_stamp(proj_settings)["project_requirements_sha256"] == proj.requirements_digest()
+    assert install._wanted_stamp(proj_settings)["project_requirements_sha256"] == proj.requirements_digest()
 
 
 def test_packages_txt_names_and_what_is_refused(proj_settings):
-    proj = project.get(proj_settings)
+    proj = folder.get(proj_settings)
     proj.packages.write_text("# build deps\nlibpq-dev gcc\nlibpq-dev\ncurl=7.88.1-10\n")
     assert proj.os_packages() == ["libpq-dev", "gcc", "curl=7.88.1-10"]
     proj.packages.write_text("tree; rm -rf /\n")
@@ -134,78 +137,78 @@ def test_packages_txt_names_and_what_is_refused(proj_settings):
     ("ubuntu", None),
 ])
 def test_what_a_dockerfile_image_implies(image, implied):
-    assert project.airflow_of_image(image) == implied
+    assert folder.airflow_of_image(image) == implied
 
 
 def test_the_dockerfile_note(tmp_path):
-    proj = project.Project(tmp_path)
-    assert project.dockerfile_note(proj, "3.3.2") is None
+    proj = folder.Project(tmp_path)
+    assert folder.dockerfile_note(proj, "3.3.2") is None
     proj.dockerfile.write_text("# astro\nFROM astrocrpublic.azurecr.io/runtime:3.3-1\nRUN true\n")
-    note = project.dockerfile_note(proj, "3.3.2")
+    note = folder.dockerfile_note(proj, "3.3.2")
     assert "not used" in note and "implies Airflow 3.3" in note and "STACK_AIRFLOW_LINE" not in note
     proj.dockerfile.write_text("FROM quay.io/astronomer/astro-runtime:12.6.0\n")
-    note = project.dockerfile_note(proj, "3.3.2")
+    note = folder.dockerfile_note(proj, "3.3.2")
     assert "implies Airflow 2.10" in note and "the stack runs Airflow 3.3.2" in note
     assert "the stack runs the lines" in note  # 2.10 is no line of ours: no advice to choose it
-    proj.dockerfile.write_text(f"FROM apache/airflow:{lines.LINES['2.11'].default_version}\n")
-    assert "set STACK_AIRFLOW_LINE" in project.dockerfile_note(proj, "3.3.2")
+    proj.dockerfile.write_text(f"FROM apache/airflow:{profiles.LINES['2.11'].default_version}\n")
+    assert "set STACK_AIRFLOW_LINE" in folder.dockerfile_note(proj, "3.3.2")
 
 
 # ---- packages.txt, per platform ---------------------------------------------------------------
 def test_apt_installs_only_what_is_missing_once(proj_settings):
-    project.get(proj_settings).packages.write_text("tree\njq\n")
+    folder.get(proj_settings).packages.write_text("tree\njq\n")
     c = ctx({"^dpkg-query .* tree$": Result("installed"), "^dpkg-query .* jq$": Result("not-installed"),
              "apt-cache show --no-all-versions jq": Result("Package: jq\n"), f"{APT} update -q": OK,
              f"^{INSTALL} jq$": OK})
-    done = project.ensure_os_packages(c, platform.AptPgCtlcluster(), proj_settings)
+    done = folder.ensure_os_packages(c, host.AptPgCtlcluster(), proj_settings)
     assert done == ["installed jq (from packages.txt)"]
     assert commands(c)[-1] == f"{INSTALL} jq"
     c = ctx({"^dpkg-query": Result("installed")})
-    assert project.ensure_os_packages(c, platform.AptSystemd(), proj_settings) == []
+    assert folder.ensure_os_packages(c, host.AptSystemd(), proj_settings) == []
     assert all(cmd.startswith("dpkg-query") for cmd in commands(c))
 
 
 def test_apt_names_an_unknown_package_after_refreshing_its_lists_and_installs_nothing(proj_settings):
-    project.get(proj_settings).packages.write_text("no-such-pkg\n")
+    folder.get(proj_settings).packages.write_text("no-such-pkg\n")
     c = ctx({"^dpkg-query": FAIL, "^apt-cache show": FAIL, f"{APT} update -q": OK})
     with pytest.raises(StackError, match=r"apt\+pg_ctlcluster does not know no-such-pkg; .*nothing was installed"):
-        project.ensure_os_packages(c, platform.AptPgCtlcluster(), proj_settings)
+        folder.ensure_os_packages(c, host.AptPgCtlcluster(), proj_settings)
     assert f"{APT} update -q" in commands(c) and not any(" install -y" in cmd for cmd in commands(c))
 
 
 def test_apt_without_root_uses_sudo(proj_settings):
-    project.get(proj_settings).packages.write_text("jq\n")
+    folder.get(proj_settings).packages.write_text("jq\n")
     c = ctx({"^dpkg-query": FAIL, "^apt-cache show": OK, f"sudo -n {APT} update -q": OK,
              f"sudo -n {INSTALL} jq": OK})
-    project.ensure_os_packages(c, platform.AptSystemd(sudo="sudo -n "), proj_settings)
+    folder.ensure_os_packages(c, host.AptSystemd(sudo="sudo -n "), proj_settings)
     assert commands(c)[-1] == f"sudo -n {INSTALL} jq"
 
 
 def test_brew_installs_what_is_missing_and_names_what_it_does_not_know(proj_settings):
-    project.get(proj_settings).packages.write_text("jq\nwget\n")
+    folder.get(proj_settings).packages.write_text("jq\nwget\n")
     c = ctx({"brew list --versions jq": Result("jq 1.7\n"), "brew list --versions wget": FAIL,
              "brew info wget": OK, "brew install wget": OK})
-    assert project.ensure_os_packages(c, platform.Homebrew(), proj_settings) == ["installed wget (from packages.txt)"]
+    assert folder.ensure_os_packages(c, host.Homebrew(), proj_settings) == ["installed wget (from packages.txt)"]
     c = ctx({"^brew list": FAIL, "brew info jq": OK, "brew info wget": FAIL})
     with pytest.raises(StackError, match="brew does not know wget"):
-        project.ensure_os_packages(c, platform.Homebrew(), proj_settings)
+        folder.ensure_os_packages(c, host.Homebrew(), proj_settings)
 
 
 def test_no_packages_txt_runs_nothing(proj_settings):
     c = ctx({})
-    assert project.ensure_os_packages(c, platform.AptPgCtlcluster(), proj_settings) == []
+    assert folder.ensure_os_packages(c, host.AptPgCtlcluster(), proj_settings) == []
     assert commands(c) == []
 
 
 # ---- airflow_settings.yaml ----------------------------------------------------------------
 def test_astros_empty_template_defines_nothing(proj_settings):
-    project.get(proj_settings).objects_file.write_text(ASTRO_TEMPLATE)
+    folder.get(proj_settings).objects_file.write_text(ASTRO_TEMPLATE)
     assert objects.load(proj_settings) is None
     assert objects.apply(ctx({}), proj_settings) == []  # and nothing runs
 
 
 def test_a_full_file_is_read_with_names_from_env(proj_settings):
-    project.get(proj_settings).objects_file.write_text(FULL)
+    folder.get(proj_settings).objects_file.write_text(FULL)
     loaded = objects.load(proj_settings)
     conn = loaded["connections"][0]
     assert conn | {"extra": None} == {"conn_id": "warehouse", "conn_type": "postgres", "host": "db.example.com",
@@ -227,7 +230,7 @@ def test_a_full_file_is_read_with_names_from_env(proj_settings):
     ("airflow:\n  pools: {a: 1}\n", "airflow.pools must be a list"),
 ])
 def test_a_bad_file_is_one_sentence_without_values(proj_settings, text, message):
-    project.get(proj_settings).objects_file.write_text(text)
+    folder.get(proj_settings).objects_file.write_text(text)
     with pytest.raises(StackError, match=message) as err:
         objects.load(proj_settings)
     assert "s3cr3t-value" not in str(err.value) and "tok-value-123" not in str(err.value)
@@ -262,11 +265,11 @@ def test_uvs_reason_names_the_package_and_the_pin():
     terminal = ("  \u00d7 No solution found when resolving dependencies:\n"
                 "  ╰─▶ Because nope was not found in the package registry and you require nope==1.0, we can\n"
                 "      conclude that your requirements are unsatisfiable.\n\n      hint: something\n")
-    assert airflow_install.uv_reason(piped).startswith("Because you require requests==2.0.0 and requests==2.34.2")
-    assert airflow_install.uv_reason(terminal) == ("Because nope was not found in the package registry and you "
+    assert install.uv_reason(piped).startswith("Because you require requests==2.0.0 and requests==2.34.2")
+    assert install.uv_reason(terminal) == ("Because nope was not found in the package registry and you "
                                                    "require nope==1.0, we can conclude that your requirements are "
                                                    "unsatisfiable.")
-    assert airflow_install.uv_reason("error: Failed to fetch: https://pypi.org/simple/x\n") == \
+    assert install.uv_reason("error: Failed to fetch: https://pypi.org/simple/x\n") == \
         "Failed to fetch: https://pypi.org/simple/x"
 
 
@@ -283,7 +286,8 @@ def test_memcached_is_ours_only_on_this_machine(env):
     def load(uri):
         return settings_mod.load(environ=env | {"STACK_RATELIMIT_STORAGE_URI": uri})
 
-    from airflow_stack import memcached_server, registry
+    from airflow_stack.runtime import registry
+    from airflow_stack.services import memcached_server
 
     assert memcached_server.address(load("memcached://127.0.0.1:11212")) == ("127.0.0.1", 11212)
     assert memcached_server.managed(load("memcached://localhost"))  # the default port
@@ -299,15 +303,15 @@ def test_memcached_is_ours_only_on_this_machine(env):
 
 def test_the_airflow_venv_gets_the_limiter_storages_client(env):
     settings = settings_mod.load(environ=env | {"STACK_RATELIMIT_STORAGE_URI": "memcached://127.0.0.1:11212"})
-    assert airflow_install.limiter_client(settings) == "pymemcache"
-    assert airflow_install._wanted_stamp(settings)["limiter_client"] == "pymemcache"
-    assert airflow_install.limiter_client(settings_mod.load(environ=env)) is None  # Redis: in Airflow's extras
+    assert install.limiter_client(settings) == "pymemcache"
+    assert install._wanted_stamp(settings)["limiter_client"] == "pymemcache"
+    assert install.limiter_client(settings_mod.load(environ=env)) is None  # Redis: in Airflow's extras
 
 
 def test_apt_and_brew_install_memcached():
     c = ctx({f"{APT} update -q": OK, f"{INSTALL} memcached": OK})
-    platform.AptPgCtlcluster().memcached_install(c)
+    host.AptPgCtlcluster().memcached_install(c)
     assert commands(c)[-1].endswith(f"{APT} install -y -q memcached")
     c = ctx({"brew list --versions memcached": Result("memcached 1.6.29\n"),
              "brew --prefix": Result("/opt/homebrew\n")})
-    assert platform.Homebrew().memcached_bin(c) == "/opt/homebrew/bin/memcached"
+    assert host.Homebrew().memcached_bin(c) == "/opt/homebrew/bin/memcached"

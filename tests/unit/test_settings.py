@@ -2,8 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from airflow_stack import lines
 from airflow_stack import settings as settings_mod
+from airflow_stack.apache_airflow import config as airflow_config
+from airflow_stack.apache_airflow import profiles
 from airflow_stack.errors import StackError
 
 
@@ -29,9 +30,9 @@ def test_none_flag_means_not_given(env):
 
 def test_derived_sqlalchemy_url_quotes_the_password(env):
     s = settings_mod.load(environ=env | {"STACK_PG_PASSWORD": "p@ss/w:rd"})
-    assert s.sql_alchemy_conn == "postgresql+psycopg://airflow:p%40ss%2Fw%3Ard@127.0.0.1:5432/airflow?sslmode=prefer"
+    assert airflow_config.sql_alchemy_conn(s) == "postgresql+psycopg://airflow:p%40ss%2Fw%3Ard@127.0.0.1:5432/airflow?sslmode=prefer"
     # 2.11's SQLAlchemy 1.4 has no psycopg 3 dialect
-    assert s.replace(airflow_line="2.11").sql_alchemy_conn.startswith("postgresql+psycopg2://airflow:p%40ss")
+    assert airflow_config.sql_alchemy_conn(s.replace(airflow_line="2.11")).startswith("postgresql+psycopg2://airflow:p%40ss")
 
 
 def test_malformed_env_line_is_an_error_naming_the_line(env, tmp_path):
@@ -73,10 +74,10 @@ def test_env_file_that_is_not_utf8(env, tmp_path):
                                                ("2.11", (3, 13), False), ("3.3", (3, 9), False)])
 def test_python_support_per_line(line, version, ok):
     if ok:
-        lines.get(line).check_python(version)
+        profiles.get(line).check_python(version)
     else:
         with pytest.raises(StackError, match=f"Airflow {line} supports Python"):
-            lines.get(line).check_python(version)
+            profiles.get(line).check_python(version)
 
 
 def test_the_liveness_watchdog_can_be_turned_off_but_not_set_below_zero(env):

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 from invoke import MockContext
 
-from airflow_stack import preflight
 from airflow_stack.errors import StackError
-from airflow_stack.tasks import _common, run, setup
+from airflow_stack.runtime import preflight
+from airflow_stack.services import limiter, redis_server
+from airflow_stack.tasks import _common, run
 
 from .conftest import SECRETS
 
@@ -62,12 +63,12 @@ def test_numeric_flags_are_text_to_invoke_and_numbers_to_us():
 ])
 def test_redis_bind_addresses_are_checked_before_anything_is_written(bind, message):
     with pytest.raises(StackError, match=message):
-        setup.check_bind(bind)
+        redis_server.check_bind(bind)
 
 
 def test_redis_bind_accepts_this_machines_addresses_and_optional_ones():
     for bind in ("127.0.0.1", "127.0.0.1 127.0.0.2 -::1", "0.0.0.0 ::", "* -::*", "127.0.0.1 -192.0.2.7"):
-        setup.check_bind(bind)
+        redis_server.check_bind(bind)
 
 
 def test_the_admin_password_never_reaches_a_command_line(settings, monkeypatch):
@@ -75,14 +76,14 @@ def test_the_admin_password_never_reaches_a_command_line(settings, monkeypatch):
     is appended to the CLI's own sys.argv inside the process."""
     from invoke import Result
 
-    from airflow_stack import airflow_db
+    from airflow_stack.apache_airflow import schema
 
     for exists, reset in ((False, True), (True, True), (True, False)):
-        monkeypatch.setattr(airflow_db, "_admin_hash", lambda s, exists=exists: "pbkdf2:sha256:x$y" if exists else None)
+        monkeypatch.setattr(schema, "_admin_hash", lambda s, exists=exists: "pbkdf2:sha256:x$y" if exists else None)
         # a line that resets the password, and one that re-creates the user instead
         line = settings.replace(airflow_line="3.3" if reset else "2.11")
         ctx = MockContext(run=Result(""), repeat=True)
-        airflow_db.ensure_admin(ctx, line, {"AIRFLOW_HOME": "/x"})
+        schema.ensure_admin(ctx, line, {"AIRFLOW_HOME": "/x"})
         commands = [call.args[0] for call in ctx.run.call_args_list]
         envs = [call.kwargs["env"] for call in ctx.run.call_args_list]
         assert commands and not [cmd for cmd in commands if "admin-secret-value-3" in cmd]
@@ -90,22 +91,22 @@ def test_the_admin_password_never_reaches_a_command_line(settings, monkeypatch):
         assert with_password and all(cmd.split(" >> ")[0].endswith(" _AIRFLOW_WWW_USER_PASSWORD")
                                      for cmd in with_password), with_password
         assert all(env["_AIRFLOW_WWW_USER_PASSWORD"] == "admin-secret-value-3" for env in envs)
-        (line.airflow_home / ".airflow-stack-admin.json").unlink()
+        (line.paths.airflow_home / ".airflow-stack-admin.json").unlink()
 
 
 def test_an_older_release_is_refused_on_a_newer_schema(settings, monkeypatch):
-    from airflow_stack import airflow_db
+    from airflow_stack.apache_airflow import schema
 
-    monkeypatch.setattr(airflow_db, "schema_migrated_by", lambda s: ("3.3.2", "d2f4e1b3c5a7"))
+    monkeypatch.setattr(schema, "schema_migrated_by", lambda s: ("3.3.2", "d2f4e1b3c5a7"))
     with pytest.raises(StackError, match=r"migrated by Airflow 3\.3\.2 \(schema revision d2f4e1b3c5a7\); "
                                          r"Airflow 2\.11\.2 cannot run on it, so nothing was installed"):
-        airflow_db.refuse_older_release(settings, "2.11.2")
+        schema.refuse_older_release(settings, "2.11.2")
     with pytest.raises(StackError, match=r"Airflow 3\.3\.1 cannot run"):
-        airflow_db.refuse_older_release(settings, "3.3.1")  # an older patch of the same line too
+        schema.refuse_older_release(settings, "3.3.1")  # an older patch of the same line too
     for same_or_newer in ("3.3.2", "3.3.10", "3.4.0"):
-        airflow_db.refuse_older_release(settings, same_or_newer)
-    monkeypatch.setattr(airflow_db, "schema_migrated_by", lambda s: (None, None))  # a new, empty database
-    airflow_db.refuse_older_release(settings, "2.11.2")
+        schema.refuse_older_release(settings, same_or_newer)
+    monkeypatch.setattr(schema, "schema_migrated_by", lambda s: (None, None))  # a new, empty database
+    schema.refuse_older_release(settings, "2.11.2")
 
 
 @pytest.mark.parametrize("uri, message", [
@@ -127,17 +128,17 @@ def test_an_unreachable_limiter_storage_is_refused_before_a_start(settings, uri,
     closed.close()
     try:
         with pytest.raises(StackError) as err:
-            preflight.check_limiter_storage(settings.replace(ratelimit_storage_uri=uri.format(**ports)))
+            limiter.check_reachable(settings.replace(ratelimit_storage_uri=uri.format(**ports)))
         assert message.format(**ports) in str(err.value) and "pw" not in str(err.value)
         # one that answers, and memory:// (doctor says what that costs), pass
-        preflight.check_limiter_storage(settings.replace(ratelimit_storage_uri=f"memcached://127.0.0.1:{ports['open']}"))
-        preflight.check_limiter_storage(settings.replace(ratelimit_storage_uri="memory://"))
+        limiter.check_reachable(settings.replace(ratelimit_storage_uri=f"memcached://127.0.0.1:{ports['open']}"))
+        limiter.check_reachable(settings.replace(ratelimit_storage_uri="memory://"))
     finally:
         listening.close()
 
 
 def test_an_upgrade_lists_the_packages_whose_major_or_minor_version_changes():
-    from airflow_stack import upgrade
+    from airflow_stack.ops import upgrade
 
     before = {"apache-airflow": "3.3.1", "sqlalchemy": "2.0.40", "flask": "2.2.5", "gone": "1.0"}
     after = {"apache-airflow": "3.3.2", "sqlalchemy": "2.1.0", "flask": "2.2.6", "new": "0.1"}

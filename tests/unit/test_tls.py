@@ -8,9 +8,10 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from cryptography import x509
 
-from airflow_stack import redis_server, tls
 from airflow_stack import settings as settings_mod
+from airflow_stack.apache_airflow import config as airflow_config
 from airflow_stack.errors import StackError
+from airflow_stack.services import redis_server, tls
 
 
 @pytest.fixture
@@ -85,9 +86,9 @@ def test_redis_speaks_only_tls_on_its_port(tls_settings, tmp_path):
 def test_postgres_urls_carry_verify_full_and_the_ca_also_through_a_space(tls_settings):
     spaced = tls_settings.replace(state_dir=tls_settings.state_dir / "my stack")
     assert spaced.pg_ssl_params() == {"sslmode": "verify-full", "sslrootcert": str(spaced.tls_ca_file)}
-    query = parse_qs(urlsplit(spaced.sql_alchemy_conn).query)
+    query = parse_qs(urlsplit(airflow_config.sql_alchemy_conn(spaced)).query)
     assert query == {"sslmode": ["verify-full"], "sslrootcert": [str(spaced.tls_ca_file)]}
-    assert "%20" in spaced.sql_alchemy_conn and " " not in spaced.sql_alchemy_conn
+    assert "%20" in airflow_config.sql_alchemy_conn(spaced) and " " not in airflow_config.sql_alchemy_conn(spaced)
     assert spaced.pg_url("db+postgresql").startswith("db+postgresql://")
     # without TLS: libpq's prefer, no root certificate; a chosen mode always wins
     assert tls_settings.replace(tls=False).pg_ssl_params() == {"sslmode": "prefer"}

@@ -1,23 +1,36 @@
-"""What every task shares: settings from flags, one-line errors, quiet progress lines."""
+"""What every task shares: settings (and the stack facade) from flags, one-line errors, numeric flags."""
 
 from __future__ import annotations
 
 import functools
-import time
 from collections.abc import Callable
 from typing import Any
 
 import psycopg
 import redis
+from invoke import Context
 
-from .. import oplock
+from .. import progress
 from .. import settings as settings_mod
 from ..errors import StackError
 from ..settings import Settings
+from ..stack import Stack
 
 
 def load(**flags: Any) -> Settings:
-    return settings_mod.load(overrides=flags)
+    """The settings of this command, once: the task's flags over the environment over .env over defaults."""
+    settings = settings_mod.load(overrides=flags)
+    progress.configure(settings.progress)
+    return settings
+
+
+def stack(c: Context, **flags: Any) -> Stack:
+    """The stack facade with this command's settings."""
+    return Stack(c, load(**flags), say)
+
+
+def timeout_help(what: str = "every component to be healthy", default: float = Stack.HEALTH_TIMEOUT) -> str:
+    return f"seconds to wait for {what} (default {default:g})"
 
 
 def number(value: Any, flag: str, default: Any, kind: type = float, example: Any = None) -> Any:
@@ -60,29 +73,6 @@ def one_line_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def exclusive(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Run the task holding the state dir's operation lock (oplock.py): one operation at a time."""
-
-    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
-        @functools.wraps(func)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            with oplock.exclusive(load(), what):
-                return func(*args, **kwargs)
-
-        return wrapper
-
-    return decorate
-
-
 def _first_line(exc: Exception) -> str:
     text = str(exc).strip().splitlines()
     return text[-1] if text else exc.__class__.__name__
-
-
-class Timer:
-    def __enter__(self) -> Timer:
-        self.start = time.monotonic()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.seconds = time.monotonic() - self.start

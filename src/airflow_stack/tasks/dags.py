@@ -6,19 +6,15 @@ import time
 
 from invoke import Context, task
 
-from .. import airflow_install, project, secrets
-from .. import dags as dags_mod
 from ..errors import StackError
-from ._common import load, one_line_errors, say
+from ..project import dags as dags_mod
+from ..settings import Settings
+from ._common import one_line_errors, say, stack
 
 
-def _ready(c: Context):
-    settings = load()
-    project.get(settings).check()
-    if not airflow_install.is_current(settings):  # the venv the stack would run, requirements.txt included
-        settings, _ = secrets.ensure_env_file(settings)
-        airflow_install.ensure(c, settings)
-    return settings
+def _ready(c: Context) -> Settings:
+    """The settings, with the venv the stack would run (requirements.txt included) in place."""
+    return stack(c).ensure_airflow()
 
 
 @task(name="check")

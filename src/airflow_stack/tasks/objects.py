@@ -7,24 +7,25 @@ from pathlib import Path
 
 from invoke import Context, task
 
-from .. import objects as objects_mod
 from ..errors import StackError
-from ._common import exclusive, load, one_line_errors, say
+from ..project import objects as objects_mod
+from ._common import load, one_line_errors, say, stack
 
 
 @task(name="apply")
 @one_line_errors
-@exclusive("invoke objects.apply")
 def apply(c: Context) -> None:
     """Apply the project's airflow_settings.yaml: create what is missing, update what differs.
 
     invoke up does this too."""
-    settings = load()
+    the_stack = stack(c)
+    settings = the_stack.settings
     defined = objects_mod.load(settings)
     if defined is None:
         say(f"objects: {settings.project_dir / 'airflow_settings.yaml'} defines no connections, variables or pools")
         return
-    changes = objects_mod.apply(c, settings)
+    with the_stack.lock("invoke objects.apply"):
+        changes = objects_mod.apply(c, settings)
     say(*(f"objects: {line}" for line in changes) if changes else
         [f"objects: airflow_settings.yaml: {objects_mod.count(defined)} objects, all as the file says"])
 
@@ -42,7 +43,7 @@ def export(c: Context, file: str | None = None, force: bool = False) -> None:
         if not path.parent.is_dir():
             raise StackError(f"{path.parent} is not a folder; create it or give another --file")
     else:
-        path = settings.state_dir / "exports" / f"airflow_settings-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}.yaml"
+        path = settings.paths.export_file(time.strftime('%Y%m%d-%H%M%S', time.gmtime()))
     counts = objects_mod.export(c, settings, path)
     say(f"objects: wrote {counts['connections']} connections, {counts['variables']} variables, "
         f"{counts['pools']} pools to {path} (mode 0600: it holds passwords)")

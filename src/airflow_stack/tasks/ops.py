@@ -1,109 +1,68 @@
-"""Top-level tasks: up, stop, status, logs, and the stack's own airflow CLI."""
+"""Top-level tasks: up, upgrade, stop, status, logs, doctor, clean, and the stack's own airflow CLI."""
 
 from __future__ import annotations
 
-import os
 import shlex
-import shutil
-import sys
 
 from invoke import Context, task
 
-from .. import (
-    airflow_config,
-    airflow_install,
-    lifecycle,
-    lines,
-    memcached_server,
-    platform,
-    progress,
-    redis_server,
-    registry,
-    secrets,
-    supervisor,
-)
-from .. import status as status_mod
+from .. import progress
 from ..errors import StackError
-from . import db, run, setup
-from ._common import exclusive, load, number, one_line_errors, say
+from ..runtime import registry
+from ..runtime import status as status_mod
+from ..settings import AIRFLOW_LINES_HELP
+from ..stack import Stack
+from ._common import load, number, one_line_errors, say, stack, timeout_help
 
 
 @task(help={"executor": "local (default) or celery; kept in .env for the next invoke up",
-            "line": f"{lines.HELP}; kept in .env for the next invoke up",
-            "timeout": "seconds to wait for health (default 180)",
+            "line": f"{AIRFLOW_LINES_HELP}; kept in .env for the next invoke up",
+            "timeout": timeout_help("health"),
             "quiet": "no progress lines while steps run (STACK_PROGRESS=off does the same for every task)"})
 @one_line_errors
-@exclusive("invoke up")
 def up(c: Context, executor: str | None = None, line: str | None = None, timeout: str | None = None,
        quiet: bool = False) -> None:
     """Bring the whole stack up: set up PostgreSQL, Redis and Airflow, then run it (re-run safe)."""
+    timeout = number(timeout, "--timeout", Stack.HEALTH_TIMEOUT)
+    the_stack = stack(c, airflow_line=line)
     if quiet:
-        os.environ[progress.MODE_VAR] = "off"
-    timeout = number(timeout, "--timeout", lifecycle.HEALTH_TIMEOUT)
-    settings = load(executor=executor, airflow_line=line)
-    rec = registry.recorded(settings)
-    running = registry.running(settings)
-    # a plain `invoke up` keeps what runs; only a flag switches
-    if running and executor is None and rec.get("executor"):
-        settings = settings.replace(executor=rec["executor"])
-    if running and line is None and rec.get("line") in lines.NAMES:
-        settings = settings.replace(airflow_line=rec["line"])
-    setup.all_(c, line=settings.airflow_line)
-    if running and rec.get("executor") not in (None, settings.executor):
-        # an explicit switch: same database and DAG history, other executor
-        say(f"up: switching from the {rec['executor']} to the {settings.executor} executor",
-            *lifecycle.stop(settings))
-    run.start_stack(c, settings.executor, timeout, settings.airflow_line)
-    # what a flag chose is kept once it runs: the next plain `invoke up` brings back the same stack
-    for flag, key, value in (("executor", "STACK_EXECUTOR", executor), ("line", "STACK_AIRFLOW_LINE", line)):
-        if value is not None and secrets.set_env_value(settings.env_file, key, value):
-            say(f"up: --{flag} {value} kept in {settings.env_file.name} ({key})")
+        progress.configure("off")
+    the_stack.up(executor, line, timeout)
 
 
 @task(help={"version": "the release of the line to go to (default: the one its constraints pin)",
-            "line": f"another Airflow line ({lines.HELP}); a newer one only",
-            "timeout": "seconds to wait for the new release to be healthy (default 180)"})
+            "line": f"another Airflow line ({AIRFLOW_LINES_HELP}); a newer one only",
+            "timeout": timeout_help("the new release to be healthy")})
 @one_line_errors
-@exclusive("invoke upgrade")
 def upgrade(c: Context, version: str | None = None, line: str | None = None, timeout: str | None = None) -> None:
     """Go to another Airflow release: install it beside, parse the DAGs with it, back up, switch, migrate,
     start; on failure restore the backup and the previous release."""
-    from .. import upgrade as upgrade_mod
+    from ..ops import upgrade as upgrade_mod
 
-    timeout = number(timeout, "--timeout", lifecycle.HEALTH_TIMEOUT)
-    settings = load()
-    plan = upgrade_mod.prepare(c, settings, line, version)
-    say(f"upgrade: Airflow {settings.airflow_release} -> {plan.target.airflow_release}; the DAGs import with it")
-    if plan.changed:
-        say(f"upgrade: {len(plan.changed)} packages change their major or minor version: {', '.join(plan.changed)}")
-    say(*(f"upgrade: {line_}" for line_ in upgrade_mod.switch(c, plan, timeout)))
-    say(f"upgrade: done; Airflow {plan.target.airflow_release} (kept in {settings.env_file.name} as "
-        f"STACK_AIRFLOW_VERSION); the backup stays in {plan.backup}")
+    timeout = number(timeout, "--timeout", Stack.HEALTH_TIMEOUT)
+    the_stack = stack(c)
+    with the_stack.lock("invoke upgrade"):
+        settings = the_stack.settings
+        plan = upgrade_mod.prepare(c, settings, line, version)
+        say(f"upgrade: Airflow {plan.current_release} -> {plan.target_release}; the DAGs import with it")
+        if plan.changed:
+            say(f"upgrade: {len(plan.changed)} packages change their major or minor version: "
+                f"{', '.join(plan.changed)}")
+        say(*(f"upgrade: {line_}" for line_ in upgrade_mod.switch(c, plan, timeout)))
+        say(f"upgrade: done; Airflow {plan.target_release} (kept in {settings.env_file.name} as "
+            f"STACK_AIRFLOW_VERSION); the backup stays in {plan.backup}")
 
 
 @task(help={
     "component": "stop only this component (default: all of Airflow and our Redis)",
     "postgres": "also stop the PostgreSQL server (it may serve other databases: off by default)",
-    "timeout": "seconds to wait for a graceful stop before killing (default 30)",
+    "timeout": f"seconds to wait for a graceful stop before killing (default {Stack.STOP_TIMEOUT:g})",
 })
 @one_line_errors
-@exclusive("invoke stop")
 def stop(c: Context, component: str = "", postgres: bool = False, timeout: str | None = None) -> None:
     """Stop the Airflow processes and our Redis (PostgreSQL only with --postgres)."""
-    timeout = number(timeout, "--timeout", supervisor.STOP_TIMEOUT)
-    settings = load()
-    if component:
-        say(*lifecycle.stop(settings, [component], timeout))
-        return
-    say(*lifecycle.stop(settings, None, timeout))
-    say(*lifecycle.stop(settings, [redis_server.NAME], timeout))
-    if memcached_server.managed(settings):
-        say(*lifecycle.stop(settings, [memcached_server.NAME], timeout))
-    if postgres:
-        if not settings.pg_is_local:
-            raise StackError(f"PostgreSQL at {settings.pg_host} is not ours to stop")
-        platform.detect().pg_stop(c, settings.pg_port, settings.pg_version)
-        say("postgresql: stopped")
+    timeout = number(timeout, "--timeout", Stack.STOP_TIMEOUT)
+    stack(c).stop(component, postgres, timeout)
 
 
 @task(name="status", help={"json": "print JSON instead of a table"})
@@ -125,6 +84,7 @@ def status_(c: Context, json: bool = False) -> None:
     "follow": "keep printing new lines (tail -F)",
     "lines": "how many lines to show first (default 50)",
 })
+@one_line_errors
 def logs(c: Context, component: str = "", follow: bool = False, lines: str | None = None) -> None:
     """Show the logs of the stack's processes (all in the state dir's logs/)."""
     lines = number(lines, "--lines", 50, int)
@@ -133,10 +93,10 @@ def logs(c: Context, component: str = "", follow: bool = False, lines: str | Non
         names = [registry.find(settings, component).name]
     else:
         names = [inst.name for inst in registry.instances(settings, with_logs=True)]
-    files = [supervisor.log_file(settings, name) for name in names]
+    files = [settings.paths.log_file(name) for name in names]
     existing = [str(f) for f in files if f.exists()]
     if not existing:
-        raise StackError(f"no logs yet in {settings.log_dir}; start the stack: invoke up")
+        raise StackError(f"no logs yet in {settings.paths.logs}; start the stack: invoke up")
     c.run(f"tail -n {int(lines)} {'-F ' if follow else ''}{' '.join(map(shlex.quote, existing))}", pty=False)
 
 
@@ -144,18 +104,20 @@ def logs(c: Context, component: str = "", follow: bool = False, lines: str | Non
 @one_line_errors
 def airflow_cli(c: Context, args: str = "version") -> None:
     """Run the stack's own Airflow CLI with its environment (see also scripts/airflow)."""
+    from ..apache_airflow import config, install
+
     settings = load()
-    if not airflow_install.airflow_bin(settings).exists():
+    if not install.airflow_bin(settings).exists():
         raise StackError("Airflow is not installed; run: invoke setup.airflow")
-    env = airflow_config.environment(settings, registry.executor(settings))
-    c.run(f"{shlex.quote(str(airflow_install.airflow_bin(settings)))} {args}", env=env, pty=False)
+    env = config.environment(settings, registry.executor(settings))
+    c.run(f"{shlex.quote(str(install.airflow_bin(settings)))} {args}", env=env, pty=False)
 
 
 @task(help={"json": "print JSON instead of lines"})
 @one_line_errors
 def doctor(c: Context, json: bool = False) -> None:
     """Prove the production warnings are gone: each check passes, or says the command that fixes it."""
-    from .. import doctor as doctor_mod
+    from ..ops import doctor as doctor_mod
 
     checks = doctor_mod.run_all(load())
     if json:
@@ -171,27 +133,6 @@ def doctor(c: Context, json: bool = False) -> None:
 @task(help={"yes": "do not ask (required when nobody can answer: no terminal)",
             "drop_db": "also drop Airflow's database and role (every DAG run and connection)"})
 @one_line_errors
-@exclusive("invoke clean")
 def clean(c: Context, yes: bool = False, drop_db: bool = False) -> None:
     """Remove runtime state (logs, pids, Redis data, AIRFLOW_HOME); the database only with --drop-db."""
-    settings = load()
-    if registry.running(settings):
-        raise StackError("Airflow is running; stop it first: invoke stop")
-    what = f"{settings.state_dir} (logs, pids, Redis data, AIRFLOW_HOME; backups and venvs are kept)"
-    if drop_db:
-        what += f" and database {settings.pg_database} with role {settings.pg_user}"
-    if not yes:
-        if not sys.stdin.isatty():
-            raise StackError(f"clean would remove {what}; nobody can confirm here: re-run with --yes")
-        if input(f"Remove {what}? [y/N] ").strip().lower() not in ("y", "yes"):
-            raise StackError("nothing removed")
-    redis_server.stop(settings)
-    removed = []
-    # backups and the Airflow venvs stay: they are not runtime state
-    for path in (settings.log_dir, settings.run_dir, settings.redis_dir, settings.airflow_home):
-        if path.exists():
-            shutil.rmtree(path)
-            removed.append(path.name)
-    say(f"clean: removed {', '.join(removed) or 'nothing'} in {settings.state_dir}")
-    if drop_db:
-        db.drop(c, yes=True)
+    stack(c).clean(yes, drop_db)

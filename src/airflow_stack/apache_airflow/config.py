@@ -1,0 +1,168 @@
+"""What every Airflow process must agree on: one environment, built from Settings.
+
+Every component, the admin-user step, ``scripts/airflow`` and a Celery worker on another machine
+get exactly this environment; secrets travel in it (from .env), never in files Airflow writes.
+airflow.cfg is rendered from the same values minus the secrets, so that what a user reads there
+is what runs.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .. import settings as settings_mod
+from ..errors import StackError
+from ..settings import PROJECT_DIR, Settings
+from . import profiles
+
+EXECUTOR_CLASSES = {"local": "LocalExecutor", "celery": "CeleryExecutor"}
+# where webserver_config.py (config/webserver_config.py.tmpl) finds the login limiter's storage
+LIMITER_VAR = "STACK_RATELIMIT_STORAGE_URI"
+WEBSERVER_CONFIG_TEMPLATE = PROJECT_DIR / "config" / "webserver_config.py.tmpl"
+
+
+def secret_keys(env: dict[str, str], settings: Settings) -> set[str]:
+    """The keys of ``env`` that hold a secret (settings.is_secret): they stay in the environment and out of
+    airflow.cfg, and are fingerprinted, never recorded."""
+    return {key for key, value in env.items() if settings_mod.is_secret(settings, key, value)}
+
+
+def sql_alchemy_conn(settings: Settings) -> str:
+    """``AIRFLOW__DATABASE__SQL_ALCHEMY_CONN``, with the line's driver."""
+    return settings.pg_url(f"postgresql+{profiles.of(settings).sql_driver}")
+
+
+def result_backend(settings: Settings) -> str:
+    # Celery's SQLAlchemy backend wants db+postgresql://; postgresql+psycopg2:// kills the scheduler
+    return settings.pg_url("db+postgresql")
+
+
+def _as_airflow(value: Any) -> str:
+    """A setting's value as Airflow reads it from its environment."""
+    if isinstance(value, bool):
+        return str(value)  # True / False
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def from_settings(settings: Settings) -> dict[str, str]:
+    """The settings that reach Airflow as they are, under the names the running line reads them by
+    (each Spec's ``airflow`` name, and the line profile's own)."""
+    profile = profiles.of(settings)
+    names = {name: spec.airflow for name, spec in settings_mod.specs().items() if spec.airflow}
+    names |= dict(profile.reads)
+    return {variable: _as_airflow(getattr(settings, name)) for name, variable in names.items()}
+
+
+def environment(settings: Settings, executor: str | None = None) -> dict[str, str]:
+    """The AIRFLOW__* environment (and the limiter URI) shared by every Airflow process."""
+    missing = settings_mod.missing_shared_secrets(settings)
+    if missing:
+        raise StackError(f"{settings.env_file} lacks {', '.join(missing)}; run: invoke setup")
+    executor = executor or settings.executor
+    env = from_settings(settings) | {
+        "AIRFLOW_HOME": str(settings.paths.airflow_home),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": sql_alchemy_conn(settings),
+        "AIRFLOW__CORE__EXECUTOR": EXECUTOR_CLASSES[executor],
+        # the user's project (astro layout): its dags/ and plugins/, and its root on PYTHONPATH, so that DAG
+        # code imports `include.*` (and anything else the project holds) in every process, workers included
+        "AIRFLOW__CORE__DAGS_FOLDER": str(settings.dags_folder),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(settings.plugins_folder),
+        "PYTHONPATH": str(settings.project_dir),
+        # every component would load Alembic's ~150 migration scripts at start to compare heads:
+        # CPU and memory on each; `invoke run.*` checks the schema once before starting any
+        # (schema.needs_migration) and refuses to start on an old one
+        "AIRFLOW__DATABASE__CHECK_MIGRATIONS": "False",
+        "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(settings.paths.task_logs),
+        "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "True",
+        "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST": "127.0.0.1",
+        # as the Redis ACL user that cannot run CONFIG, DEBUG, SHUTDOWN, FLUSHALL, ACL ... (a DAG can read this)
+        "AIRFLOW__CELERY__BROKER_URL": settings.airflow_redis_url(0),
+        "AIRFLOW__CELERY__RESULT_BACKEND": result_backend(settings),
+        # a task is acknowledged when it ends, one at a time per slot: a killed worker's task goes back
+        # to the queue instead of being lost, and no worker hoards tasks another could run
+        "AIRFLOW__CELERY__TASK_ACKS_LATE": "True",
+        "AIRFLOW__CELERY__WORKER_PREFETCH_MULTIPLIER": "1",
+        "AIRFLOW__CELERY__FLOWER_HOST": "127.0.0.1",
+        # read by webserver_config.py: login rate limits live in Redis, shared by every web worker
+        LIMITER_VAR: settings.limiter_storage_uri,
+    }
+    env |= profiles.of(settings).environment(settings)
+    # a proxy the user's shell sets (http_proxy, usual on company machines) must not carry the stack's
+    # own traffic: Airflow 3's task supervisor calls the execution API with httpx, which honours it
+    bypass = no_proxy(settings)
+    env |= {"NO_PROXY": bypass, "no_proxy": bypass}
+    return env
+
+
+# What of the caller's environment reaches the Airflow processes, and so DAG code: what any program
+# needs, the proxies and CA bundles of its network, Airflow's own configuration, connection and
+# variable variables, and the names the user lists in STACK_PASSTHROUGH. Everything else stays out,
+# above all what .env holds for the tooling (the admin password, a superuser DSN, the bare database
+# and Redis passwords), which a shell with direnv exports.
+PASSED_NAMES = frozenset({
+    "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TERM", "PYTHONPATH",
+    "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
+    "http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY",
+})
+PASSED_PREFIXES = ("LC_", "AIRFLOW__", "AIRFLOW_CONN_", "AIRFLOW_VAR_")
+
+
+def process_environment(settings: Settings, airflow_env: dict[str, str],
+                        environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The whole environment of a process the stack starts: the allowed part of the caller's, then
+    ``airflow_env`` (environment()) on top."""
+    environ = dict(os.environ if environ is None else environ)
+    extra = {name.strip() for name in settings.passthrough.split(",") if name.strip()}
+    base = {key: value for key, value in environ.items()
+            if key in PASSED_NAMES or key.startswith(PASSED_PREFIXES) or key in extra}
+    merged = base | airflow_env
+    if base.get("PYTHONPATH") and "PYTHONPATH" in airflow_env:  # the project first, then the user's own
+        merged["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(
+            [*airflow_env["PYTHONPATH"].split(os.pathsep), *base["PYTHONPATH"].split(os.pathsep)]))
+    return merged
+
+
+def no_proxy(settings: Settings, environ: dict[str, str] | None = None) -> str:
+    """The user's NO_PROXY list plus loopback and every host the stack's processes dial."""
+    environ = dict(os.environ if environ is None else environ)
+    have = [h.strip() for h in (environ.get("NO_PROXY") or environ.get("no_proxy") or "").split(",") if h.strip()]
+    ours = ["localhost", "127.0.0.1", "::1", settings.api_host, settings.pg_host, settings.redis_host]
+    return ",".join(dict.fromkeys(h for h in [*have, *ours] if h and h not in ("0.0.0.0", "::")))
+
+
+def render_airflow_cfg(env: dict[str, str], settings: Settings) -> str:
+    """airflow.cfg from the environment, secrets left out (they come from .env at run time)."""
+    secret = secret_keys(env, settings)
+    sections: dict[str, list[str]] = {}
+    for key in sorted(env):
+        if not key.startswith("AIRFLOW__") or key in secret:
+            continue
+        _, section, option = key.split("__", 2)
+        sections.setdefault(section.lower(), []).append(f"{option.lower()} = {env[key]}")
+    lines = ["# Rendered by airflow-stack (invoke setup.airflow); edits are overwritten.",
+             "# The same values reach every process through its environment, together with the",
+             "# secrets from .env (database URL, keys), which are never written here.", ""]
+    for section, options in sections.items():
+        lines += [f"[{section}]", *options, ""]
+    return "\n".join(lines)
+
+
+def render_webserver_config() -> str:
+    return WEBSERVER_CONFIG_TEMPLATE.read_text()
+
+
+def write_config(settings: Settings, env: dict[str, str]) -> list[str]:
+    """Write airflow.cfg and webserver_config.py into AIRFLOW_HOME when they differ."""
+    home = settings.paths.airflow_home
+    home.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, text in (("airflow.cfg", render_airflow_cfg(env, settings)),
+                       ("webserver_config.py", render_webserver_config())):
+        path = home / name
+        if not path.exists() or path.read_text() != text:
+            path.write_text(text)
+            written.append(name)
+    return written

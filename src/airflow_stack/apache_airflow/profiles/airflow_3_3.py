@@ -1,0 +1,98 @@
+"""Airflow 3.3: API server, scheduler, a separate DAG processor, triggerer; FAB for users and limits."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ...components import FLOWER, TRIGGERER, WORKER, Component, Probe
+from . import AirflowLine, RestAPI, WebUI
+
+if TYPE_CHECKING:
+    from ...settings import Settings
+
+# users, login and Flask-Limiter come with the FAB auth manager (the default SimpleAuthManager has none)
+FAB_AUTH_MANAGER = "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager"
+
+
+# the settings only this line reads, under its names for them
+READS = {
+    "api_host": "AIRFLOW__API__HOST",
+    "api_port": "AIRFLOW__API__PORT",
+    "api_secret_key": "AIRFLOW__API__SECRET_KEY",
+    "jwt_secret": "AIRFLOW__API_AUTH__JWT_SECRET",
+    "task_heartbeat_seconds": "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL",
+}
+
+
+def environment(settings: Settings) -> dict[str, str]:
+    return PROFILE.dag_refresh_env() | {
+        "AIRFLOW__CORE__AUTH_MANAGER": FAB_AUTH_MANAGER,
+        # tasks report back over HTTP; without this they dial :8080 and fail with ConnectError
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{settings.api_url}/execution/",
+        "AIRFLOW__FAB__CONFIG_FILE": str(settings.paths.webserver_config),
+    }
+
+
+def web_listen_env(host: str, port: int, url: str) -> dict[str, str]:
+    return {READS["api_host"]: host, READS["api_port"]: str(port),
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{url}/execution/"}
+
+
+def standalone_password(home: Path) -> str:
+    # standalone forces the simple auth manager, which writes its generated passwords here
+    return json.loads((home / "simple_auth_manager_passwords.json.generated").read_text())["admin"]
+
+
+PROFILE = AirflowLine(
+    name="3.3",
+    default_version="3.3.2",
+    python=((3, 10), (3, 14)),
+    sql_driver="psycopg",  # psycopg 3
+    # The order is the start order: the web component first, since it has the longest way to healthy
+    # (it builds the whole API app after its imports) and so starts on the second core while the
+    # launcher loads the others' modules; stop goes in reverse, so the API server, which tasks report
+    # to, stops last.
+    components=(
+        # The execution API, which every task calls, builds its versioned routes (Cadwyn) on its first
+        # request: ~2 s of CPU that blocked the server under the first DAG run's eight task starts
+        # (seen with py-spy). The warm-up requests it within the start instead.
+        Component("api-server", ("api-server",),
+                  Probe("http", port_setting="api_port", path="/api/v2/monitor/health", json_key="metadatabase",
+                        warmup="/execution/health"),
+                  ports=("api_port",)),
+        # with the LocalExecutor the scheduler's task processes run here, so the scheduler serves their logs
+        Component("scheduler", ("scheduler",), Probe("http", port_setting="scheduler_health_port", path="/health"),
+                  ports=("scheduler_health_port",), local_ports=("worker_log_port",),
+                  preload=("airflow.jobs.scheduler_job_runner",), runs_tasks=True),
+        Component("dag-processor", ("dag-processor",), Probe("job", job_type="DagProcessorJob"),
+                  preload=("airflow.dag_processing.manager",)),
+        TRIGGERER,
+        WORKER,
+        FLOWER,
+    ),
+    preload=("airflow.models", "airflow.jobs.job", "airflow.api_fastapi.execution_api.app"),
+    # the Task SDK's supervisor and task runner: otherwise imported by every LocalExecutor worker and
+    # Celery pool child on its first task, eight at once on two cores (the first 8 x sleep(5) run took
+    # 11 s, later ones 6-7 s), and by every task process again
+    task_preload=("airflow.sdk.execution_time.supervisor", "airflow.sdk.execution_time.task_runner"),
+    environment=environment,
+    reads=READS,
+    rest=RestAPI(prefix="/api/v2", health_path="/api/v2/monitor/health", login_path="/auth/login/", auth="token",
+                 trigger_body={"logical_date": None}),
+    admin_reset_password=True,
+    # Task runner plus the process that supervises it (Local: the executor worker, forked when the
+    # scheduler starts; Celery: the pool child): Pss of /proc/PID/smaps_rollup of both, while the 8
+    # sleep(5) tasks of tests/integration/dags/parallel_sleep.py ran at once, 2026-11-25, 2 cores,
+    # Debian 12, PostgreSQL 15. A task that only sleeps: real imports and data come on top, so this is
+    # the least a task slot needs; with 1-3 tasks running it is 4-8 MiB more (fewer share the pages).
+    # test_faults prints it again ([figure]) on every run.
+    task_pss_mib={"local": 71, "celery": 96},
+    standalone_password=standalone_password,
+    web_listen_env=web_listen_env,
+    dag_refresh_setting="AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL",
+    dag_parser="dag-processor",
+    # no production banners in the React UI; the FAB api-server logs the in-memory limiter warning instead
+    ui=WebUI(dag_list_path="/dags", dag_runs_path="/dags/{dag_id}/runs", trigger_dialog=True),
+)

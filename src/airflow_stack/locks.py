@@ -1,0 +1,108 @@
+"""One operation at a time per state dir: up, stop, run.*, setup.*, db.*, clean.
+
+Two `invoke up` at once on a stopped stack would each see nothing running and each start a set of
+processes. An exclusive lock (flock on run/operation.lock) makes the second caller wait, with a
+line saying for whom, and then find the stack running. The kernel drops the lock when its holder
+exits, however it exits, so a killed `invoke` never leaves the state dir locked. Reentrant within
+one process: `invoke up` runs the setup tasks, which take the same lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from .errors import StackError
+from .settings import Settings
+
+WAIT_SECONDS = 900.0  # a first `invoke up` installs Airflow: minutes
+_held: dict[Path, tuple[int, int]] = {}  # lock path -> (fd, depth) held by this process
+
+
+def _holder(fd: int) -> str:
+    with contextlib.suppress(OSError, ValueError):
+        os.lseek(fd, 0, os.SEEK_SET)
+        pid, _, what = os.read(fd, 200).decode().strip().partition(" ")
+        if pid.isdigit():
+            return f"{what or 'an operation'} (pid {pid})"
+    return "another invoke"
+
+
+@contextlib.contextmanager
+def exclusive(settings: Settings, what: str, wait: float = WAIT_SECONDS) -> Iterator[None]:
+    """Hold the state dir's operation lock for ``what`` (e.g. "invoke up"); wait for another holder."""
+    path = settings.paths.operation_lock
+    if path in _held:  # this process holds it already (a task that runs other tasks)
+        fd, depth = _held[path]
+        _held[path] = (fd, depth + 1)
+        try:
+            yield
+        finally:
+            _held[path] = (fd, _held[path][1] - 1)
+        return
+    settings.paths.make_private()
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        _acquire(fd, f"in {settings.state_dir}", what, wait)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {what}\n".encode(), 0)
+        _held[path] = (fd, 1)
+        try:
+            yield
+        finally:
+            del _held[path]
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def machine_wide(resource: str, what: str, wait: float = WAIT_SECONDS) -> Iterator[None]:
+    """Hold a lock that every checkout of this user shares, for a resource they share.
+
+    Two stacks (two checkouts, or the test lanes) that both find the local PostgreSQL down would
+    each start it; the second then sees a server that is still starting and no stack's lock
+    orders them. This lock does, across state dirs.
+    """
+    folder = Path(tempfile.gettempdir()) / f"airflow-stack-{os.getuid()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    fd = os.open(folder / f"{resource}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        _acquire(fd, f"on this machine ({resource})", what, wait)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {what}\n".encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _acquire(fd: int, where: str, what: str, wait: float) -> None:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return
+    except BlockingIOError:
+        pass
+    holder = _holder(fd)
+    print(f"{what}: waiting for {holder} to finish {where} (one operation at a time)",
+          file=sys.stderr, flush=True)
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            continue
+    raise StackError(f"{holder} still runs {where} after {wait:.0f} s; wait for it to end, "
+                     f"then run {what} again")

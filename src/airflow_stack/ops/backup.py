@@ -1,0 +1,103 @@
+"""Backups of the metadata database (pg_dump custom format) and their restore, as the Airflow role.
+
+The role owns its database, so it can dump and restore all of it without superuser access; its
+password travels in PGPASSWORD (the environment of that one command), never on a command line.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shlex
+from pathlib import Path
+
+from invoke import Context
+
+from ..errors import StackError
+from ..services.host import Platform
+from ..settings import Settings, redact
+
+MAGIC = b"PGDMP"  # the first bytes of every pg_dump custom-format archive
+NOT_FOUND = 127  # the shell's exit code for a command it cannot find
+INSTALL_CLIENT = ("install the PostgreSQL client tools (Debian/Ubuntu: apt-get install postgresql-client; "
+                  "macOS: brew install libpq)")
+
+
+def backup_dir(settings: Settings) -> Path:
+    return settings.paths.backups
+
+
+def _libpq_env(settings: Settings) -> dict[str, str]:
+    env = {"PGPASSWORD": settings.pg_password or "", "PGSSLMODE": settings.pg_ssl_mode}
+    return env | ({"PGSSLROOTCERT": settings.pg_ssl_root} if settings.pg_ssl_root else {})
+
+
+def _target(settings: Settings) -> str:
+    return (f"-h {shlex.quote(settings.pg_host)} -p {settings.pg_port} -U {shlex.quote(settings.pg_user)} "
+            f"-d {shlex.quote(settings.pg_database)}")
+
+
+def _tool(c: Context, platform: Platform | None, settings: Settings, name: str) -> str:
+    return platform.pg_bin(c, name, settings.pg_version) if platform else name
+
+
+def backup(c: Context, platform: Platform | None, settings: Settings, output: Path | None = None) -> Path:
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    path = output or backup_dir(settings) / f"{settings.pg_database}-{stamp}.dump"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        raise StackError(f"{path} exists already; choose another --output")
+    # created 0600 before pg_dump writes into it: a dump holds connections and variables
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    cmd = f"{_tool(c, platform, settings, 'pg_dump')} -Fc {_target(settings)} -f {shlex.quote(str(path))}"
+    result = c.run(cmd, env=_libpq_env(settings), hide=True, warn=True, in_stream=False)
+    if result.failed:
+        path.unlink(missing_ok=True)
+        _missing_tool(result.exited, "pg_dump")
+        raise StackError(f"pg_dump failed: {_last_line(result.stderr, settings)}; check invoke status")
+    return path
+
+
+def _missing_tool(exited: int, name: str) -> None:
+    if exited == NOT_FOUND:
+        raise StackError(f"{name} is not installed here (not on PATH); {INSTALL_CLIENT}")
+
+
+def check_archive(path: Path) -> None:
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(len(MAGIC))
+    except FileNotFoundError:
+        raise StackError(f"no backup at {path}; list them: ls {path.parent}") from None
+    except (IsADirectoryError, PermissionError) as exc:
+        raise StackError(f"cannot read {path} ({exc.__class__.__name__}); give a backup file") from None
+    if head != MAGIC:
+        raise StackError(f"{path} is not a pg_dump custom-format backup (made by invoke db.backup)")
+
+
+def check_readable(c: Context, platform: Platform | None, settings: Settings, path: Path) -> None:
+    """A backup pg_restore can read (its table of contents), before anyone stops Airflow for it."""
+    check_archive(path)
+    cmd = f"{_tool(c, platform, settings, 'pg_restore')} --list {shlex.quote(str(path))}"
+    result = c.run(cmd, hide=True, warn=True, in_stream=False)
+    if result.failed:
+        _missing_tool(result.exited, "pg_restore")
+        raise StackError(f"{path} is not a readable backup ({_last_line(result.stderr, settings)}); "
+                         f"give a file made by invoke db.backup")
+
+
+def restore(c: Context, platform: Platform | None, settings: Settings, path: Path) -> None:
+    """Replace the database's content with the archive's (objects dropped first, if they exist)."""
+    check_archive(path)
+    cmd = (f"{_tool(c, platform, settings, 'pg_restore')} --clean --if-exists --no-owner --single-transaction "
+           f"{_target(settings)} {shlex.quote(str(path))}")
+    result = c.run(cmd, env=_libpq_env(settings), hide=True, warn=True, in_stream=False)
+    if result.failed:
+        _missing_tool(result.exited, "pg_restore")
+        raise StackError(f"pg_restore failed, nothing was changed (one transaction): "
+                         f"{_last_line(result.stderr, settings)}")
+
+
+def _last_line(text: str, settings: Settings) -> str:
+    lines = [line for line in redact(text, settings).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "no message"

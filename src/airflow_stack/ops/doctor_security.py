@@ -1,0 +1,241 @@
+"""doctor's security checks: our Redis refuses strangers and lets Airflow's user do only what it needs,
+nothing of ours speaks plain text beyond loopback, the login limiter counts in shared storage (a probe
+login proves it), secret files are private, and every Airflow process runs with the secrets in .env."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import re
+import stat
+import urllib.parse
+
+import psutil
+import psycopg
+import redis
+
+from .. import settings as settings_mod
+from ..apache_airflow import config
+from ..runtime import registry, supervisor
+from ..services import memcached_server, redis_server
+from ..settings import Settings
+from .checks import Check, warning
+
+# a client address of its own, so the doctor's one login attempt never uses up a user's budget
+PROBE_ADDRESS = "127.0.0.9"
+
+
+def password_refused(settings: Settings) -> bool:
+    """Our Redis refuses the configured password: the checks that read Redis with it cannot tell more."""
+    try:
+        redis_server.client(settings).ping()
+    except redis.AuthenticationError:
+        return True
+    except redis.RedisError:
+        pass  # not answering: check_redis says so
+    return False
+
+
+# what the checks that read Redis with the configured password say when it is refused
+AFTER_PASSWORD = "fix the redis password check first"
+
+
+def check_redis(settings: Settings, refused: bool = False) -> list[Check]:
+    proc = supervisor.running(settings, redis_server.NAME)
+    if proc is None:
+        return [Check("redis", False, f"our Redis is not running on port {settings.redis_port}", "invoke setup.redis")]
+    if refused:
+        # not `invoke up` or `setup.redis` alone: they would restart our Redis with this password, and the
+        # running Airflow processes keep the one they were started with
+        return [Check("redis password", False, "our Redis refuses STACK_REDIS_PASSWORD as it is set now "
+                      f"(environment or {settings.env_file.name}): it runs with another one",
+                      f"set back the password our Redis runs with (requirepass in {redis_server.conf_path(settings)});"
+                      " to change it on purpose: invoke setup.redis && invoke stop && invoke up")]
+    checks = []
+    try:
+        redis_server.client(settings, password=None).ping()
+        checks.append(Check("redis password", False, "Redis answers without a password", "invoke setup.redis"))
+    except redis.AuthenticationError:
+        checks.append(Check("redis password", True, "unauthenticated clients are refused"))
+    except redis.RedisError as exc:
+        checks.append(Check("redis password", False, f"Redis not answering ({exc.__class__.__name__})",
+                            "invoke setup.redis"))
+    checks.append(check_redis_acl(settings))
+    wanted = {addr.lstrip("-") for addr in settings.redis_bind.split()}
+    listening = _listening(proc.pid)
+    extra = listening - wanted - ({"0.0.0.0", "::"} if wanted & {"0.0.0.0", "::", "*"} else set())
+    checks.append(Check("redis listens", not extra and bool(listening),
+                        f"on {', '.join(sorted(listening)) or 'nothing'} (configured: {settings.redis_bind})",
+                        "" if not extra else "invoke setup.redis"))
+    return checks
+
+
+# what Airflow's Redis user must be refused, and what Celery's broker and the limiter need (ACL DRYRUN: the
+# default user asks Redis whether the ACL user could run it, without running anything)
+REDIS_REFUSED = (("CONFIG", "GET", "maxmemory"), ("FLUSHALL",), ("ACL", "LIST"), ("DEBUG", "SLEEP", "0"),
+                 ("SHUTDOWN",), ("MODULE", "LIST"))
+REDIS_NEEDED = (("LPUSH", "celery", "x"), ("BRPOP", "celery", "1"), ("PUBLISH", "celeryev", "x"),
+                ("EVALSHA", "0" * 40, "1", "LIMITS:x"), ("SET", "unacked_mutex", "x", "NX"))
+
+
+def check_redis_acl(settings: Settings) -> Check:
+    """Airflow's Redis user can do what Celery and the limiter do, and is refused what an admin does."""
+    name, user = "redis acl", settings_mod.REDIS_AIRFLOW_USER
+    fix = "invoke setup.redis (it writes the ACL user into redis.conf and restarts our Redis), then invoke up"
+    try:
+        redis_server.airflow_client(settings).ping()
+        admin = redis_server.client(settings)
+
+        def allowed(command: tuple[str, ...]) -> bool:
+            return admin.execute_command("ACL", "DRYRUN", user, *command) in (b"OK", "OK")
+
+        granted = [" ".join(cmd[:2]) if cmd[0] in ("CONFIG", "ACL", "MODULE") else cmd[0]
+                   for cmd in REDIS_REFUSED if allowed(cmd)]
+        missing = [cmd[0] for cmd in REDIS_NEEDED if not allowed(cmd)]
+    except redis.AuthenticationError:
+        return Check(name, False, f"the ACL user {user!r} cannot log in", fix)
+    except redis.RedisError as exc:
+        return Check(name, False, f"cannot check the ACL ({str(exc).splitlines()[0][:80]})", fix)
+    if granted or missing:
+        what = [f"may run {', '.join(granted)}"] if granted else []
+        what += [f"may not run {', '.join(missing)}"] if missing else []
+        return Check(name, False, f"Airflow's Redis user {user!r} {' and '.join(what)}", fix)
+    return Check(name, True, f"Airflow logs in as {user!r}: CONFIG, FLUSHALL, ACL, DEBUG, SHUTDOWN, MODULE refused")
+
+
+def _listening(pid: int) -> set[str]:
+    """The addresses process ``pid`` listens on (empty when it is gone or not ours to read)."""
+    try:
+        return {c.laddr.ip for c in psutil.Process(pid).net_connections(kind="inet") if c.status == psutil.CONN_LISTEN}
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return set()
+
+
+def _beyond_loopback(addresses: set[str] | list[str]) -> list[str]:
+    return sorted(a for a in addresses if a and a not in settings_mod.LOOPBACK and not a.startswith("127."))
+
+
+def check_encryption(settings: Settings) -> Check:
+    """Whatever listens beyond loopback must not carry passwords and data in plain text."""
+    name, fix = "network encryption", ("set STACK_TLS=true in .env, then invoke setup.redis && invoke setup.postgres "
+                                       "&& invoke stop && invoke up")
+    plain = []
+    proc = supervisor.running(settings, redis_server.NAME)
+    if proc is not None and not settings.tls and (remote := _beyond_loopback(_listening(proc.pid))):
+        plain.append(f"Redis on {', '.join(remote)}")
+    encrypted, listen = True, ""
+    if settings.pg_is_local:
+        with contextlib.suppress(psycopg.Error), psycopg.connect(**settings.pg_conninfo(connect_timeout=3)) as conn:
+            listen = conn.execute("SHOW listen_addresses").fetchone()[0]
+            encrypted = conn.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone()[0]
+        remote = _beyond_loopback([a.strip() for a in listen.split(",")])
+        if remote and not settings.pg_tls_ours:
+            plain.append(f"PostgreSQL on {', '.join(remote)}")
+    elif settings.pg_ssl_mode in ("disable", "allow", "prefer"):
+        plain.append(f"PostgreSQL at {settings.pg_host} with sslmode={settings.pg_ssl_mode} (not verified)")
+    if settings.api_host not in settings_mod.LOOPBACK:
+        # Airflow's API server speaks HTTP here: its task tokens cross the network readable
+        plain.append(f"the API server on {settings.api_host}:{settings.api_port} (HTTP)")
+        if len(plain) == 1:
+            fix = ("workers elsewhere reach the API server in plain HTTP: keep them on a network you trust, or "
+                   "put a TLS proxy in front and point their STACK_API_HOST at it")
+    if plain:
+        return warning(name, f"plain text beyond loopback: {'; '.join(plain)}", fix)
+    if settings.tls:
+        return Check(name, encrypted, f"Redis and PostgreSQL over TLS, verified with {settings.tls_ca_file}"
+                     if encrypted else "the Airflow role's connection to PostgreSQL is not encrypted",
+                     "" if encrypted else "invoke setup.postgres")
+    return Check(name, True, "nothing of ours listens beyond loopback")
+
+
+def check_limiter(settings: Settings, envs: dict[str, dict[str, str]], refused: bool = False) -> Check:
+    line = registry.line(settings)
+    web = line.web.name
+    env = envs.get(web)
+    if env is None:
+        return Check("login rate limits", False, f"{web} is not running", "invoke up")
+    if refused:  # the limiter URI holds the password too: comparing or probing it tells nothing more
+        return Check("login rate limits", False, "not probed: our Redis refuses the configured password",
+                     AFTER_PASSWORD)
+    uri = env.get(config.LIMITER_VAR, "")
+    scheme = uri.split(":", 1)[0]
+    if scheme in ("", "memory"):
+        return Check("login rate limits", False, f"{web} keeps them in memory: each worker and restart "
+                     "counts from zero", f"unset STACK_RATELIMIT_STORAGE_URI, then invoke stop -c {web} && invoke up")
+    ours_memcached = scheme == memcached_server.SCHEME and memcached_server.managed(settings)
+    if scheme not in ("redis", "rediss") and not ours_memcached:
+        return Check("login rate limits", True, f"kept in {scheme} (shared storage you chose; not probed)")
+    expected = supervisor.fingerprint(settings, {config.LIMITER_VAR: settings.limiter_storage_uri})
+    if uri != expected[config.LIMITER_VAR]:
+        return Check("login rate limits", False, f"{web} runs with another limiter storage than configured",
+                     f"invoke stop -c {web} && invoke up")
+    if ours_memcached:
+        try:
+            _probe_login(settings, line.rest.login_path)
+            counted = [key for key in memcached_server.keys(settings) if PROBE_ADDRESS in key]
+        except (OSError, http.client.HTTPException) as exc:
+            return Check("login rate limits", False, f"probe failed ({exc.__class__.__name__})",
+                         "invoke setup.memcached && invoke up")
+        if not counted:
+            return Check("login rate limits", False, "a login attempt left no counter in our memcached",
+                         f"invoke setup.airflow && invoke stop -c {web} && invoke up")
+        return Check("login rate limits", True, f"kept in our memcached ({settings.limiter_storage_uri}); a probe "
+                                                f"login counted there")
+    db_path = urllib.parse.urlsplit(settings.limiter_storage_uri).path.strip("/")
+    limiter_db = int(db_path) if db_path.isdigit() else 0
+    try:
+        _probe_login(settings, line.rest.login_path)
+        keys = redis_server.client(settings, db=limiter_db).keys(f"LIMITS*{PROBE_ADDRESS}*")
+    except (OSError, http.client.HTTPException, redis.RedisError) as exc:
+        return Check("login rate limits", False, f"probe failed ({exc.__class__.__name__})", "invoke up")
+    if not keys:
+        return Check("login rate limits", False, "a login attempt left no LIMITS key in our Redis",
+                     f"invoke setup.airflow && invoke stop -c {web} && invoke up")
+    return Check("login rate limits", True, f"kept in our Redis (DB {limiter_db}); a probe login counted there")
+
+
+def _probe_login(settings: Settings, path: str) -> int:
+    """One failed login from PROBE_ADDRESS, as a browser sends it (session cookie + CSRF token):
+    without them CSRF protection answers 400 before Flask-Limiter counts anything."""
+
+    def request(method: str, body: str = "", headers: dict[str, str] | None = None):
+        conn = http.client.HTTPConnection("127.0.0.1", settings.api_port, timeout=10,
+                                          source_address=(PROBE_ADDRESS, 0))
+        try:
+            conn.request(method, path, body or None, headers or {})
+            resp = conn.getresponse()
+            return resp.status, resp.getheader("Set-Cookie") or "", resp.read().decode(errors="replace")
+        finally:
+            conn.close()
+
+    _, cookie, page = request("GET")
+    token = re.search(r'name="csrf_token"[^>]*value="([^"]+)"', page)
+    body = urllib.parse.urlencode({"username": "airflow-stack-doctor", "password": "-",
+                                   "csrf_token": token.group(1) if token else ""})
+    status, _, _ = request("POST", body, {"Content-Type": "application/x-www-form-urlencoded",
+                                          "Cookie": cookie.split(";", 1)[0]})
+    return status
+
+
+def check_files(settings: Settings) -> Check:
+    loose = []
+    for path in (settings.env_file, redis_server.conf_path(settings)):
+        if path.exists() and stat.S_IMODE(path.stat().st_mode) & 0o077:
+            loose.append(str(path))
+    if loose:
+        return Check("secret files", False, f"readable by others: {', '.join(loose)}", f"chmod 600 {' '.join(loose)}")
+    return Check("secret files", True, f"{settings.env_file.name} and redis.conf are 0600")
+
+
+def check_shared_secrets(settings: Settings, envs: dict[str, dict[str, str]]) -> Check:
+    env = config.environment(settings, registry.executor(settings))
+    # the settings that carry a secret every process must share (keys, and URLs with a password)
+    shared = [getattr(settings, name) for name in settings_mod.shared_secret_names()]
+    keys = {key for key, value in env.items() if any(secret and secret in value for secret in shared)}
+    expected = supervisor.fingerprint(settings, env)
+    differ = sorted({name for name, got in envs.items() for key in keys if got.get(key) != expected[key]})
+    source = settings.env_file.name
+    if differ:
+        return Check("shared secrets", False, f"{', '.join(differ)} run with other secrets than {source}",
+                     f"invoke stop -c {differ[0]} && invoke up")
+    return Check("shared secrets", True, f"all {len(envs)} Airflow processes use the secrets in {source}")

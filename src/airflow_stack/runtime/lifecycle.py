@@ -1,0 +1,207 @@
+"""Start and stop the stack's components (supervisor.py): Airflow's processes and the services the stack
+runs for them (our Redis, memcached), and wait until they are healthy, each by its probe.
+
+What a start needs is checked first (preflight.py); what runs is known from the registry, read once by
+the caller and passed in. What to start (which executor and line, a switch) is decided by the caller
+(stack.py).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from invoke import Context
+
+from .. import netutil, progress
+from ..apache_airflow import config, install, profiles
+from ..components import WORKER, WORKER_PREFIX, Component, worker_command
+from ..errors import StackError
+from ..settings import Settings
+from . import health, preflight, registry, supervisor
+
+HEALTH_TIMEOUT = 180.0
+POLL_INTERVAL = 0.3  # seconds between health probes while waiting for a start
+
+
+@dataclass
+class StartReport:
+    started: list[str] = field(default_factory=list)
+    already: list[str] = field(default_factory=list)
+    restarted: list[str] = field(default_factory=list)  # stopped first: they ran another Airflow release
+    seconds: float = 0.0
+
+
+def start(c: Context, settings: Settings, executor: str, live: dict[str, supervisor.Running],
+          env: dict[str, str], timeout: float = HEALTH_TIMEOUT, extras: tuple[str, ...] = ()) -> StartReport:
+    """Start whatever of the executor's components is not running (``live``: what runs, as the caller read
+    it), then wait until all are healthy. ``env``: the environment every Airflow process shares (airflow.cfg
+    written from it already)."""
+    preflight.check_start(settings)
+    profile = profiles.of(settings)
+    wanted = list(profile.for_executor(executor, extras))
+    version = install.installed_version(settings)
+    build = install.installed_build(settings)
+    # a component started before the venv changed (another pin, a new patch, a requirements.txt change)
+    # runs code that is no longer installed: it is started again, so that no process runs other packages
+    # than the venv holds
+    stale = [comp.name for comp in wanted if comp.name in live
+             and (live[comp.name].version not in (None, version) or live[comp.name].build not in (None, build))]
+    # extra Celery workers (run.worker) too: started again as they were started, same queues and slots
+    stale_workers = {name: proc.argv for name, proc in live.items() if name.startswith(WORKER_PREFIX) and proc.argv
+                     and (proc.version not in (None, version) or proc.build not in (None, build))}
+    report = StartReport()
+    if stale or stale_workers:
+        report.restarted = stop(settings, [*stale, *stale_workers])
+        live = registry.running(settings)
+    to_start = [comp for comp in wanted if comp.name not in live]
+    report.already = [comp.name for comp in wanted if comp.name in live]
+    began = time.monotonic()
+    if to_start:
+        for comp in to_start:  # what a killed component left behind would hold its ports
+            supervisor.collect(settings, comp.name, whole_session=comp.reap_session)
+        preflight.check_ports(settings, to_start, executor)
+        registry.record(settings, executor, settings.airflow_line)
+        airflow = str(install.airflow_bin(settings))
+
+        def launch(comp: Component) -> supervisor.Launch:
+            return supervisor.Launch(comp.name, comp.command(airflow, settings), profile.preload_for(comp),
+                                     comp.reap_session, version, build, comp.probe.liveness_url(settings))
+
+        launch_airflow(c, settings, [launch(comp) for comp in to_start if comp.own_env is None], env)
+        for comp in to_start:  # one with secrets of its own gets a launcher of its own: no other process sees them
+            if comp.own_env is not None:
+                launch_airflow(c, settings, [launch(comp)], env | comp.own_env(settings))
+        report.started += [comp.name for comp in to_start]
+    if stale_workers:
+        launch_airflow(c, settings, [supervisor.Launch(name, list(argv), profile.preload_for(WORKER),
+                                                       version=version, build=build)
+                                     for name, argv in stale_workers.items()], env)
+    wait_healthy(settings, [(comp.name, comp) for comp in wanted] + [(name, WORKER) for name in stale_workers],
+                 timeout)
+    report.seconds = time.monotonic() - began
+    return report
+
+
+def launch_airflow(c: Context, settings: Settings, launches: list[supervisor.Launch], env: dict[str, str]) -> None:
+    """Start Airflow processes from one launcher on Airflow's own Python, which imports Airflow once
+    (unless STACK_PRELOAD is off: then each starts as `airflow COMPONENT` would)."""
+    if not launches:
+        return
+    preload = profiles.of(settings).preload if settings.preload else None
+    supervisor.start_many(c, settings, launches, config.process_environment(settings, env),
+                          python=str(install.airflow_python(settings)), preload=preload)
+
+
+def wait_healthy(settings: Settings, wanted: list[tuple[str, Component]], timeout: float) -> None:
+    with progress.step("waiting until healthy") as step:
+        _wait_healthy(settings, wanted, timeout, step)
+
+
+def _wait_healthy(settings: Settings, wanted: list[tuple[str, Component]], timeout: float,
+                  step: progress.Step) -> None:
+    deadline = time.monotonic() + timeout
+    pending = dict(wanted)
+    details: dict[str, str] = {}
+    while pending:
+        step.note(f"waiting for {', '.join(pending)}")
+        for name, comp in list(pending.items()):
+            proc = supervisor.running(settings, name)
+            if proc is None:
+                log = settings.paths.log_file(name)
+                _print_log_tail(name, log)
+                raise StackError(f"{name} exited during start-up; see {log} (last lines above)")
+            ok, details[name] = health.check(comp.probe, settings, proc.started, name)
+            if ok and comp.probe.warmup:
+                ok, details[name] = health.warm_up(comp.probe, settings)
+            if ok:
+                del pending[name]
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            for name, comp in pending.items():
+                _print_log_tail(name, settings.paths.log_file(name),
+                                f"probe: {comp.probe.describe(settings)} -> {details.get(name)}")
+            raise StackError(f"{', '.join(pending)} did not report healthy within {timeout:.0f} s (probe and "
+                             f"last log lines above); fix the cause, then run invoke up again")
+        # a steady, short poll: each probe is a local HTTP GET or one small query, and a longer or growing
+        # interval (it was up to 2 s) only adds to the time a start reports
+        time.sleep(POLL_INTERVAL)
+
+
+def wait_workers_reconnected(settings: Settings, timeout: float = HEALTH_TIMEOUT) -> list[str]:
+    """After our Redis (re)started: wait until the running Celery workers answer pings again.
+
+    A worker whose broker went away reconnects with a growing back-off (kombu's), which can take
+    10-20 s; a setup step that restarted Redis is done only once the workers are back.
+    """
+    workers = [(inst.name, inst.component) for inst in registry.airflow_instances(settings)
+               if inst.component.probe.kind == "celery" and supervisor.running(settings, inst.name)]
+    if not workers:
+        return []
+    began = time.monotonic()
+    wait_healthy(settings, workers, timeout)
+    return [f"Celery workers reconnected ({', '.join(name for name, _ in workers)}) in "
+            f"{time.monotonic() - began:.0f} s"]
+
+
+def _print_log_tail(name: str, log: Path, headline: str = "") -> None:
+    print(f"--- {name}{': ' + headline if headline else ''}; last lines of {log}:", file=sys.stderr)
+    print(progress.tail(log, 12), file=sys.stderr)
+
+
+def start_worker(c: Context, settings: Settings, name: str, queues: str, concurrency: int, env: dict[str, str],
+                 timeout: float = HEALTH_TIMEOUT) -> tuple[str, bool]:
+    """Start an additional Celery worker ``worker-NAME`` with the shared ``env``; (its name, whether it was
+    already running)."""
+    instance = f"{WORKER_PREFIX}{name}"
+    if supervisor.running(settings, instance):
+        return instance, True
+    # the first worker on a machine serves task logs on the log port (when other machines need them);
+    # others find it taken
+    serve_logs = settings.serve_logs and netutil.port_bindable(settings.worker_log_port, "0.0.0.0")
+    argv = worker_command(str(install.airflow_bin(settings)), name, queues, concurrency, serve_logs)
+    launch_airflow(c, settings, [supervisor.Launch(instance, argv, profiles.of(settings).preload_for(WORKER),
+                                                   version=install.installed_version(settings),
+                                                   build=install.installed_build(settings))], env)
+    wait_healthy(settings, [(instance, WORKER)], timeout)
+    return instance, False
+
+
+def run_service(c: Context, settings: Settings, comp: Component, argv: list[str], restart: bool, label: str,
+                timeout: float) -> list[str]:
+    """A service the stack runs for Airflow (our Redis, memcached), as a component: started through the
+    supervisor (which restarts it when it dies) unless it runs healthy already; ``restart``: it runs with a
+    config it has not loaded (a new port, password or address). Waited for by its probe."""
+    proc = supervisor.running(settings, comp.name)
+    if proc is not None and not restart and health.check(comp.probe, settings, proc.started, comp.name)[0]:
+        return []
+    done = []
+    if proc is not None:
+        supervisor.stop(settings, comp.name)
+        done.append(f"restarted our {comp.name} to apply its new config")
+    supervisor.start_many(c, settings, [supervisor.Launch(comp.name, argv)], config.process_environment(settings, {}))
+    wait_healthy(settings, [(comp.name, comp)], timeout)
+    return [*done, f"started {label}"]
+
+
+def stop(settings: Settings, names: list[str] | None = None, timeout: float = supervisor.STOP_TIMEOUT) -> list[str]:
+    """Stop Airflow processes (all, or ``names``), last started first; one line per process.
+
+    A Celery worker gets SIGTERM, its warm shutdown: it takes no new task and finishes the running
+    ones within ``timeout``; the scheduler requeues what a killed worker leaves behind.
+    """
+    # find() raises with the valid names
+    selected = [registry.find(settings, name) for name in names] if names else registry.airflow_instances(settings)
+    watching = supervisor.supervisors(settings, [inst.name for inst in selected])
+    results = [(inst.name, supervisor.stop(settings, inst.name, timeout, whole_session=inst.component.reap_session))
+               for inst in reversed(selected)]
+    # a supervisor with nothing left to watch exits by itself: the stop is done once it did
+    still_watching = supervisor.supervisors(settings, [inst.name for inst in registry.instances(settings)])
+    supervisor.wait_gone(watching - still_watching)
+    lines = [f"{name}: {result}" for name, result in results if names or result != "not running"]
+    if not registry.running(settings):
+        registry.forget(settings)
+    return lines or ["airflow: nothing was running"]

@@ -1,0 +1,35 @@
+"""Settings: every setting declared once (model.py), resolved flag > environment > .env > default
+(resolve.py); which values are secrets, how they are generated once and kept in .env (secrecy.py)."""
+
+from .model import (
+    AIRFLOW_LINES,
+    AIRFLOW_LINES_HELP,
+    DSN_FIELDS,
+    EXECUTORS,
+    LOOPBACK,
+    PROJECT_DIR,
+    REDIS_AIRFLOW_USER,
+    SSLMODES,
+    Settings,
+    Spec,
+    help_for,
+    missing_shared_secrets,
+    shared_secret_names,
+    specs,
+)
+from .resolve import load
+from .secrecy import (
+    GENERATORS,
+    ensure_secrets,
+    generated_names,
+    is_secret,
+    persist,
+    redact,
+    secret_values,
+)
+
+__all__ = [
+    "AIRFLOW_LINES", "AIRFLOW_LINES_HELP", "DSN_FIELDS", "EXECUTORS", "GENERATORS", "LOOPBACK", "PROJECT_DIR",
+    "REDIS_AIRFLOW_USER", "SSLMODES", "Settings", "Spec", "ensure_secrets", "generated_names", "help_for", "is_secret",
+    "load", "missing_shared_secrets", "persist", "redact", "secret_values", "shared_secret_names", "specs",
+]

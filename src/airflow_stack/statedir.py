@@ -1,0 +1,213 @@
+"""The state on disk: every path under the state dir (``STACK_STATE_DIR``, default ``.stack``), and the
+``.env`` file's reading and writing. No other module builds a path under the state dir or writes ``.env``.
+
+The state dir is 0700: logs, Redis data and records are the user's alone.
+
+    run/NAME.pid                 the PID alone (`kill $(cat .stack/run/scheduler.pid)` works); the launcher
+    run/NAME.json (0600)         start time, boot, argv, keyed fingerprint of the launch environment, Airflow
+                                 release, venv build, its supervisor's PID, restarts, last exit; the launcher
+    run/stack.json               the executor and line the running stack was started as; runtime.registry
+    run/operation.lock           who holds the state dir now (up, stop, setup.* ...); locks
+    run/fingerprint.key (0600)   the key of the fingerprints in the records; runtime.supervisor
+    run/launch-PID.json          what one launcher run starts (removed once it reported); runtime.supervisor
+    run/helper-PID*.json (0600)  the helper's input and answer (removed after); apache_airflow.commands
+    run/gunicorn.ctl             2.x: gunicorn's control socket (else ~/.gunicorn, shared by two stacks)
+    logs/NAME.log (.1 ...)       each process's stdout and stderr, rotated by size; the launcher
+    logs/airflow/                Airflow's task logs
+    logs/setup-airflow.log ...   what the Airflow CLI printed for setup steps; apache_airflow.commands
+    redis/                       redis.conf (0600) and its data; services.redis_server
+    tls/                         with STACK_TLS: ca.pem (what workers copy), ca-key.pem, server.pem,
+                                 server-key.pem (keys 0600); services.tls
+    airflow/                     AIRFLOW_HOME: airflow.cfg, webserver_config.py, the schema and admin stamps
+    venv-airflow-RELEASE/        Airflow's own venv, one per release, with its install stamp;
+                                 apache_airflow.install
+    constraints/                 constraints resolved for a release other than the pinned one
+    backups/                     db.backup and the upgrade's backups (0600); ops.backup
+    exports/                     objects.export (0600: it holds passwords); project.objects
+    project-dockerfile-note      the Dockerfile note said last (said again only when it changes); stack
+    import-XXXX/ (0700)          db.import-sqlite's working copy (removed after); ops.carryover
+
+``.env`` (mode 0600, git-ignored) holds the settings a user chose and the secrets generated once;
+every write replaces the whole file atomically with a new 0600 file.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from dotenv.parser import parse_stream
+
+from .errors import StackError
+
+ENV_FILE_VAR = "STACK_ENV_FILE"
+ENV_HEADER = ("# airflow-stack settings and secrets: written by `invoke setup`, kept out of git (mode 0600).\n"
+              "# Values you set here win; missing secrets are generated once. Copy the whole file to a\n"
+              "# machine that runs a Celery worker for this stack.\n")
+
+
+class Under:
+    """A path under a folder object's ``root``, declared once as a class attribute:
+    ``run = Under("run")`` makes ``StateDir(root).run`` mean ``root / "run"``."""
+
+    def __init__(self, *parts: str) -> None:
+        self.parts = parts
+
+    def __get__(self, obj: object, owner: type | None = None) -> Path:
+        if obj is None:
+            return self  # type: ignore[return-value]
+        return obj.root.joinpath(*self.parts)  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class StateDir:
+    """The paths under one state dir."""
+
+    root: Path
+
+    run = Under("run")
+    stack_record = Under("run", "stack.json")
+    operation_lock = Under("run", "operation.lock")
+    fingerprint_key = Under("run", "fingerprint.key")
+    gunicorn_control = Under("run", "gunicorn.ctl")
+    logs = Under("logs")
+    task_logs = Under("logs", "airflow")
+    redis = Under("redis")
+    redis_conf = Under("redis", "redis.conf")
+    tls = Under("tls")
+    tls_ca = Under("tls", "ca.pem")  # the stack's CA: every client verifies our Redis and PostgreSQL with it
+    tls_ca_key = Under("tls", "ca-key.pem")
+    tls_server_cert = Under("tls", "server.pem")
+    tls_server_key = Under("tls", "server-key.pem")
+    airflow_home = Under("airflow")
+    webserver_config = Under("airflow", "webserver_config.py")
+    schema_stamp = Under("airflow", ".airflow-stack-migrated.json")
+    admin_stamp = Under("airflow", ".airflow-stack-admin.json")
+    backups = Under("backups")
+    exports = Under("exports")
+    dockerfile_note = Under("project-dockerfile-note")
+
+    def pid_file(self, name: str) -> Path:
+        return self.run / f"{name}.pid"
+
+    def meta_file(self, name: str) -> Path:
+        return self.run / f"{name}.json"
+
+    def log_file(self, name: str) -> Path:
+        return self.logs / f"{name}.log"
+
+    def launch_spec(self, pid: int) -> Path:
+        return self.run / f"launch-{pid}.json"
+
+    def helper_files(self, pid: int) -> tuple[Path, Path]:
+        """(input, answer) of one run of the Airflow-side helper."""
+        return self.run / f"helper-{pid}-input.json", self.run / f"helper-{pid}.json"
+
+    def export_file(self, stamp: str) -> Path:
+        return self.exports / f"airflow_settings-{stamp}.yaml"
+
+    def venv(self, release: str) -> Path:
+        # one venv per release: another release is built beside the running one, and going back never reinstalls
+        return self.root / f"venv-airflow-{release}"
+
+    def resolved_constraints(self, release: str) -> Path:
+        return self.root / "constraints" / f"airflow-{release}.txt"
+
+    def scratch(self, prefix: str) -> Path:
+        """A new private folder for one operation's working files (the caller removes it)."""
+        self.make_private()
+        return Path(tempfile.mkdtemp(prefix=prefix, dir=self.root))
+
+    def make_private(self) -> None:
+        """The state dir (0700), run/ and logs/ in it."""
+        for path in (self.root, self.run, self.logs):
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if self.root.stat().st_mode & 0o077:
+            self.root.chmod(0o700)
+
+
+# ---- files that hold secrets --------------------------------------------------------------------
+def write_private(path: Path, text: str) -> None:
+    """Write a file that holds a secret with mode 0600 from its first byte, and move it over the old one:
+    a reader that opened the old file keeps seeing the old content, never the new."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def secure_mode(path: Path) -> bool:
+    """Make a secrets file 0600; True when it had to be tightened."""
+    if not path.exists():
+        return False
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        try:
+            path.chmod(0o600)
+        except PermissionError:
+            raise StackError(f"{path} is readable by others and not ours to fix; run: chmod 600 {path}") from None
+        return True
+    return False
+
+
+# ---- .env -----------------------------------------------------------------------------------------
+def read_env_file(path: Path) -> dict[str, str]:
+    """Parse ``.env``; a line that is not KEY=VALUE is an error, never silently skipped."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except IsADirectoryError:
+        raise StackError(f"cannot read {path}: it is a directory; move it away, or set {ENV_FILE_VAR} "
+                         f"to your .env file") from None
+    except UnicodeDecodeError as exc:
+        raise StackError(f"cannot read {path}: byte {exc.start} is not UTF-8 text; save it as UTF-8 "
+                         f"(KEY=VALUE lines)") from None
+    except PermissionError:
+        raise StackError(f"cannot read {path} (permission denied); fix its permissions (chmod 600 {path}) "
+                         f"or run as its owner") from None
+    values: dict[str, str] = {}
+    for binding in parse_stream(io.StringIO(text)):
+        if binding.error:
+            raise StackError(f"{path} line {binding.original.line} is not KEY=VALUE: "
+                             f"fix or remove that line")
+        if binding.key is not None:
+            values[binding.key] = binding.value or ""
+    return values
+
+
+def _env_line(key: str, value: str) -> str:
+    return f"{key}={value}" if " " not in value else f'{key}="{value}"'
+
+
+def update_env_file(path: Path, values: dict[str, str]) -> list[str]:
+    """Set KEY=value lines in ``.env`` (replacing a key's line, or appending); the keys whose value
+    changed. The file is written anew (0600) and moved over the old one, never appended to in place."""
+    existing = path.read_text() if path.exists() else ENV_HEADER
+    lines = existing.splitlines()
+    changed = []
+    for key, value in values.items():
+        new = _env_line(key, value)
+        for i, line in enumerate(lines):
+            if line.split("=", 1)[0].strip() == key:
+                if line != new:
+                    lines[i] = new
+                    changed.append(key)
+                break
+        else:
+            lines.append(new)
+            changed.append(key)
+    if changed or not path.exists():
+        write_private(path, "\n".join(lines) + "\n")
+    return changed
