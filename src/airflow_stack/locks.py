@@ -35,9 +35,10 @@ def _holder(fd: int) -> str:
 
 
 @contextlib.contextmanager
-def exclusive(settings: Settings, what: str, wait: float = WAIT_SECONDS) -> Iterator[None]:
-    """Hold the state dir's operation lock for ``what`` (e.g. "invoke up"); wait for another holder."""
-    path = settings.paths.operation_lock
+def exclusive(settings: Settings, what: str, wait: float = WAIT_SECONDS, path: Path | None = None) -> Iterator[None]:
+    """Hold the state dir's operation lock (or another lock file of the state dir, ``path``) for ``what`` (e.g.
+    "invoke up"); wait for another holder."""
+    path = path or settings.paths.operation_lock
     if path in _held:  # this process holds it already (a task that runs other tasks)
         fd, depth = _held[path]
         _held[path] = (fd, depth + 1)

@@ -11,6 +11,7 @@ The state dir is 0700: logs, Redis data and records are the user's alone.
     run/fingerprint.key (0600)   the key of the fingerprints in the records; runtime.supervisor
     run/launch-PID.json          what one launcher run starts (removed once it reported); runtime.supervisor
     run/helper-PID*.json (0600)  the helper's input and answer (removed after); apache_airflow.commands
+    run/dags-test-DAG.json/.lock a DAG a running dags.test paused (put back after), one test per DAG; project.dags
     run/gunicorn.ctl             2.x: gunicorn's control socket (else ~/.gunicorn, shared by two stacks)
     logs/NAME.log (.1 ...)       each process's stdout and stderr, rotated by size; the launcher
     logs/airflow/                Airflow's task logs
@@ -19,8 +20,8 @@ The state dir is 0700: logs, Redis data and records are the user's alone.
     tls/                         with STACK_TLS: ca.pem (what workers copy), ca-key.pem, server.pem,
                                  server-key.pem (keys 0600); services.tls
     airflow/                     AIRFLOW_HOME: airflow.cfg, webserver_config.py, the schema and admin stamps
-    venv-airflow-RELEASE/        Airflow's own venv, one per release, with its install stamp;
-                                 apache_airflow.install
+    venv-airflow-RELEASE/        Airflow's own venv, one per release, with its install stamp and its lock (the
+                                 exact packages and their hashes); apache_airflow.install
     constraints/                 constraints resolved for a release other than the pinned one
     backups/                     db.backup and the upgrade's backups (0600); ops.backup
     exports/                     objects.export (0600: it holds passwords); project.objects
@@ -100,6 +101,13 @@ class StateDir:
     def log_file(self, name: str) -> Path:
         return self.logs / f"{name}.log"
 
+    def dags_test_note(self, dag_id: str) -> Path:
+        """A DAG that a running `dags.test` paused, and the flag to put back."""
+        return self.run / f"dags-test-{dag_id}.json"
+
+    def dags_test_lock(self, dag_id: str) -> Path:
+        return self.run / f"dags-test-{dag_id}.lock"
+
     def launch_spec(self, pid: int) -> Path:
         return self.run / f"launch-{pid}.json"
 
@@ -113,6 +121,14 @@ class StateDir:
     def venv(self, release: str) -> Path:
         # one venv per release: another release is built beside the running one, and going back never reinstalls
         return self.root / f"venv-airflow-{release}"
+
+    def install_stamp(self, release: str) -> Path:
+        """What the venv was installed for (release, constraints, requirements), and its build."""
+        return self.venv(release) / ".airflow-stack-install.json"
+
+    def install_lock(self, release: str) -> Path:
+        """The exact set of packages the venv holds, with their hashes (uv pip compile; synced to)."""
+        return self.venv(release) / "airflow-stack.lock"
 
     def resolved_constraints(self, release: str) -> Path:
         return self.root / "constraints" / f"airflow-{release}.txt"

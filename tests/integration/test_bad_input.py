@@ -168,9 +168,9 @@ def executor_foo(b):
     return ["up", "--executor", "foo"], {}
 
 
-@case("'2.10'", "use one of: 3.3, 2.11")
-def line_2_10(b):
-    return ["up", "--line", "2.10"], {}
+@case("'2.9'", "use one of: , 3.3, 3.2, 3.1, 3.0, 2.11, 2.10")
+def line_2_9(b):
+    return ["up", "--line", "2.9"], {}
 
 
 @case("STACK_API_PORT=70000", "use 1-65535")
@@ -411,7 +411,7 @@ def setup_on_a_schema_a_newer_release_migrated(b):
 
 
 def release(line: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in profiles.get(line).pinned_version().split("."))
+    return tuple(int(part) for part in profiles.get(line).default_version.split("."))
 
 
 OLDER_LINES = [name for name in profiles.NAMES if release(name) < release(LINE)]
@@ -436,7 +436,7 @@ if OLDER_PATCH:
 if OLDER_LINES:
     @case("Airflow {older}", "cannot run on it, so nothing was installed or changed")
     def up_with_an_older_line_on_a_running_stack(b):
-        b.values["older"] = profiles.get(OLDER_LINES[0]).pinned_version()
+        b.values["older"] = profiles.get(OLDER_LINES[0]).default_version
         nothing_installed(b)
         return ["up", "--line", OLDER_LINES[0]], {}
 

@@ -22,10 +22,10 @@ from ..statedir import ENV_FILE_VAR, StateDir
 PROJECT_DIR = Path(__file__).resolve().parents[3]
 
 EXECUTORS = ("local", "celery")
-# The Airflow lines the stack runs, the first being the default. Each has a profile
-# (apache_airflow/profiles/) and a constraints file; the profiles check that they cover exactly these.
-AIRFLOW_LINES = ("3.3", "2.11")
-AIRFLOW_LINES_HELP = "Airflow line: " + " or ".join([f"{AIRFLOW_LINES[0]} (default)", *AIRFLOW_LINES[1:]])
+# The minors of Airflow the stack runs, the first being the default. Each has its row in
+# apache_airflow/releases.py (newest patch, Pythons) and its line's profile (apache_airflow/profiles/).
+AIRFLOW_LINES = ("3.3", "3.2", "3.1", "3.0", "2.11", "2.10")
+AIRFLOW_LINES_HELP = f"Airflow minor: {', '.join(AIRFLOW_LINES)}"
 # the Redis ACL user of Airflow's processes; the stack's own operations use Redis's default user
 REDIS_AIRFLOW_USER = "airflow"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -83,10 +83,17 @@ class Settings:
                                    "(default: this repo)")
 
     # Airflow
-    airflow_line: str = _spec("STACK_AIRFLOW_LINE", AIRFLOW_LINES[0], choices=AIRFLOW_LINES, help=AIRFLOW_LINES_HELP)
+    airflow_line: str = _spec("STACK_AIRFLOW_LINE", "", choices=("", *AIRFLOW_LINES),
+                              help=f"{AIRFLOW_LINES_HELP}: its newest patch (default: what the project's "
+                                   f"Dockerfile pins, else {AIRFLOW_LINES[0]})")
     airflow_version: str = _spec("STACK_AIRFLOW_VERSION", "",
-                                 help="a release of the line (default: the one config/constraints pins); "
-                                      "its constraints are resolved into the state dir, no tracked file changes")
+                                 help="an Airflow release (X.Y.Z of a supported minor); wins over STACK_AIRFLOW_LINE "
+                                      "and the project's Dockerfile; its constraints are resolved into the state dir "
+                                      "as of its own date, no tracked file changes")
+    airflow_python: str = _spec("STACK_AIRFLOW_PYTHON", "",
+                                help="the Python Airflow's venv is built on (a path or a name on PATH); default: "
+                                     "the tooling's own when the release supports it, else the newest python3.X on "
+                                     "PATH that it supports")
     executor: str = _spec("STACK_EXECUTOR", "local", choices=EXECUTORS, help="local or celery")
     api_host: str = _spec("STACK_API_HOST", "127.0.0.1", help="interface the API server / webserver binds")
     api_port: int = _spec("STACK_API_PORT", 8080, kind=int, help="port of the web component (API server / webserver)")

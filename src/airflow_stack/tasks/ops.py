@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+from pathlib import Path
 
 from invoke import Context, task
 
@@ -77,6 +78,23 @@ def status_(c: Context, json: bool = False) -> None:
         parts = [f"{', '.join(down)} {'is' if len(down) == 1 else 'are'} down"] if down else []
         parts += [f"{', '.join(unhealthy)} {'is' if len(unhealthy) == 1 else 'are'} unhealthy"] if unhealthy else []
         raise StackError(f"status: {'; '.join(parts)}")
+
+
+@task(positional=["directory"], help={
+    "directory": "the new project's folder (made when missing; an empty one, or an existing project)",
+    "airflow": "the Airflow release it runs on, e.g. 3.1.8 (default: the default line's)"})
+@one_line_errors
+def init(c: Context, directory: str, airflow: str | None = None) -> None:
+    """Start a project in the astro layout (example DAG, DAG tests, Dockerfile naming its release) and point
+    STACK_PROJECT_DIR at it."""
+    stack(c).init_project(Path(directory).expanduser().resolve(), airflow)
+
+
+@task
+@one_line_errors
+def versions(c: Context) -> None:
+    """Say which Airflow release the project pins, which runs, and which the stack can run."""
+    say(*(f"versions: {line}" for line in status_mod.versions(load())))
 
 
 @task(help={
