@@ -198,7 +198,7 @@ def read_env_file(path: Path) -> dict[str, str]:
     """Parse ``.env``; a line that is not KEY=VALUE is an error, never silently skipped."""
     try:
         text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # no such file (a folder on its path is a file: none either)
         return {}
     except IsADirectoryError:
         raise StackError(f"cannot read {path}: it is a directory; move it away, or set {ENV_FILE_VAR} "

@@ -183,6 +183,18 @@ def test_what_the_user_set_is_kept(tmp_path, machine, monkeypatch):
     assert "STACK_API_PORT" not in s.env_file.read_text()
 
 
+def test_without_a_superuser_the_names_stay_and_only_ports_move(tmp_path, machine):
+    checkouts.claim(checkout(tmp_path, "first"), MarkedServer(), held())  # registered with the default names
+    after, said = checkouts.claim(checkout(tmp_path, "managed"), None, held())  # a server it cannot make roles on
+    assert after.pg_database == "airflow" and after.api_port == 8081 and len(said) == 1
+
+
+def test_a_machine_wide_folder_it_cannot_write_is_one_line(tmp_path, machine):
+    (tmp_path / "user-state").write_text("a file, not a folder")
+    with pytest.raises(StackError, match=r"cannot keep the list of stacks in .*user-state/stacks .*STACK_USER_STATE"):
+        checkouts.claim(checkout(tmp_path, "x"), machine, held())
+
+
 def test_a_running_stack_keeps_its_ports(tmp_path, machine, monkeypatch):
     monkeypatch.setattr(checkouts.registry, "running", lambda s: {"scheduler": object()})
     after, said = checkouts.claim(checkout(tmp_path, "running"), machine, held(*DEFAULT_PORTS.values()))
@@ -227,3 +239,20 @@ def test_defaults_env_refuses_what_is_each_checkouts_own(tmp_path, line, message
     (tmp_path / "user-state" / "defaults.env").write_text(line + "\n")
     with pytest.raises(StackError, match=f"defaults.env: {message}"):
         checkout(tmp_path, "x")
+
+
+def test_invoke_stacks_lists_them_or_says_there_are_none(tmp_path, machine, monkeypatch, capsys):
+    from invoke import MockContext
+
+    from airflow_stack.tasks import ops
+
+    s = checkout(tmp_path, "listed")
+    for name, value in {"STACK_ENV_FILE": s.env_file, "STACK_STATE_DIR": s.state_dir,
+                        "STACK_USER_STATE_DIR": s.user_state_dir}.items():
+        monkeypatch.setenv(name, str(value))
+    ops.stacks(MockContext())
+    assert f"no stack has been set up on this machine yet ({s.user_paths.stacks})" in capsys.readouterr().out
+    checkouts.claim(s, machine, held())
+    ops.stacks(MockContext(), json=True)
+    rows = json.loads(capsys.readouterr().out)
+    assert [(row["this"], row["running"], row["url"]) for row in rows] == [(True, [], "http://127.0.0.1:8081")]

@@ -95,11 +95,16 @@ def entries(settings: Settings) -> list[Entry]:
 def register(settings: Settings) -> None:
     """Keep this stack's entry as it is now; remove those of checkouts that are gone."""
     paths = settings.user_paths
-    paths.make_private()
-    for entry in entries(settings):
-        if entry.checkout_id != settings.checkout_id and not entry.alive:
-            paths.stack_entry(entry.checkout_id).unlink(missing_ok=True)
-    statedir.write_private(paths.stack_entry(settings.checkout_id), json.dumps(asdict(Entry.of(settings)), indent=2))
+    try:
+        paths.make_private()
+        for entry in entries(settings):
+            if entry.checkout_id != settings.checkout_id and not entry.alive:
+                paths.stack_entry(entry.checkout_id).unlink(missing_ok=True)
+        statedir.write_private(paths.stack_entry(settings.checkout_id),
+                               json.dumps(asdict(Entry.of(settings)), indent=2))
+    except OSError as exc:
+        raise StackError(f"cannot keep the list of stacks in {paths.stacks} ({exc.strerror}); make it writable, or "
+                         f"set STACK_USER_STATE_DIR to a folder of yours") from None
 
 
 # ---- what a checkout gets ---------------------------------------------------------------------
@@ -162,7 +167,7 @@ def _choose(settings: Settings, admin: Admin | None, others: list[Entry],
     owner = _defaults_owner(settings, admin, others, base)
     changes: dict[str, Any] = {}
     said = []
-    if owner and not given & set(NAMES):
+    if owner and admin is not None and not given & set(NAMES):  # without a superuser no role can be made
         name = derived_name(base["pg_database"], settings.env_file.parent.name, settings.checkout_id)
         changes |= {"pg_database": name, "pg_user": name}
         said.append(f"database {base['pg_database']} on {settings.pg_host}:{settings.pg_port} is another "
