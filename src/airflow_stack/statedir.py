@@ -136,10 +136,7 @@ class StateDir:
 
     def make_private(self) -> None:
         """The state dir (0700), run/ and logs/ in it."""
-        for path in (self.root, self.run, self.logs):
-            path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if self.root.stat().st_mode & 0o077:
-            self.root.chmod(0o700)
+        _make_private(self.root, self.run, self.logs)
 
 
 @dataclass(frozen=True)
@@ -156,10 +153,15 @@ class UserStateDir:
 
     def make_private(self) -> None:
         """The folder (0700) and stacks/ in it."""
-        for path in (self.root, self.stacks):
-            path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if self.root.stat().st_mode & 0o077:
-            self.root.chmod(0o700)
+        _make_private(self.root, self.stacks)
+
+
+def _make_private(root: Path, *inside: Path) -> None:
+    """``root`` and the folders ``inside`` it, made 0700 (``root`` tightened when it was not)."""
+    for path in (root, *inside):
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if root.stat().st_mode & 0o077:
+        root.chmod(0o700)
 
 
 # ---- files that hold secrets --------------------------------------------------------------------
