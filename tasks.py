@@ -6,6 +6,6 @@ from invoke import Collection
 from airflow_stack.tasks import dags, db, docs, objects, ops, run, setup
 
 ns = Collection(setup, run, db, dags, objects, docs)
-for top_level in (ops.init, ops.up, ops.upgrade, ops.stop, ops.status_, ops.versions, ops.logs, ops.doctor, ops.clean,
-                  ops.airflow_cli):
+for top_level in (ops.init, ops.up, ops.upgrade, ops.stop, ops.status_, ops.versions, ops.stacks, ops.logs,
+                  ops.doctor, ops.clean, ops.airflow_cli):
     ns.add_task(top_level)

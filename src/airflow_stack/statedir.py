@@ -30,6 +30,16 @@ The state dir is 0700: logs, Redis data and records are the user's alone.
 
 ``.env`` (mode 0600, git-ignored) holds the settings a user chose and the secrets generated once;
 every write replaces the whole file atomically with a new 0600 file.
+
+The user's machine-wide folder (``STACK_USER_STATE_DIR``, default platformdirs' ``user_state_dir``:
+~/.local/state/airflow-stack, ~/Library/Application Support/airflow-stack on macOS; 0700) is what every
+checkout of this user shares (``UserStateDir``):
+
+    stacks/CHECKOUT_ID.json      one per stack set up on this machine: its checkout, .env, state dir, URL,
+                                 database and ports (`invoke stacks`; a new checkout avoids them);
+                                 runtime.checkouts
+    defaults.env                 the user's own defaults for every checkout (KEY=VALUE: ports, names ...),
+                                 under each checkout's .env and environment; settings.resolve
 """
 
 from __future__ import annotations
@@ -41,11 +51,13 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import platformdirs
 from dotenv.parser import parse_stream
 
 from .errors import StackError
 
 ENV_FILE_VAR = "STACK_ENV_FILE"
+USER_STATE_DEFAULT = Path(platformdirs.user_state_dir("airflow-stack", appauthor=False))
 ENV_HEADER = ("# airflow-stack settings and secrets: written by `invoke setup`, kept out of git (mode 0600).\n"
               "# Values you set here win; missing secrets are generated once. Copy the whole file to a\n"
               "# machine that runs a Celery worker for this stack.\n")
@@ -61,7 +73,7 @@ class Under:
     def __get__(self, obj: object, owner: type | None = None) -> Path:
         if obj is None:
             return self  # type: ignore[return-value]
-        return obj.root.joinpath(*self.parts)  # type: ignore[attr-defined]
+        return Path(obj.root).joinpath(*self.parts)  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -140,10 +152,32 @@ class StateDir:
 
     def make_private(self) -> None:
         """The state dir (0700), run/ and logs/ in it."""
-        for path in (self.root, self.run, self.logs):
-            path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if self.root.stat().st_mode & 0o077:
-            self.root.chmod(0o700)
+        _make_private(self.root, self.run, self.logs)
+
+
+@dataclass(frozen=True)
+class UserStateDir:
+    """The paths under the user's machine-wide folder (what every checkout of this user shares)."""
+
+    root: Path
+
+    stacks = Under("stacks")
+    defaults = Under("defaults.env")
+
+    def stack_entry(self, checkout_id: str) -> Path:
+        return self.stacks / f"{checkout_id}.json"
+
+    def make_private(self) -> None:
+        """The folder (0700) and stacks/ in it."""
+        _make_private(self.root, self.stacks)
+
+
+def _make_private(root: Path, *inside: Path) -> None:
+    """``root`` and the folders ``inside`` it, made 0700 (``root`` tightened when it was not)."""
+    for path in (root, *inside):
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if root.stat().st_mode & 0o077:
+        root.chmod(0o700)
 
 
 # ---- files that hold secrets --------------------------------------------------------------------
@@ -182,7 +216,7 @@ def read_env_file(path: Path) -> dict[str, str]:
     """Parse ``.env``; a line that is not KEY=VALUE is an error, never silently skipped."""
     try:
         text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # no such file (a folder on its path is a file: none either)
         return {}
     except IsADirectoryError:
         raise StackError(f"cannot read {path}: it is a directory; move it away, or set {ENV_FILE_VAR} "
@@ -201,6 +235,15 @@ def read_env_file(path: Path) -> dict[str, str]:
         if binding.key is not None:
             values[binding.key] = binding.value or ""
     return values
+
+
+def checkout_lives(env_file: Path, checkout_id: str) -> bool:
+    """The checkout ``checkout_id`` whose .env is ``env_file`` still exists: that file is there and names it
+    (a deleted clone, or one whose .env was made anew, is gone)."""
+    try:
+        return read_env_file(env_file).get("STACK_CHECKOUT_ID") == checkout_id
+    except StackError:
+        return True  # there, but unreadable to us: somebody's
 
 
 def _env_line(key: str, value: str) -> str:

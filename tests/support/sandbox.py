@@ -1,4 +1,5 @@
-"""An isolated stack: its own state dir and .env, free ports, its own PostgreSQL role and database.
+"""An isolated stack: its own state dir and .env, free ports, its own PostgreSQL role and database, and a
+machine-wide folder (the list of stacks) of the test run's.
 
 The integration tests and the benchmark bring up a whole stack this way, next to a user's, and
 tear it down after: a user's running stack (its ports, its role, its state dir) is never touched.
@@ -61,6 +62,8 @@ class Sandbox:
             "CI": "true",  # never prompt
             "STACK_ENV_FILE": str(state_dir / ".env"),
             "STACK_STATE_DIR": str(state_dir),
+            # the list of stacks and defaults.env: the test run's own, never the user's
+            "STACK_USER_STATE_DIR": str(state_dir.parent / "user-state"),
             "STACK_AIRFLOW_LINE": line,
             "STACK_EXECUTOR": executor,
             "STACK_PROJECT_DIR": str(project_dir),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from .. import netutil
 from .. import settings as settings_mod
 from ..apache_airflow import install, schema
-from ..components import Component
+from ..components import Component, listen_hosts
 from ..errors import StackError
 from ..project import folder
 from ..services import limiter, pg_database, postgres, redis_server
@@ -59,8 +59,7 @@ def check_worker_machine(settings: Settings) -> None:
 def check_ports(settings: Settings, to_start: list[Component], executor: str) -> None:
     for comp in to_start:
         for setting, port in comp.listen_ports(settings, executor):
-            host = settings.api_host if setting == "api_port" else "0.0.0.0"
-            if not netutil.port_bindable(port, host):
+            if not netutil.port_free(port, listen_hosts(settings, setting)):
                 holder = netutil.port_holder(port) or "another program"
                 raise StackError(f"port {port} ({comp.name}) is held by {holder}; stop that, "
                                  f"or set STACK_{setting.upper()} to a free port")

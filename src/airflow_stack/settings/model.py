@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from ..statedir import ENV_FILE_VAR, StateDir
+from ..statedir import ENV_FILE_VAR, USER_STATE_DEFAULT, StateDir, UserStateDir
 
 PROJECT_DIR = Path(__file__).resolve().parents[3]
 
@@ -74,6 +74,9 @@ class Settings:
     state_dir: Path = _spec("STACK_STATE_DIR", ".stack", kind=Path,
                             help="all runtime state: pids, logs, Redis data, AIRFLOW_HOME, the Airflow venv")
     env_file: Path = _spec(ENV_FILE_VAR, ".env", kind=Path, help="the .env file with settings and secrets")
+    user_state_dir: Path = _spec("STACK_USER_STATE_DIR", USER_STATE_DEFAULT, kind=Path,
+                                 help="what every checkout of this user shares: the list of stacks on this machine "
+                                      "(invoke stacks), defaults.env (your defaults for every checkout)")
     checkout_id: str = _spec("STACK_CHECKOUT_ID", generate="id",
                              help="names this checkout's stack; the database it set up is marked with it, so another "
                                   "checkout never takes it over (a machine with a copy of this .env is the same stack)")
@@ -219,6 +222,11 @@ class Settings:
     def paths(self) -> StateDir:
         """Every path under the state dir."""
         return StateDir(self.state_dir)
+
+    @property
+    def user_paths(self) -> UserStateDir:
+        """Every path under the user's machine-wide folder."""
+        return UserStateDir(self.user_state_dir)
 
     @property
     def dags_folder(self) -> Path:

@@ -7,7 +7,7 @@ from ..apache_airflow import config, install, releases, schema
 from ..components import MEMCACHED, REDIS
 from ..errors import StackError
 from ..project import folder, objects
-from ..runtime import lifecycle, supervisor
+from ..runtime import checkouts, lifecycle, supervisor
 from ..services import host, memcached_server, pg_access, pg_database, postgres, redis_server, tls
 from ..settings import LOOPBACK
 from .base import StackBase
@@ -32,11 +32,14 @@ class SetupSteps(StackBase):
 
         def run() -> list[str]:
             changes = self._secrets() + self._keep_tls(tls_flag)
-            s = self.settings
             plat = self.local_host
             if plat is not None:
-                changes += postgres.ensure_server(self.c, plat, s)
-            admin = postgres.admin_for(self.c, plat, s)
+                changes += postgres.ensure_server(self.c, plat, self.settings)
+            admin = postgres.admin_for(self.c, plat, self.settings)
+            # before anything of the stack starts: this checkout's own names and ports, when others have the defaults
+            self.settings, claimed = checkouts.claim(self.settings, admin)
+            self.say(*(f"checkout: {line}" for line in claimed))
+            s = self.settings
             if listen or allow_from:
                 if admin is None or plat is None:
                     raise StackError("--listen/--allow-from configure a server this machine runs; for another "

@@ -1,4 +1,4 @@
-"""Top-level tasks: up, upgrade, stop, status, logs, doctor, clean, and the stack's own airflow CLI."""
+"""Top-level tasks: up, upgrade, stop, status, stacks, logs, doctor, clean, and the stack's own airflow CLI."""
 
 from __future__ import annotations
 
@@ -95,6 +95,24 @@ def init(c: Context, directory: str, airflow: str | None = None) -> None:
 def versions(c: Context) -> None:
     """Say which Airflow release the project pins, which runs, and which the stack can run."""
     say(*(f"versions: {line}" for line in status_mod.versions(load())))
+
+
+@task(help={"json": "print JSON instead of a table"})
+@one_line_errors
+def stacks(c: Context, json: bool = False) -> None:
+    """List the stacks on this machine: checkout, URL, database, running or not (* this checkout's)."""
+    from ..runtime import checkouts
+
+    settings = load()
+    rows = checkouts.listing(settings)
+    if json:
+        import json as json_mod
+
+        say(json_mod.dumps(rows, indent=2))
+    elif rows:
+        say(checkouts.to_table(rows))
+    else:
+        say(f"no stack has been set up on this machine yet ({settings.user_paths.stacks}): run invoke up")
 
 
 @task(help={
