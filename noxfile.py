@@ -11,7 +11,6 @@ nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.error_on_missing_interpreters = True
 nox.options.sessions = ["lint", "tests", "integration", "releases"]
 
-PYPROJECT = nox.project.load_toml("pyproject.toml")
 # every supported minor but the default gets a session of its own (2.x is end of life: no full matrix)
 MINORS = [nox.param(name, id=name, tags=[f"line-{name}"]) for name in profiles.NAMES if name != profiles.DEFAULT]
 EXECUTORS = [nox.param(name, id=name, tags=[name]) for name in ("local", "celery")]
@@ -21,8 +20,11 @@ MARKERS = {"local": "integration and not celery and not minor",
 
 
 def install(session: nox.Session, *groups: str, project: bool = True) -> None:
-    deps = [dep for group in groups for dep in nox.project.dependency_groups(PYPROJECT, group)]
-    session.install(*(("-e", ".") if project else ()), *deps)
+    """The session's venv exactly as uv.lock pins these dependency groups (and this package, editable)."""
+    session.run_install("uv", "sync", "-q", "--locked", "--no-default-groups",
+                        *(arg for group in groups for arg in ("--group", group)),
+                        *(() if project else ("--no-install-project",)), "--python", session.virtualenv.location,
+                        env={"UV_PROJECT_ENVIRONMENT": session.virtualenv.location}, external=True)
 
 
 @nox.session

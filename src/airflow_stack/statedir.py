@@ -26,6 +26,7 @@ The state dir is 0700: logs, Redis data and records are the user's alone.
     backups/                     db.backup and the upgrade's backups (0600); ops.backup
     exports/                     objects.export (0600: it holds passwords); project.objects
     project-dockerfile-note      the Dockerfile note said last (said again only when it changes); stack
+    worker.env (0600)            what a worker machine needs (invoke worker.env); ops.worker_env
     import-XXXX/ (0700)          db.import-sqlite's working copy (removed after); ops.carryover
 
 ``.env`` (mode 0600, git-ignored) holds the settings a user chose and the secrets generated once;
@@ -44,6 +45,7 @@ checkout of this user shares (``UserStateDir``):
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import stat
@@ -103,6 +105,7 @@ class StateDir:
     backups = Under("backups")
     exports = Under("exports")
     dockerfile_note = Under("project-dockerfile-note")
+    worker_env = Under("worker.env")
 
     def pid_file(self, name: str) -> Path:
         return self.run / f"{name}.pid"
@@ -163,21 +166,37 @@ class UserStateDir:
 
     stacks = Under("stacks")
     defaults = Under("defaults.env")
+    locks = Under("locks")  # machine-wide locks: installing or starting the shared PostgreSQL, choosing ports
 
     def stack_entry(self, checkout_id: str) -> Path:
         return self.stacks / f"{checkout_id}.json"
 
     def make_private(self) -> None:
-        """The folder (0700) and stacks/ in it."""
-        _make_private(self.root, self.stacks)
+        """The folder (0700), stacks/ and locks/ in it."""
+        _make_private(self.root, self.stacks, self.locks)
 
 
 def _make_private(root: Path, *inside: Path) -> None:
-    """``root`` and the folders ``inside`` it, made 0700 (``root`` tightened when it was not)."""
+    """``root`` and the folders ``inside`` it: private_folder each."""
     for path in (root, *inside):
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if root.stat().st_mode & 0o077:
-        root.chmod(0o700)
+        private_folder(path)
+
+
+def private_folder(path: Path) -> None:
+    """A folder of this user's that no other user may enter: made 0700 when missing (tightened when it is this
+    user's and open). One that is a link, not a folder, or another user's is refused in one line naming it, and
+    nothing in it is touched (another local user could have planted it)."""
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o700, parents=True)
+    found = os.lstat(path)
+    if stat.S_ISLNK(found.st_mode) or not stat.S_ISDIR(found.st_mode):
+        raise StackError(f"{path} is not a folder (a link or a file is there); remove it, or choose another place "
+                         f"(STACK_STATE_DIR, STACK_USER_STATE_DIR)")
+    if found.st_uid != os.geteuid():
+        raise StackError(f"{path} belongs to another user (uid {found.st_uid}), so nothing was written or locked "
+                         f"in it; remove it, or choose a folder of yours (STACK_STATE_DIR, STACK_USER_STATE_DIR)")
+    if stat.S_IMODE(found.st_mode) & 0o077:
+        path.chmod(0o700)
 
 
 # ---- files that hold secrets --------------------------------------------------------------------

@@ -114,8 +114,10 @@ class SetupSteps(StackBase):
             folder.get(s).check()
             config.project_environment(s, {})  # the project's .env: a broken line or a name of the stack's
             objects.load(s)  # a broken airflow_settings.yaml or a missing ${NAME}: before anything changes
-            # before anything is installed or written: never down onto a schema a newer release migrated
             chosen = releases.resolve(s)
+            if not install.constraints_for(s).exists():
+                releases.resolve_as_of(chosen.version)  # a release that does not exist: one line, before anything
+            # before anything is installed or written: never down onto a schema a newer release migrated
             schema.refuse_another_release(s, chosen.version, chosen.source)
             changes = self._secrets()
             notes = releases.project_note_once(s)
