@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 
 from invoke import Context
 
-from . import locks, statedir
+from . import locks, progress, statedir
 from . import settings as settings_mod
 from .apache_airflow import config, install, profiles, schema
 from .components import MEMCACHED, REDIS
@@ -28,16 +28,11 @@ from .services import host, memcached_server, pg_access, pg_database, postgres, 
 from .settings import LOOPBACK, Settings
 
 
-def print_lines(*lines: str) -> None:
-    for line in lines:
-        print(line, flush=True)
-
-
 class Stack:
     HEALTH_TIMEOUT = lifecycle.HEALTH_TIMEOUT  # seconds a start waits for health, unless told
     STOP_TIMEOUT = supervisor.STOP_TIMEOUT  # seconds a stop waits for a graceful end before killing
 
-    def __init__(self, c: Context, settings: Settings, say: Callable[..., None] = print_lines) -> None:
+    def __init__(self, c: Context, settings: Settings, say: Callable[..., None] = progress.say) -> None:
         self.c = c
         self.settings = settings
         self.say = say
@@ -342,6 +337,15 @@ class Stack:
                     raise StackError(f"PostgreSQL at {s.pg_host} is not ours to stop")
                 self.host.pg_stop(self.c, s.pg_port, s.pg_version)
                 self.say("postgresql: stopped")
+
+    def restart(self, component: str = "", timeout: float = HEALTH_TIMEOUT, stop_timeout: float = STOP_TIMEOUT) -> None:
+        """Stop what runs (or ``component``) and start it again with the same choices: the executor and line it
+        runs, Flower and the extra Celery workers as they were started."""
+        with self._exclusive("invoke restart"):
+            self._choose(None, None, registry.running(self.settings), registry.recorded(self.settings), True)
+            self.say(*(f"restart: {line}" for line in lifecycle.restart(
+                self.c, self.settings, self.executor, self.write_config()[0], [component] if component else None,
+                timeout, stop_timeout)))
 
     def clean(self, confirmed: bool, drop_db: bool) -> None:
         """Remove runtime state (logs, pids, Redis data, AIRFLOW_HOME); the database only with ``drop_db``."""
