@@ -1,7 +1,8 @@
 """Options every test session shares: which Airflow line and executor the integration stack runs.
 
 ``pytest --line 2.11 --executor celery`` (nox passes them); without them, STACK_TEST_AIRFLOW_LINE /
-STACK_TEST_EXECUTOR, else the default line and the LocalExecutor.
+STACK_TEST_EXECUTOR, else the default line and the LocalExecutor. ``--platform darwin``: the unit tests run
+with macOS's paths forced (the `darwin` session).
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ def pytest_addoption(parser):
                     help=f"Airflow line the integration stack runs (default: ${LINE_VAR} or {profiles.DEFAULT})")
     group.addoption("--executor", choices=EXECUTORS, default=None,
                     help=f"executor the integration stack runs (default: ${EXECUTOR_VAR} or local)")
+    group.addoption("--platform", choices=("native", "darwin"), default="native",
+                    help="darwin: the unit tests run as on macOS (sys.platform, Homebrew, no /proc; "
+                         "tests/support/darwin.py), the `darwin` nox session")
 
 
 def pytest_configure(config):
