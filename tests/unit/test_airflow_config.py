@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 
 import pytest
 
@@ -140,3 +141,20 @@ def test_airflow_processes_get_only_what_they_need_of_the_callers_environment(se
     # a name the user lists explicitly passes
     listed = airflow_config.process_environment(settings.replace(passthrough="AWS_PROFILE, GITHUB_TOKEN"), env, caller)
     assert listed["AWS_PROFILE"] == "dev" and listed["GITHUB_TOKEN"] == "t0ken"
+
+
+def test_on_macos_releases_that_fork_without_exec_get_objc_fork_safety_off(settings, monkeypatch):
+    """No release of either line execs every child it forks on darwin (3.3.2: tasks only, #64874; the DAG
+    processor and triggerer fork bare until #69008): every Airflow process gets the variable there, and only
+    there; a release that carries both fixes would not."""
+    var = airflow_config.OBJC_FORK_SAFETY_VAR
+    assert var not in airflow_config.environment(settings)  # Linux
+    monkeypatch.setattr(airflow_config.sys, "platform", "darwin")
+    for line in profiles.NAMES:
+        assert airflow_config.environment(settings.replace(airflow_line=line))[var] == "YES"
+    fixed = dataclasses.replace(profiles.get("3.3"), darwin_fork_exec_from="3.3.3")
+    monkeypatch.setitem(profiles.LINES, "3.3", fixed)
+    assert var in airflow_config.environment(settings.replace(airflow_version="3.3.2"))
+    assert var not in airflow_config.environment(settings.replace(airflow_version="3.3.3"))
+    assert var not in airflow_config.render_airflow_cfg(airflow_config.environment(settings), settings)
+    assert fixed.needs_objc_fork_workaround("3.3.10") is False and fixed.needs_objc_fork_workaround("3.2.9")

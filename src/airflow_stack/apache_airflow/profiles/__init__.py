@@ -79,6 +79,18 @@ class AirflowLine:
     dag_refresh_setting: str
     # the component that parses the DAG files (the benchmark's per-file cost)
     dag_parser: str
+    # macOS: the first release of the line in which every process Airflow forks execs right after (tasks:
+    # apache/airflow#64874; the DAG processor's and triggerer's: #69008). Before it, a forked child that touches
+    # Apple's frameworks (DNS, HTTP proxies) dies with SIGSEGV/SIGABRT unless every Airflow process has
+    # OBJC_DISABLE_INITIALIZE_FORK_SAFETY=YES. "": no release of the line has both (yet).
+    darwin_fork_exec_from: str = ""
+
+    def needs_objc_fork_workaround(self, release: str) -> bool:
+        """On macOS, ``release`` forks without exec somewhere (see ``darwin_fork_exec_from``)."""
+        def parts(version: str) -> tuple[int, ...]:
+            return tuple(int(p) for p in re.findall(r"\d+", version)[:3])
+
+        return not self.darwin_fork_exec_from or parts(release) < parts(self.darwin_fork_exec_from)
 
     def dag_refresh_env(self) -> dict[str, str]:
         return {self.dag_refresh_setting: str(DAG_DIR_REFRESH_SECONDS)}

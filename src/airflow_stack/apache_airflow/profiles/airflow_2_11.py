@@ -86,4 +86,6 @@ PROFILE = AirflowLine(
     ui=WebUI(dag_list_path="/home", dag_runs_path="/dagrun/list/?_flt_3_dag_id={dag_id}", trigger_dialog=False,
              production_warnings=("Do not use SQLite as metadata DB in production",
                                   "Do not use the SequentialExecutor in production")),
+    # 2.x forks task runners and DAG-file processors without exec, on darwin too; the line is end of life
+    darwin_fork_exec_from="",
 )
