@@ -24,6 +24,9 @@ def running(stack) -> dict[str, dict]:
 
 def test_restart_gives_everything_new_processes_with_the_same_choices(stack, airflow_up):
     settings = stack.settings()
+    if EXECUTOR == "celery":  # Flower and an extra worker with queues and slots of its own come back as they ran
+        stack.inv("run.celery", "--flower")
+        stack.inv("run.worker", "--name", "again", "--queues", "again,default", "--concurrency", "2")
     before, recorded = running(stack), registry.recorded(settings)
     argv = {name: supervisor.running(settings, name).argv for name in before}
     began = time.monotonic()
@@ -43,6 +46,10 @@ def test_restart_gives_everything_new_processes_with_the_same_choices(stack, air
         name: args for name, args in argv.items() if name.startswith("worker-") or name == "redis"}
     print(f"\n[figure] invoke restart ({settings.airflow_line}, {EXECUTOR}, {len(before)} processes: "
           f"{', '.join(before)}): {seconds:.1f} s to all healthy again")
+    if EXECUTOR == "celery":
+        assert {"flower", "worker-again"} <= set(after)
+        stack.inv("stop", "-c", "flower")
+        stack.inv("stop", "-c", "worker-again")
 
 
 def test_restart_of_one_component_restarts_only_it(stack, airflow_up):

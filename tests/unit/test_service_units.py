@@ -75,6 +75,18 @@ def test_the_systemd_unit_brings_the_stack_up_as_invoke_up_does(odd_settings, tm
     assert said[-1].endswith(f"loginctl enable-linger {getpass.getuser()}")
 
 
+def test_values_env_holds_are_not_frozen_into_the_unit(settings, tmp_path):
+    """A shell with direnv exports all of .env: the unit reads .env at boot, and a copy in its Environment
+    would override a later edit there. Only what the shell sets otherwise is carried."""
+    with settings.env_file.open("a") as dotenv:
+        dotenv.write("STACK_API_PORT=18080\nSTACK_REDIS_PORT=16380\n")
+    environ = {"PATH": "/usr/bin", "STACK_API_PORT": "18080", "STACK_REDIS_PORT": "26380",
+               "STACK_PG_PASSWORD": settings.pg_password}
+    unit = service_units.unit_for(settings, "linux", tmp_path, environ)
+    assert "STACK_API_PORT" not in unit.environment and unit.environment["STACK_REDIS_PORT"] == "26380"
+    assert unit.skipped == ()  # the password is in .env already: nothing to move there
+
+
 def test_install_twice_is_the_same_unit_and_one_line(settings, tmp_path, systemd):
     environ = {"PATH": "/usr/bin"}
     service_units.install(ctx({"^loginctl": Result("yes\n"), "^systemctl": OK}), settings, "linux", tmp_path,

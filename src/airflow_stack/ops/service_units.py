@@ -18,7 +18,9 @@ sessions of their own), and ``AbandonProcessGroup`` says so again.
 
 Both carry what the command needs without a login shell: the checkout as working directory, the Python
 that runs this command, and in their environment STACK_ENV_FILE, STACK_STATE_DIR, PATH and every other
-STACK_* or AIRFLOW__* variable set now, except secrets (those stay in .env: unit files are not private).
+STACK_* or AIRFLOW__* variable set now, except secrets (those stay in .env: unit files are not private) and
+values .env holds already (a shell with direnv exports all of .env: frozen into the unit, they would
+override a later edit of .env).
 
 Where no service manager runs (a Linux whose PID 1 is not systemd: a container, WSL without systemd) the
 unit is still written (it is right, and works once systemd runs) and the command fails in one line that
@@ -41,6 +43,7 @@ from pathlib import Path
 from invoke import Context
 
 from .. import settings as settings_mod
+from .. import statedir
 from ..errors import StackError
 from ..services import host
 from ..settings import PROJECT_DIR, Settings
@@ -83,8 +86,10 @@ def unit_for(settings: Settings, system: str | None = None, home: Path | None = 
     home = Path.home() if home is None else home
     python = python or sys.executable
     carried, skipped = {}, []
+    in_env_file = statedir.read_env_file(settings.env_file)  # read at boot anyway (direnv exports all of it)
     for key, value in sorted(environ.items()):
-        if not (key.startswith(CARRIED_PREFIXES) or key in CARRIED_NAMES) or "\n" in value:
+        if not (key.startswith(CARRIED_PREFIXES) or key in CARRIED_NAMES) or "\n" in value \
+                or in_env_file.get(key) == value:
             continue
         if settings_mod.is_secret(settings, key, value):
             skipped.append(key)
