@@ -88,8 +88,15 @@ def test_restart_of_redis_waits_for_the_workers_that_kept_running(settings, cele
 def test_a_component_that_does_not_run_is_one_line_and_nothing_stops(settings, celery_stack):
     running, done = celery_stack
     del running["flower"]
-    with pytest.raises(StackError, match=r"^flower is not running; start it: invoke up$"):
+    with pytest.raises(StackError, match=r"^flower is not running; start it: invoke run\.celery --flower$"):
         lifecycle.restart(Context(), settings, "celery", {}, [FLOWER.name])
+    with pytest.raises(StackError, match=r"^flower is not running; the local executor does not run it$"):
+        lifecycle.restart(Context(), settings, "local", {}, [FLOWER.name])
+    del running["scheduler"], running["worker-w2"]
+    with pytest.raises(StackError, match=r"^scheduler is not running; start it: invoke up$"):
+        lifecycle.restart(Context(), settings, "celery", {}, ["scheduler"])
+    with pytest.raises(StackError, match=r"^worker-w2 is not running; start it: invoke run\.worker --name w2 "):
+        lifecycle.restart(Context(), settings, "celery", {}, ["worker-w2"])
     with pytest.raises(StackError, match=r"no component 'nope' in this stack"):
         lifecycle.restart(Context(), settings, "celery", {}, ["nope"])
     running.clear()

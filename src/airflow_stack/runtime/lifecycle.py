@@ -200,9 +200,9 @@ def restart(c: Context, settings: Settings, executor: str, env: dict[str, str], 
     so; a component named that does not run is refused before anything stops."""
     selected = [registry.find(settings, name) for name in names] if names else registry.instances(settings)
     procs = {inst.name: proc for inst in selected if (proc := supervisor.running(settings, inst.name))}
-    idle = [inst.name for inst in selected if inst.name not in procs]
+    idle = [inst for inst in selected if inst.name not in procs]
     if names and idle:
-        raise StackError(f"{', '.join(idle)} {'is' if len(idle) == 1 else 'are'} not running; start it: invoke up")
+        raise StackError(f"{idle[0].name} is not running; {_how_to_start(idle[0], executor)}")
     if not procs:
         raise StackError("nothing of this stack runs; start it: invoke up")
     selected = [inst for inst in selected if inst.name in procs]
@@ -226,6 +226,14 @@ def restart(c: Context, settings: Settings, executor: str, env: dict[str, str], 
         said += wait_workers_reconnected(settings)
     return [*said, f"started {', '.join(inst.name for inst in selected)} again; all healthy in "
                    f"{time.monotonic() - began:.1f} s"]
+
+
+def _how_to_start(inst: registry.Instance, executor: str) -> str:
+    if inst.extra_worker:
+        return f"start it: invoke run.worker --name {inst.name.removeprefix(WORKER_PREFIX)} --queues ..."
+    if executor not in inst.component.executors:
+        return f"the {executor} executor does not run it"
+    return "start it: invoke run.celery --flower" if inst.component.optional else "start it: invoke up"
 
 
 def stop(settings: Settings, names: list[str] | None = None, timeout: float = supervisor.STOP_TIMEOUT) -> list[str]:
