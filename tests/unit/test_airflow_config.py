@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 
 import pytest
 
@@ -175,3 +176,22 @@ def test_the_repo_as_its_own_project_has_no_project_env(settings, tmp_path):
     (tmp_path / "dags").mkdir()
     s = settings.replace(project_dir=tmp_path)  # the conftest's .env is tmp_path/.env: the same file
     assert airflow_config.project_environment(s, airflow_config.environment(s, "local")) == {}
+
+
+def test_on_macos_releases_that_fork_without_exec_get_objc_fork_safety_off(settings, monkeypatch, request):
+    """No release of either line execs every child it forks on darwin (3.3.2: tasks only, #64874; the DAG
+    processor and triggerer fork bare until #69008): every Airflow process gets the variable there, and only
+    there; a release that carries both fixes would not."""
+    var = airflow_config.OBJC_FORK_SAFETY_VAR
+    assert var not in airflow_config.environment(settings)  # Linux
+    monkeypatch.setattr(airflow_config.sys, "platform", "darwin")
+    for line in profiles.NAMES:
+        assert airflow_config.environment(settings.replace(airflow_line=line))[var] == "YES"
+    fixed = dataclasses.replace(profiles.LINES["3"], darwin_fork_exec_from="3.3.3")
+    monkeypatch.setitem(profiles.LINES, "3", fixed)
+    profiles.for_release.cache_clear()  # profiles of releases are built once from their line's
+    request.addfinalizer(profiles.for_release.cache_clear)
+    assert var in airflow_config.environment(settings.replace(airflow_version="3.3.2"))
+    assert var not in airflow_config.environment(settings.replace(airflow_version="3.3.3"))
+    assert var not in airflow_config.render_airflow_cfg(airflow_config.environment(settings), settings)
+    assert fixed.needs_objc_fork_workaround("3.3.10") is False and fixed.needs_objc_fork_workaround("3.2.9")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from typing import Any
 
 from .. import settings as settings_mod
@@ -24,6 +25,7 @@ EXECUTOR_CLASSES = {"local": "LocalExecutor", "celery": "CeleryExecutor"}
 # where webserver_config.py (config/webserver_config.py.tmpl) finds the login limiter's storage
 LIMITER_VAR = "STACK_RATELIMIT_STORAGE_URI"
 WEBSERVER_CONFIG_TEMPLATE = PROJECT_DIR / "config" / "webserver_config.py.tmpl"
+OBJC_FORK_SAFETY_VAR = "OBJC_DISABLE_INITIALIZE_FORK_SAFETY"  # macOS, for releases that fork without exec
 
 
 def secret_keys(env: dict[str, str], settings: Settings) -> set[str]:
@@ -95,6 +97,10 @@ def environment(settings: Settings, executor: str | None = None) -> dict[str, st
     }
     profile = profiles.of(settings)
     env |= profile.environment(settings, profile)
+    if sys.platform == "darwin" and profile.needs_objc_fork_workaround(profile.release):
+        # the release forks without exec (profiles: darwin_fork_exec_from): macOS's Objective-C runtime would
+        # kill a forked child that touches Apple's frameworks
+        env[OBJC_FORK_SAFETY_VAR] = "YES"
     # a proxy the user's shell sets (http_proxy, usual on company machines) must not carry the stack's
     # own traffic: Airflow 3's task supervisor calls the execution API with httpx, which honours it
     bypass = no_proxy(settings)

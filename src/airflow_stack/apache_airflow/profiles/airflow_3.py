@@ -106,6 +106,11 @@ PROFILE = AirflowLine(
     dag_refresh_setting="AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL",
     dag_file_option="--dagfile-path",
     dag_parser="dag-processor",
+    # 3.0-3.2 fork task processes without exec; 3.3.0-3.3.2 exec only task processes on darwin (task SDK 1.3:
+    # `_FORK_EXEC_PLATFORMS`, used by ActivitySubprocess.start); its docstring leaves the DAG processor and
+    # triggerer to a follow-up (#65691), and both still start their children with a bare fork. #69008 (merged
+    # 2026-06-26) is in no 3.3 release yet: name the first one that carries it here.
+    darwin_fork_exec_from="",
     # no production banners in the React UI; the FAB api-server logs the in-memory limiter warning instead
     ui=WebUI(dag_list_path="/dags", dag_runs_path="/dags/{dag_id}/runs", trigger_dialog=True),
     specialize=specialize,
