@@ -34,9 +34,14 @@ def secret_keys(env: dict[str, str], settings: Settings) -> set[str]:
     return {key for key, value in env.items() if settings_mod.is_secret(settings, key, value)}
 
 
-def sql_alchemy_conn(settings: Settings) -> str:
-    """``AIRFLOW__DATABASE__SQL_ALCHEMY_CONN``, with the line's driver."""
-    return settings.pg_url(f"postgresql+{profiles.of(settings).sql_driver}")
+SQL_CONN_VAR = "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"
+
+
+def sql_alchemy_conn(settings: Settings, migrating: bool = False) -> str:
+    """``AIRFLOW__DATABASE__SQL_ALCHEMY_CONN``, with the line's driver (``migrating``: the one its
+    migrations need)."""
+    profile = profiles.of(settings)
+    return settings.pg_url(f"postgresql+{(migrating and profile.migrate_sql_driver) or profile.sql_driver}")
 
 
 def result_backend(settings: Settings) -> str:
@@ -70,7 +75,7 @@ def environment(settings: Settings, executor: str | None = None) -> dict[str, st
     executor = executor or settings.executor
     env = from_settings(settings) | {
         "AIRFLOW_HOME": str(settings.paths.airflow_home),
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": sql_alchemy_conn(settings),
+        SQL_CONN_VAR: sql_alchemy_conn(settings),
         "AIRFLOW__CORE__EXECUTOR": EXECUTOR_CLASSES[executor],
         # the user's project (astro layout): its dags/ and plugins/, and its root on PYTHONPATH, so that DAG
         # code imports `include.*` (and anything else the project holds) in every process, workers included

@@ -94,6 +94,8 @@ class AirflowLine:
     # Apple's frameworks (DNS, HTTP proxies) dies with SIGSEGV/SIGABRT unless every Airflow process has
     # OBJC_DISABLE_INITIALIZE_FORK_SAFETY=YES. "": no release of the line has both (yet).
     darwin_fork_exec_from: str = ""
+    # the driver `airflow db migrate` runs with, when it is not sql_driver ("": the same)
+    migrate_sql_driver: str = ""
 
     @property
     def name(self) -> str:

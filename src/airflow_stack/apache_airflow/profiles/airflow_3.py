@@ -62,6 +62,12 @@ def specialize(profile: AirflowLine, release: str) -> AirflowLine:
 PROFILE = AirflowLine(
     major="3",
     sql_driver="psycopg",  # psycopg 3 (3.3's postgres provider requires it)
+    # Migration 0094 (3.2.0: deadline callbacks into their own table) binds a parameter inside json_build_object,
+    # whose type psycopg 3's server-side binding cannot infer ("could not determine data type of parameter $8"):
+    # with psycopg 3 an upgrade from 3.0 or 3.1 to 3.3 stops there (a new database is created from the models,
+    # not migrated, so it never meets it). psycopg2 interpolates on the client; every 3.x venv has it (3.3's
+    # postgres provider brings psycopg2-binary too).
+    migrate_sql_driver="psycopg2",
     # The order is the start order: the web component first, since it has the longest way to healthy
     # (it builds the whole API app after its imports) and so starts on the second core while the
     # launcher loads the others' modules; stop goes in reverse, so the API server, which tasks report
