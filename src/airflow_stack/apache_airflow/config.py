@@ -9,6 +9,7 @@ is what runs.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from .. import settings as settings_mod
@@ -20,6 +21,9 @@ EXECUTOR_CLASSES = {"local": "LocalExecutor", "celery": "CeleryExecutor"}
 # where webserver_config.py (config/webserver_config.py.tmpl) finds the login limiter's storage
 LIMITER_VAR = "STACK_RATELIMIT_STORAGE_URI"
 WEBSERVER_CONFIG_TEMPLATE = PROJECT_DIR / "config" / "webserver_config.py.tmpl"
+# the stack's modules that Airflow imports by name (the line profiles name them: the auth manager, the API's
+# auth backend), on every Airflow process's PYTHONPATH after the project's root
+AIRFLOW_MODULES = Path(__file__).resolve().parent / "airflow_side" / "on_path"
 
 
 def secret_keys(env: dict[str, str], settings: Settings) -> set[str]:
@@ -67,10 +71,11 @@ def environment(settings: Settings, executor: str | None = None) -> dict[str, st
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": sql_alchemy_conn(settings),
         "AIRFLOW__CORE__EXECUTOR": EXECUTOR_CLASSES[executor],
         # the user's project (astro layout): its dags/ and plugins/, and its root on PYTHONPATH, so that DAG
-        # code imports `include.*` (and anything else the project holds) in every process, workers included
+        # code imports `include.*` (and anything else the project holds) in every process, workers included;
+        # then the stack's own modules for Airflow (AIRFLOW_MODULES)
         "AIRFLOW__CORE__DAGS_FOLDER": str(settings.dags_folder),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(settings.plugins_folder),
-        "PYTHONPATH": str(settings.project_dir),
+        "PYTHONPATH": os.pathsep.join([str(settings.project_dir), str(AIRFLOW_MODULES)]),
         # every component would load Alembic's ~150 migration scripts at start to compare heads:
         # CPU and memory on each; `invoke run.*` checks the schema once before starting any
         # (schema.needs_migration) and refuses to start on an old one
@@ -119,7 +124,7 @@ def process_environment(settings: Settings, airflow_env: dict[str, str],
     base = {key: value for key, value in environ.items()
             if key in PASSED_NAMES or key.startswith(PASSED_PREFIXES) or key in extra}
     merged = base | airflow_env
-    if base.get("PYTHONPATH") and "PYTHONPATH" in airflow_env:  # the project first, then the user's own
+    if base.get("PYTHONPATH") and "PYTHONPATH" in airflow_env:  # the project and ours first, then the user's own
         merged["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(
             [*airflow_env["PYTHONPATH"].split(os.pathsep), *base["PYTHONPATH"].split(os.pathsep)]))
     return merged
