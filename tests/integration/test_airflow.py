@@ -301,7 +301,12 @@ def test_login_attempts_are_limited_in_redis_across_restarts(stack, airflow_up):
                                          "csrf_token": token}).status_code for _ in range(6)]
     print(f"\n[figure] six wrong logins: {codes}")
     assert all(code in (200, 302, 401) for code in codes[:5]) and codes[5] == 429, codes
-    assert limiter.keys(f"LIMITS*/{FORM_CLIENT}/*"), "no Flask-Limiter key in our Redis"
+    keys = limiter.keys(f"LIMITS*/{FORM_CLIENT}/*")
+    assert keys, "no Flask-Limiter key in our Redis"
+    # the counter lives 40 s from the first attempt, and a restart on a busy machine took 67 s: its window
+    # is made longer, so that what is tested is where the count lives (Redis, not the process)
+    for key in keys:
+        limiter.expire(key, 600)
     began = time.monotonic()
     stack.inv("stop", "-c", web)
     stack.inv(f"run.{EXECUTOR}")
@@ -310,7 +315,6 @@ def test_login_attempts_are_limited_in_redis_across_restarts(stack, airflow_up):
         path, token = _login_page(client, settings.airflow_line)
         after = client.post(path, data={"username": settings.admin_user, "password": "wrong",
                                         "csrf_token": token}).status_code
-    restart = time.monotonic() - began
-    print(f"[figure] {web} restarted and asked again after {restart:.1f} s: {after}")
-    # the counter lives 40 s from the first wrong login: a restart slower than that finds it gone
-    assert after == 429, f"the limit did not survive a restart of {web} ({restart:.1f} s later)"
+    print(f"[figure] {web} restarted and asked again after {time.monotonic() - began:.1f} s: {after}")
+    limiter.delete(*keys)
+    assert after == 429, f"the limit did not survive a restart of {web}"

@@ -192,13 +192,12 @@ def check_limiter(settings: Settings, envs: dict[str, dict[str, str]], refused: 
     api = _api_login(line.rest)
     try:
         _probe_login(settings, line.rest.login_path)
-        counted = count()
-        before = counted
+        before = count()
         status = _probe_api_login(settings, line.rest)
         after = count()
     except (OSError, http.client.HTTPException, redis.RedisError) as exc:
         return Check("login rate limits", False, f"probe failed ({exc.__class__.__name__})", fix)
-    if not counted:
+    if not before:
         return Check("login rate limits", False, f"a login attempt left no counter in {where}",
                      f"invoke setup.airflow && invoke stop -c {web} && invoke up")
     # counted once more, or refused since the probe address's budget is spent (a window that ended between the
