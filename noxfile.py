@@ -9,18 +9,22 @@ from airflow_stack.apache_airflow import profiles
 nox.needs_version = ">=2025.2.9"
 nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.error_on_missing_interpreters = True
-nox.options.sessions = ["lint", "tests", "integration"]
+nox.options.sessions = ["lint", "tests", "integration", "releases"]
 
-PYPROJECT = nox.project.load_toml("pyproject.toml")
-LINES = [nox.param(name, id=name, tags=[f"line-{name}"]) for name in profiles.NAMES]
+# every supported minor but the default gets a session of its own (2.x is end of life: no full matrix)
+MINORS = [nox.param(name, id=name, tags=[f"line-{name}"]) for name in profiles.NAMES if name != profiles.DEFAULT]
 EXECUTORS = [nox.param(name, id=name, tags=[name]) for name in ("local", "celery")]
-# the executor-independent tests (services, bad input, backups, carry-over) run once per line
-MARKERS = {"local": "integration and not celery", "celery": "integration and not once_per_line"}
+# the executor-independent tests (services, bad input, backups, carry-over) run once, with the LocalExecutor
+MARKERS = {"local": "integration and not celery and not minor",
+           "celery": "integration and not once_per_line and not minor"}
 
 
 def install(session: nox.Session, *groups: str, project: bool = True) -> None:
-    deps = [dep for group in groups for dep in nox.project.dependency_groups(PYPROJECT, group)]
-    session.install(*(("-e", ".") if project else ()), *deps)
+    """The session's venv exactly as uv.lock pins these dependency groups (and this package, editable)."""
+    session.run_install("uv", "sync", "-q", "--locked", "--no-default-groups",
+                        *(arg for group in groups for arg in ("--group", group)),
+                        *(() if project else ("--no-install-project",)), "--python", session.virtualenv.location,
+                        env={"UV_PROJECT_ENVIRONMENT": session.virtualenv.location}, external=True)
 
 
 @nox.session
@@ -38,13 +42,22 @@ def tests(session: nox.Session) -> None:
 
 
 @nox.session
-@nox.parametrize("line", LINES)
 @nox.parametrize("executor", EXECUTORS)
-def integration(session: nox.Session, executor: str, line: str) -> None:
-    """Integration tests against real PostgreSQL, Redis and Airflow, in their own state dir and ports."""
+def integration(session: nox.Session, executor: str) -> None:
+    """Integration tests of the default release against real PostgreSQL, Redis and Airflow, in their own state dir
+    and ports."""
     install(session, "test")
     # --durations: where a session's time goes (every setup, call and teardown of 10 s or more), in every CI log
-    session.run("pytest", "tests/integration", "-m", MARKERS[executor], "--line", line, "--executor", executor,
+    session.run("pytest", "tests/integration", "-m", MARKERS[executor], "--line", profiles.DEFAULT,
+                "--executor", executor, "--durations=0", "--durations-min=10", *session.posargs)
+
+
+@nox.session
+@nox.parametrize("line", MINORS)
+def releases(session: nox.Session, line: str) -> None:
+    """One other supported minor: a project pinning it up, a DAG through the API, dags.check/test/pytest, stop."""
+    install(session, "test")
+    session.run("pytest", "tests/integration/test_release.py", "-m", "minor", "--line", line,
                 "--durations=0", "--durations-min=10", *session.posargs)
 
 

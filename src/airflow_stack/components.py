@@ -98,6 +98,17 @@ class Component:
         return [(p, getattr(settings, p)) for p in names if settings.serve_logs or p not in LOG_PORTS]
 
 
+def listen_hosts(settings: Settings, port_setting: str) -> tuple[str, ...]:
+    """The interfaces the port ``port_setting`` is listened on: where a port chosen for it must be free."""
+    if port_setting == "api_port":
+        return (settings.api_host or "0.0.0.0",)
+    if port_setting == "redis_port":
+        return tuple(addr.removeprefix("-") for addr in settings.redis_bind.split())
+    if port_setting in LOG_PORTS:
+        return ("0.0.0.0",)  # Airflow hard-codes every interface
+    return ("127.0.0.1",)  # the scheduler's health server and Flower: apache_airflow/config.py keeps them on loopback
+
+
 # Airflow's log servers listen on every interface (serve_logs hard-codes the host): they
 # only run when a worker on another machine needs them (see Settings.serve_logs); on one machine the
 # API server reads task logs from disk.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import socket
@@ -21,16 +22,28 @@ def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> bool:
         return False
 
 
+def _bind_error(port: int, host: str) -> int | None:
+    """The errno of listening on host:port (None: we could)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+    except OSError as exc:
+        return exc.errno or -1
+    return None
+
+
 def port_bindable(port: int, host: str = "127.0.0.1") -> bool:
     """True when we could listen on host:port (nothing else holds it)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
+    return _bind_error(port, host) is None
+
+
+def port_free(port: int, hosts: tuple[str, ...]) -> bool:
+    """True when nothing holds ``port`` on any of ``hosts`` (an address this machine lacks, e.g. ::1 without
+    IPv6, holds nothing)."""
+    missing = (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT)
+    return all(_bind_error(port, host) in (None, *missing) for host in hosts)
 
 
 def port_holder(port: int) -> str:

@@ -11,6 +11,7 @@ The state dir is 0700: logs, Redis data and records are the user's alone.
     run/fingerprint.key (0600)   the key of the fingerprints in the records; runtime.supervisor
     run/launch-PID.json          what one launcher run starts (removed once it reported); runtime.supervisor
     run/helper-PID*.json (0600)  the helper's input and answer (removed after); apache_airflow.commands
+    run/dags-test-DAG.json/.lock a DAG a running dags.test paused (put back after), one test per DAG; project.dags
     run/gunicorn.ctl             2.x: gunicorn's control socket (else ~/.gunicorn, shared by two stacks)
     logs/NAME.log (.1 ...)       each process's stdout and stderr, rotated by size; the launcher
     logs/airflow/                Airflow's task logs
@@ -19,20 +20,32 @@ The state dir is 0700: logs, Redis data and records are the user's alone.
     tls/                         with STACK_TLS: ca.pem (what workers copy), ca-key.pem, server.pem,
                                  server-key.pem (keys 0600); services.tls
     airflow/                     AIRFLOW_HOME: airflow.cfg, webserver_config.py, the schema and admin stamps
-    venv-airflow-RELEASE/        Airflow's own venv, one per release, with its install stamp;
-                                 apache_airflow.install
+    venv-airflow-RELEASE/        Airflow's own venv, one per release, with its install stamp and its lock (the
+                                 exact packages and their hashes); apache_airflow.install
     constraints/                 constraints resolved for a release other than the pinned one
     backups/                     db.backup and the upgrade's backups (0600); ops.backup
     exports/                     objects.export (0600: it holds passwords); project.objects
     project-dockerfile-note      the Dockerfile note said last (said again only when it changes); stack
+    worker.env (0600)            what a worker machine needs (invoke worker.env); ops.worker_env
     import-XXXX/ (0700)          db.import-sqlite's working copy (removed after); ops.carryover
 
 ``.env`` (mode 0600, git-ignored) holds the settings a user chose and the secrets generated once;
 every write replaces the whole file atomically with a new 0600 file.
+
+The user's machine-wide folder (``STACK_USER_STATE_DIR``, default platformdirs' ``user_state_dir``:
+~/.local/state/airflow-stack, ~/Library/Application Support/airflow-stack on macOS; 0700) is what every
+checkout of this user shares (``UserStateDir``):
+
+    stacks/CHECKOUT_ID.json      one per stack set up on this machine: its checkout, .env, state dir, URL,
+                                 database and ports (`invoke stacks`; a new checkout avoids them);
+                                 runtime.checkouts
+    defaults.env                 the user's own defaults for every checkout (KEY=VALUE: ports, names ...),
+                                 under each checkout's .env and environment; settings.resolve
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import stat
@@ -40,11 +53,13 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import platformdirs
 from dotenv.parser import parse_stream
 
 from .errors import StackError
 
 ENV_FILE_VAR = "STACK_ENV_FILE"
+USER_STATE_DEFAULT = Path(platformdirs.user_state_dir("airflow-stack", appauthor=False))
 ENV_HEADER = ("# airflow-stack settings and secrets: written by `invoke setup`, kept out of git (mode 0600).\n"
               "# Values you set here win; missing secrets are generated once. Copy the whole file to a\n"
               "# machine that runs a Celery worker for this stack.\n")
@@ -60,7 +75,7 @@ class Under:
     def __get__(self, obj: object, owner: type | None = None) -> Path:
         if obj is None:
             return self  # type: ignore[return-value]
-        return obj.root.joinpath(*self.parts)  # type: ignore[attr-defined]
+        return Path(obj.root).joinpath(*self.parts)  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -90,6 +105,7 @@ class StateDir:
     backups = Under("backups")
     exports = Under("exports")
     dockerfile_note = Under("project-dockerfile-note")
+    worker_env = Under("worker.env")
 
     def pid_file(self, name: str) -> Path:
         return self.run / f"{name}.pid"
@@ -99,6 +115,13 @@ class StateDir:
 
     def log_file(self, name: str) -> Path:
         return self.logs / f"{name}.log"
+
+    def dags_test_note(self, dag_id: str) -> Path:
+        """A DAG that a running `dags.test` paused, and the flag to put back."""
+        return self.run / f"dags-test-{dag_id}.json"
+
+    def dags_test_lock(self, dag_id: str) -> Path:
+        return self.run / f"dags-test-{dag_id}.lock"
 
     def launch_spec(self, pid: int) -> Path:
         return self.run / f"launch-{pid}.json"
@@ -114,6 +137,14 @@ class StateDir:
         # one venv per release: another release is built beside the running one, and going back never reinstalls
         return self.root / f"venv-airflow-{release}"
 
+    def install_stamp(self, release: str) -> Path:
+        """What the venv was installed for (release, constraints, requirements), and its build."""
+        return self.venv(release) / ".airflow-stack-install.json"
+
+    def install_lock(self, release: str) -> Path:
+        """The exact set of packages the venv holds, with their hashes (uv pip compile; synced to)."""
+        return self.venv(release) / "airflow-stack.lock"
+
     def resolved_constraints(self, release: str) -> Path:
         return self.root / "constraints" / f"airflow-{release}.txt"
 
@@ -124,10 +155,48 @@ class StateDir:
 
     def make_private(self) -> None:
         """The state dir (0700), run/ and logs/ in it."""
-        for path in (self.root, self.run, self.logs):
-            path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if self.root.stat().st_mode & 0o077:
-            self.root.chmod(0o700)
+        _make_private(self.root, self.run, self.logs)
+
+
+@dataclass(frozen=True)
+class UserStateDir:
+    """The paths under the user's machine-wide folder (what every checkout of this user shares)."""
+
+    root: Path
+
+    stacks = Under("stacks")
+    defaults = Under("defaults.env")
+    locks = Under("locks")  # machine-wide locks: installing or starting the shared PostgreSQL, choosing ports
+
+    def stack_entry(self, checkout_id: str) -> Path:
+        return self.stacks / f"{checkout_id}.json"
+
+    def make_private(self) -> None:
+        """The folder (0700), stacks/ and locks/ in it."""
+        _make_private(self.root, self.stacks, self.locks)
+
+
+def _make_private(root: Path, *inside: Path) -> None:
+    """``root`` and the folders ``inside`` it: private_folder each."""
+    for path in (root, *inside):
+        private_folder(path)
+
+
+def private_folder(path: Path) -> None:
+    """A folder of this user's that no other user may enter: made 0700 when missing (tightened when it is this
+    user's and open). One that is a link, not a folder, or another user's is refused in one line naming it, and
+    nothing in it is touched (another local user could have planted it)."""
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o700, parents=True)
+    found = os.lstat(path)
+    if stat.S_ISLNK(found.st_mode) or not stat.S_ISDIR(found.st_mode):
+        raise StackError(f"{path} is not a folder (a link or a file is there); remove it, or choose another place "
+                         f"(STACK_STATE_DIR, STACK_USER_STATE_DIR)")
+    if found.st_uid != os.geteuid():
+        raise StackError(f"{path} belongs to another user (uid {found.st_uid}), so nothing was written or locked "
+                         f"in it; remove it, or choose a folder of yours (STACK_STATE_DIR, STACK_USER_STATE_DIR)")
+    if stat.S_IMODE(found.st_mode) & 0o077:
+        path.chmod(0o700)
 
 
 # ---- files that hold secrets --------------------------------------------------------------------
@@ -166,7 +235,7 @@ def read_env_file(path: Path) -> dict[str, str]:
     """Parse ``.env``; a line that is not KEY=VALUE is an error, never silently skipped."""
     try:
         text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # no such file (a folder on its path is a file: none either)
         return {}
     except IsADirectoryError:
         raise StackError(f"cannot read {path}: it is a directory; move it away, or set {ENV_FILE_VAR} "
@@ -185,6 +254,15 @@ def read_env_file(path: Path) -> dict[str, str]:
         if binding.key is not None:
             values[binding.key] = binding.value or ""
     return values
+
+
+def checkout_lives(env_file: Path, checkout_id: str) -> bool:
+    """The checkout ``checkout_id`` whose .env is ``env_file`` still exists: that file is there and names it
+    (a deleted clone, or one whose .env was made anew, is gone)."""
+    try:
+        return read_env_file(env_file).get("STACK_CHECKOUT_ID") == checkout_id
+    except StackError:
+        return True  # there, but unreadable to us: somebody's
 
 
 def _env_line(key: str, value: str) -> str:

@@ -142,7 +142,34 @@ def fail():
 with DAG("fails_on_purpose", start_date=pendulum.datetime(2024, 1, 1, tz="UTC"), schedule=None, catchup=False):
     PythonOperator(task_id="fail", python_callable=fail, retries=0)
 ''',
-    # an astro project's Dockerfile: not used, what its image implies is said once
+    # a DAG that says whether a module given in its run's conf can be imported by a task
+    "dags/import_probe.py": '''import importlib.util
+import json
+from pathlib import Path
+
+import pendulum
+
+try:
+    from airflow.sdk import dag, get_current_context, task
+except ImportError:  # Airflow 2
+    from airflow.decorators import dag, task
+    from airflow.operators.python import get_current_context
+
+
+@dag(start_date=pendulum.datetime(2024, 1, 1, tz="UTC"), schedule=None, catchup=False)
+def import_probe():
+    @task
+    def probe() -> None:
+        module = get_current_context()["dag_run"].conf["module"]
+        Path(__file__).with_name("import_probe.json").write_text(
+            json.dumps({"importable": importlib.util.find_spec(module) is not None}))
+
+    probe()
+
+
+import_probe()
+''',
+    # an astro project's Dockerfile: the release its image pins is said once (the sandbox's line wins over it)
     "Dockerfile": "FROM quay.io/astronomer/astro-runtime:12.6.0\n",
 }
 
@@ -270,7 +297,7 @@ def airflow_up(stack: Stack, services: dict) -> dict[str, float | str]:
 
 def airflow_api(settings: settings_mod.Settings) -> api_client.AirflowAPI:
     """The stack's REST API, logged in as the admin with the password .env holds now."""
-    return api_client.AirflowAPI(settings.api_url, settings.airflow_line, settings.admin_user,
+    return api_client.AirflowAPI(settings.api_url, profiles.of(settings).name, settings.admin_user,
                                  settings.admin_password)
 
 

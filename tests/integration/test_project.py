@@ -81,8 +81,9 @@ def test_a_dag_uses_the_projects_requirement_plugin_include_and_objects(stack, a
                                             ("project_api",)).fetchone()
         assert is_encrypted and password and project_secret(stack) not in password
         assert db.execute("SELECT count(*) FROM connection WHERE conn_id IS NULL OR conn_id = ''").fetchone()[0] == 0
-    # the Dockerfile was named once, with the Airflow its image implies
-    assert any("Dockerfile is not used" in out and "implies Airflow 2.10" in out for out in stack.outputs)
+    # the Dockerfile was named once, with the Airflow its image pins, and the setting that wins over it
+    assert any("Dockerfile (quay.io/astronomer/astro-runtime:12.6.0) pins Airflow 2.10; STACK_AIRFLOW_LINE" in out
+               and "wins" in out for out in stack.outputs)
 
 
 def test_a_requirement_change_reaches_the_next_task_and_no_old_process_is_left(stack, api, airflow_up):
@@ -260,6 +261,57 @@ def test_dags_check_names_file_and_line_and_dags_test_runs_one_dag(stack, airflo
     assert "the run of fails_on_purpose failed" in failed.stderr
     assert_one_line_error(stack.inv("dags.test", "project_prob", check=False), "did you mean project_probe")
     assert_one_line_error(stack.inv("dags.test", "project_probe", "--conf", "[1", check=False), "JSON object")
+
+
+def test_dags_test_never_races_the_running_scheduler(stack, api, airflow_up):
+    """`airflow dags test` puts its run in the stack's database: with the DAG unpaused, the stack's own
+    scheduler would start the run's tasks too (1 run in 3 failed so). 20 runs in a row, every one succeeds,
+    and the DAG's paused flag is as it was."""
+    api.wait_for_dag("project_probe", timeout=90)
+    api.unpause("project_probe")
+    took = []
+    for _ in range(20):
+        began = time.monotonic()
+        proc = stack.inv("dags.test", "project_probe", check=False)
+        took.append(time.monotonic() - began)
+        assert proc.returncode == 0 and "project_probe succeeded" in proc.stdout, (proc.stdout + proc.stderr)[-3000:]
+    assert api.client.get(f"{api.prefix}/dags/project_probe").json()["is_paused"] is False
+    assert not list(stack.settings().paths.run.glob("dags-test-*.json"))  # nothing left to put back
+    took.sort()
+    print(f"\n[figure] dags.test project_probe x20 under a running scheduler ({EXECUTOR}): median {took[10]:.1f} s, "
+          f"max {took[-1]:.1f} s")
+
+
+@pytest.mark.once_per_line
+def test_a_requirement_removed_from_the_file_is_gone_from_the_next_task(stack, api, airflow_up):
+    """The venv holds exactly the release, its constraints and requirements.txt: a line added is importable by
+    the next task, the same line removed is not."""
+    requirements = project_dir(stack) / "requirements.txt"
+    original = requirements.read_text()
+
+    def importable(module: str) -> bool:
+        out = project_dir(stack) / "dags" / "import_probe.json"
+        out.unlink(missing_ok=True)
+        api.wait_for_dag("import_probe", timeout=90)
+        api.unpause("import_probe")
+        run_id = api.trigger("import_probe", {"module": module})
+        assert api.wait_for_run("import_probe", run_id) == "success"
+        return json.loads(out.read_text())["importable"]
+
+    assert not importable("tabulate")
+    requirements.write_text(original + "tabulate==0.9.0\n")
+    try:
+        began = time.monotonic()
+        stack.inv("up")
+        print(f"\n[figure] a requirement added: invoke up {time.monotonic() - began:.1f} s")
+        assert importable("tabulate")
+    finally:
+        requirements.write_text(original)
+    began = time.monotonic()
+    stack.inv("up")
+    print(f"[figure] the same requirement removed: invoke up {time.monotonic() - began:.1f} s")
+    assert not importable("tabulate")
+    assert "tabulate" not in freeze(stack)
 
 
 @pytest.mark.once_per_line

@@ -52,8 +52,9 @@ class AirflowAPI:
         resp = self.client.patch(f"{self.prefix}/dags/{dag_id}", json={"is_paused": False})
         assert resp.status_code == 200, resp.text
 
-    def trigger(self, dag_id: str) -> str:
-        resp = self.client.post(f"{self.prefix}/dags/{dag_id}/dagRuns", json=dict(self.rest.trigger_body))
+    def trigger(self, dag_id: str, conf: dict | None = None) -> str:
+        body = dict(self.rest.trigger_body) | ({"conf": conf} if conf else {})
+        resp = self.client.post(f"{self.prefix}/dags/{dag_id}/dagRuns", json=body)
         assert resp.status_code == 200, resp.text
         return resp.json()["dag_run_id"]
 

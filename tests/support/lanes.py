@@ -42,11 +42,21 @@ def default_lanes() -> int:
     return max(1, min(2, fits))
 
 
+# minutes each kind of session took in CI (2026-12-07, two lanes): how the lanes are dealt
+WEIGHTS = {"local": 23, "celery": 10, "releases": 3}
+
+
 def integration_sessions() -> list[tuple[str, int]]:
-    """(session, weight) of every integration session nox lists; weight: relative length."""
+    """(session, weight) of every integration and release session nox lists; weight: its usual minutes."""
     listed = subprocess.run([sys.executable, "-m", "nox", "-l", "--json"], cwd=ROOT, check=True,
                             capture_output=True, text=True).stdout
-    return [(s["session"], 2 if "local" in s["tags"] else 1) for s in json.loads(listed) if s["name"] == "integration"]
+    found = []
+    for s in json.loads(listed):
+        if s["name"] == "integration":
+            found.append((s["session"], WEIGHTS["local" if "local" in s["tags"] else "celery"]))
+        elif s["name"] == "releases":
+            found.append((s["session"], WEIGHTS["releases"]))
+    return found
 
 
 def deal(sessions: list[tuple[str, int]], lanes: int) -> list[list[str]]:

@@ -1,4 +1,5 @@
-"""An isolated stack: its own state dir and .env, free ports, its own PostgreSQL role and database.
+"""An isolated stack: its own state dir and .env, free ports, its own PostgreSQL role and database, and a
+machine-wide folder (the list of stacks) of the test run's.
 
 The integration tests and the benchmark bring up a whole stack this way, next to a user's, and
 tear it down after: a user's running stack (its ports, its role, its state dir) is never touched.
@@ -10,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -61,6 +61,8 @@ class Sandbox:
             "CI": "true",  # never prompt
             "STACK_ENV_FILE": str(state_dir / ".env"),
             "STACK_STATE_DIR": str(state_dir),
+            # the list of stacks and defaults.env: the test run's own, never the user's
+            "STACK_USER_STATE_DIR": str(state_dir.parent / "user-state"),
             "STACK_AIRFLOW_LINE": line,
             "STACK_EXECUTOR": executor,
             "STACK_PROJECT_DIR": str(project_dir),
@@ -75,14 +77,6 @@ class Sandbox:
 
     def ports(self) -> set[int]:
         return {int(self.env[name]) for name in PORT_SETTINGS if name in self.env}
-
-    def derive(self, state_dir: Path, **env: str) -> Sandbox:
-        """Another machine's view of this stack: its own state dir and a copy of the .env (with
-        ``env`` on top); the same role, database and services."""
-        state_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copy(self.env["STACK_ENV_FILE"], state_dir / ".env")
-        return type(self)(state_dir, self.env | {"STACK_ENV_FILE": str(state_dir / ".env"),
-                                              "STACK_STATE_DIR": str(state_dir)} | env)
 
     def secrets(self) -> list[str]:
         """The secret values in the sandbox's .env (output is checked for them)."""

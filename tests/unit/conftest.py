@@ -9,8 +9,9 @@ from airflow_stack import settings as settings_mod
 
 @pytest.fixture
 def env(tmp_path) -> dict[str, str]:
-    """A clean environment whose .env and state dir live in tmp_path."""
-    return {"STACK_ENV_FILE": str(tmp_path / ".env"), "STACK_STATE_DIR": str(tmp_path / "state")}
+    """A clean environment whose .env, state dir and machine-wide folder live in tmp_path."""
+    return {"STACK_ENV_FILE": str(tmp_path / ".env"), "STACK_STATE_DIR": str(tmp_path / "state"),
+            "STACK_USER_STATE_DIR": str(tmp_path / "user-state")}
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ import pytest
 from airflow_stack import settings as settings_mod
 from airflow_stack.apache_airflow import config as airflow_config
 from airflow_stack.apache_airflow import profiles
+from airflow_stack.errors import StackError
 
 from .conftest import SECRETS
 
@@ -140,3 +141,37 @@ def test_airflow_processes_get_only_what_they_need_of_the_callers_environment(se
     # a name the user lists explicitly passes
     listed = airflow_config.process_environment(settings.replace(passthrough="AWS_PROFILE, GITHUB_TOKEN"), env, caller)
     assert listed["AWS_PROFILE"] == "dev" and listed["GITHUB_TOKEN"] == "t0ken"
+
+
+def test_the_projects_env_reaches_every_airflow_process_but_never_the_stacks_own_names(settings, tmp_path):
+    """As astro passes the project's .env into every container: whether or not the shell exports a name."""
+    project = tmp_path / "my project"
+    (project / "dags").mkdir(parents=True)
+    s = settings.replace(project_dir=project)
+    (project / ".env").write_text("AIRFLOW_VAR_GREETING=hello\nAIRFLOW_CONN_WAREHOUSE=postgresql://u:p@db/x\n"
+                                  "PLAIN_NAME=plain value\nAIRFLOW__CORE__LOAD_EXAMPLES=False\n")
+    env = airflow_config.environment(s, "local")
+    merged = airflow_config.process_environment(s, env, environ={"PATH": "/bin", "PLAIN_NAME": "from the shell"})
+    assert merged["AIRFLOW_VAR_GREETING"] == "hello" and merged["PLAIN_NAME"] == "plain value"
+    assert merged["AIRFLOW__CORE__LOAD_EXAMPLES"] == "False"  # the stack's own value, which the file repeats
+    assert "PLAIN_NAME" not in airflow_config.process_environment(s, env, environ={}, project=False)  # services
+    digest = airflow_config.project_digest(s, env)
+    (project / ".env").write_text("AIRFLOW_VAR_GREETING=changed\n")
+    assert airflow_config.project_digest(s, env) not in ("", digest)  # a change restarts what sees it
+    for line, name in (("AIRFLOW__CORE__FERNET_KEY=mine-of-16-chars-xx", "AIRFLOW__CORE__FERNET_KEY"),
+                       ("STACK_PG_PASSWORD=another-one", "STACK_PG_PASSWORD"),
+                       ("AIRFLOW__CORE__EXECUTOR=SequentialExecutor", "AIRFLOW__CORE__EXECUTOR")):
+        (project / ".env").write_text(line + "\n")
+        with pytest.raises(StackError, match=rf"sets {name}, which is the stack's own") as err:
+            airflow_config.process_environment(s, env)
+        assert line.split("=", 1)[1] not in str(err.value)  # no value is printed
+    (project / ".env").write_text("export OK=1\nthis line is not a setting\n")
+    with pytest.raises(StackError, match=r"\.env line 2 is not KEY=VALUE"):
+        airflow_config.process_environment(s, env)
+
+
+def test_the_repo_as_its_own_project_has_no_project_env(settings, tmp_path):
+    """The default project is this repo, whose .env is the stack's own: not read twice, never a clash."""
+    (tmp_path / "dags").mkdir()
+    s = settings.replace(project_dir=tmp_path)  # the conftest's .env is tmp_path/.env: the same file
+    assert airflow_config.project_environment(s, airflow_config.environment(s, "local")) == {}

@@ -83,6 +83,15 @@ def test_integration_sessions_are_dealt_longest_first_to_the_least_loaded_lane()
     assert len(lanes.deal(sessions[:1], 2)) == 1  # no empty lane
 
 
+def test_the_lanes_deal_every_integration_and_release_session_nox_lists():
+    from tests.support import lanes
+
+    dealt = dict(lanes.integration_sessions())
+    assert dealt["integration(local)"] > dealt["integration(celery)"] > dealt["releases(3.1)"]
+    assert sorted(name for name in dealt if name.startswith("releases(")) == [
+        "releases(2.10)", "releases(2.11)", "releases(3.0)", "releases(3.1)", "releases(3.2)"]
+
+
 def test_a_lane_runs_every_session_dealt_to_it():
     """nox keeps only the last of several -s options: a lane must name all its sessions after one -s.
     Asked through nox itself: the sessions it would run for the lane's command line."""
@@ -90,7 +99,7 @@ def test_a_lane_runs_every_session_dealt_to_it():
 
     from tests.support import lanes
 
-    sessions = ["integration(local, 3.3)", "integration(celery, 3.3)"]
+    sessions = ["integration(local)", "integration(celery)", "releases(3.1)"]
     argv = lanes.lane_command(sessions)
     listed = subprocess.run([*argv, "--list"], cwd=lanes.ROOT, capture_output=True, text=True, check=True).stdout
     selected = [line[2:].split(" -> ")[0].split(" [")[0] for line in listed.splitlines() if line.startswith("* ")]

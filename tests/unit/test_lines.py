@@ -36,7 +36,7 @@ def test_211_runs_the_webserver_and_parses_dags_in_the_scheduler():
 
 
 def test_each_component_has_a_probe_and_known_ports(settings):
-    for line in profiles.LINES.values():
+    for line in map(profiles.get, profiles.NAMES):
         for comp in (*line.components, components.REDIS):
             assert comp.probe.kind in ("http", "job", "celery", "redis")
             for name, port in comp.listen_ports(settings):
@@ -47,8 +47,9 @@ def test_each_component_has_a_probe_and_known_ports(settings):
 def test_unknown_names_say_the_valid_ones(settings):
     with pytest.raises(StackError, match="use one of: webserver, scheduler, triggerer"):
         profiles.get("2.11").component("dag-processor")
-    with pytest.raises(StackError, match=r"unknown Airflow line '2\.10'; use one of: 3\.3, 2\.11"):
-        profiles.get("2.10")
+    with pytest.raises(StackError, match=r"unknown Airflow line '2\.9'; use one of: 3\.3, 3\.2, 3\.1, 3\.0, 2\.11, "
+                                         r"2\.10"):
+        profiles.get("2.9")
     with pytest.raises(StackError, match=r"no component 'dag-procesor' .*use one of: redis, api-server, scheduler"):
         registry.find(settings, "dag-procesor")
 
@@ -118,27 +119,33 @@ def test_the_registry_lists_redis_the_lines_components_and_extra_workers(setting
     assert "redis" not in [inst.name for inst in registry.airflow_instances(settings)]
 
 
-def test_the_running_line_wins_over_the_configured_one(settings):
-    registry.record(settings, "celery", "2.11")
-    assert registry.line(settings).name == "2.11" and registry.executor(settings) == "celery"
+def test_the_running_release_wins_over_the_configured_one(settings):
+    registry.record(settings, "celery", "2.11.2")
+    assert registry.line(settings).release == "2.11.2" and registry.executor(settings) == "celery"
+    assert registry.recorded(settings)["line"] == "2.11"
     registry.forget(settings)
-    assert registry.line(settings).name == settings.airflow_line
+    assert registry.line(settings).release == profiles.release(settings) == "3.3.2"
 
 
-def test_every_line_has_its_constraints_and_a_default_release():
-    for line in profiles.LINES.values():
-        assert line.constraints_file.exists()
-        assert line.default_version.startswith(line.name + ".")
+def test_every_minor_has_a_default_release_and_the_pinned_ones_their_constraints():
+    for name in profiles.NAMES:
+        line = profiles.get(name)
+        assert line.name == name and line.default_version.startswith(name + ".")
         assert set(line.task_pss_mib) == {"local", "celery"}
+    for name in ("3.3", "2.11"):  # the default line's and the last 2.x's pins stay in the repo, with hashes
+        line = profiles.get(name)
+        assert line.pinned_version() == line.default_version and "--hash=sha256:" in line.constraints_file.read_text()
+    assert profiles.get("3.1").pinned_version() is None  # resolved into the state dir as of its own date
 
 
 def test_no_module_outside_the_profiles_names_a_line():
-    """Adding a line is one profile, its name in the settings' AIRFLOW_LINES and a constraints file: nothing
-    else compares line names."""
+    """A new minor is a row in releases.SERIES, its name in the settings' AIRFLOW_LINES and what differs in its
+    line's profile: nothing else compares line names."""
     names = "|".join(re.escape(name) for name in profiles.NAMES)
-    pattern = re.compile(rf"(?<![\d.])({names})(?![\d])")
+    pattern = re.compile(rf"[\"']({names})[\"']")  # a line name as a string, to compare with
     found = [f"{path.relative_to(SRC)}:{n}" for path in SRC.rglob("*.py")
-             if path.parent.name != "profiles" and path.relative_to(SRC) != Path("settings/model.py")
+             if path.parent.name != "profiles" and path.relative_to(SRC) not in (Path("settings/model.py"),
+                                                                                   Path("apache_airflow/releases.py"))
              for n, text in enumerate(path.read_text().splitlines(), 1) if pattern.search(text)]
     assert found == []
 
@@ -205,5 +212,7 @@ def test_another_release_of_the_line_gets_its_own_venv_and_resolved_constraints(
     assert install.constraints_for(other) == settings.state_dir / "constraints" / "airflow-3.3.1.txt"
     assert install.requirement(other).endswith("==3.3.1")
     assert not install.is_current(other)  # nothing resolved or installed yet
-    with pytest.raises(StackError, match=r"'2\.11\.2' is not an Airflow 3\.3\.x release"):
-        _ = install.venv(settings.replace(airflow_version="2.11.2"))
+    assert install.venv(settings.replace(airflow_version="2.11.2")).name == "venv-airflow-2.11.2"
+    with pytest.raises(StackError, match=r"names Airflow 2\.9\.3; the stack runs 3\.0, 3\.1, 3\.2, 3\.3\.x; "
+                                         r"2\.10, 2\.11\.x"):
+        _ = install.venv(settings.replace(airflow_version="2.9.3"))

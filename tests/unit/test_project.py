@@ -11,33 +11,14 @@ from invoke import MockContext, Result
 
 from airflow_stack import settings as settings_mod
 from airflow_stack.apache_airflow import config as airflow_config
-from airflow_stack.apache_airflow import install, profiles
+from airflow_stack.apache_airflow import install
 from airflow_stack.errors import StackError
-from airflow_stack.project import dags, folder, objects
-from airflow_stack.services import host
+from airflow_stack.project import dags, folder, objects, scaffold
+from airflow_stack.services import host, limiter
 
 OK, FAIL = Result(""), Result("", exited=1)
 
-ASTRO_TEMPLATE = """\
-airflow:
-  connections:
-    - conn_id:
-      conn_type:
-      conn_host:
-      conn_schema:
-      conn_login:
-      conn_password:
-      conn_port:
-      conn_extra:
-        example_extra_field: example-value
-  pools:
-    - pool_name:
-      pool_slot:
-      pool_description:
-  variables:
-    - variable_name:
-      variable_value:
-"""
+ASTRO_TEMPLATE = scaffold.SETTINGS  # the empty template `astro dev init` writes (invoke init writes it too)
 
 FULL = """\
 airflow:
@@ -124,34 +105,6 @@ def test_packages_txt_names_and_what_is_refused(proj_settings):
     proj.packages.write_text("tree; rm -rf /\n")
     with pytest.raises(StackError, match="is not a package name"):
         proj.os_packages()
-
-
-@pytest.mark.parametrize(("image", "implied"), [
-    ("quay.io/astronomer/astro-runtime:12.6.0", "2.10"),
-    ("quay.io/astronomer/astro-runtime:13.1.0-base", "2.11"),
-    ("astrocrpublic.azurecr.io/runtime:3.1-2", "3.1"),
-    ("astrocrpublic.azurecr.io/runtime:3.3-1", "3.3"),
-    ("apache/airflow:2.10.3-python3.11", "2.10.3"),
-    ("apache/airflow:slim-3.0.2", "3.0.2"),
-    ("python:3.12-slim", None),
-    ("ubuntu", None),
-])
-def test_what_a_dockerfile_image_implies(image, implied):
-    assert folder.airflow_of_image(image) == implied
-
-
-def test_the_dockerfile_note(tmp_path):
-    proj = folder.Project(tmp_path)
-    assert folder.dockerfile_note(proj, "3.3.2") is None
-    proj.dockerfile.write_text("# astro\nFROM astrocrpublic.azurecr.io/runtime:3.3-1\nRUN true\n")
-    note = folder.dockerfile_note(proj, "3.3.2")
-    assert "not used" in note and "implies Airflow 3.3" in note and "STACK_AIRFLOW_LINE" not in note
-    proj.dockerfile.write_text("FROM quay.io/astronomer/astro-runtime:12.6.0\n")
-    note = folder.dockerfile_note(proj, "3.3.2")
-    assert "implies Airflow 2.10" in note and "the stack runs Airflow 3.3.2" in note
-    assert "the stack runs the lines" in note  # 2.10 is no line of ours: no advice to choose it
-    proj.dockerfile.write_text(f"FROM apache/airflow:{profiles.LINES['2.11'].default_version}\n")
-    assert "set STACK_AIRFLOW_LINE" in folder.dockerfile_note(proj, "3.3.2")
 
 
 # ---- packages.txt, per platform ---------------------------------------------------------------
@@ -306,9 +259,9 @@ def test_memcached_is_ours_only_on_this_machine(env):
 
 def test_the_airflow_venv_gets_the_limiter_storages_client(env):
     settings = settings_mod.load(environ=env | {"STACK_RATELIMIT_STORAGE_URI": "memcached://127.0.0.1:11212"})
-    assert install.limiter_client(settings) == "pymemcache"
+    assert limiter.client_package(settings) == "pymemcache"
     assert install._wanted_stamp(settings)["limiter_client"] == "pymemcache"
-    assert install.limiter_client(settings_mod.load(environ=env)) is None  # Redis: in Airflow's extras
+    assert limiter.client_package(settings_mod.load(environ=env)) is None  # Redis: in Airflow's extras
 
 
 def test_apt_and_brew_install_memcached():

@@ -10,7 +10,8 @@ from airflow_stack.errors import StackError
 
 def test_defaults_without_env_file(env):
     s = settings_mod.load(environ=env)
-    assert (s.airflow_line, s.executor, s.pg_port, s.redis_port, s.api_port) == ("3.3", "local", 5432, 6380, 8080)
+    assert (s.airflow_line, s.executor, s.pg_port, s.redis_port, s.api_port) == ("", "local", 5432, 6380, 8080)
+    assert profiles.release(s) == "3.3.2"  # no line chosen, no Dockerfile in the project: the default
     assert s.state_dir.is_absolute() and s.pg_password is None
 
 
@@ -48,8 +49,8 @@ def test_bad_port_values(env, value, message):
 
 
 def test_unknown_choice(env):
-    with pytest.raises(StackError, match=r"use one of: 3\.3, 2\.11"):
-        settings_mod.load(environ=env | {"STACK_AIRFLOW_LINE": "2.10"})
+    with pytest.raises(StackError, match=r"use one of: , 3\.3, 3\.2, 3\.1, 3\.0, 2\.11, 2\.10"):
+        settings_mod.load(environ=env | {"STACK_AIRFLOW_LINE": "2.9"})
 
 
 def test_booleans(env):
@@ -71,12 +72,14 @@ def test_env_file_that_is_not_utf8(env, tmp_path):
 
 
 @pytest.mark.parametrize("line, version, ok", [("3.3", (3, 14), True), ("2.11", (3, 12), True),
-                                               ("2.11", (3, 13), False), ("3.3", (3, 9), False)])
+                                               ("2.11", (3, 13), False), ("3.3", (3, 9), False),
+                                               ("3.0", (3, 9), True), ("3.1", (3, 14), False), ("2.10", (3, 8), True)])
 def test_python_support_per_line(line, version, ok):
     if ok:
         profiles.get(line).check_python(version)
     else:
-        with pytest.raises(StackError, match=f"Airflow {line} supports Python"):
+        with pytest.raises(StackError, match=rf"Airflow {line}\.\d+ needs Python 3\.\d+-3\.\d+, this is "
+                                             rf"{version[0]}\.{version[1]}; .* STACK_AIRFLOW_PYTHON"):
             profiles.get(line).check_python(version)
 
 

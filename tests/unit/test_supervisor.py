@@ -103,9 +103,9 @@ def test_a_missing_program_fails_with_its_name_in_the_log(settings):
 
 def test_start_refuses_a_second_executor_while_the_stack_runs(settings, started, monkeypatch):
     started("scheduler", [sys.executable, "-c", "import time; time.sleep(60)"])
-    registry.record(settings, "celery", "3.3")
+    registry.record(settings, "celery", "3.3.2")
     monkeypatch.setattr(lifecycle.preflight, "check_start", lambda s: None)
-    with pytest.raises(StackError, match=r"runs Airflow 3\.3 with the celery executor; stop it first"):
+    with pytest.raises(StackError, match=r"runs Airflow 3\.3\.2 with the celery executor; stop it first"):
         Stack(Context(), settings).start("local")
 
 

@@ -8,12 +8,16 @@ is what runs.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Any
 
 from .. import settings as settings_mod
+from .. import statedir
 from ..errors import StackError
+from ..project import folder
 from ..settings import PROJECT_DIR, Settings
 from . import profiles
 
@@ -94,7 +98,8 @@ def environment(settings: Settings, executor: str | None = None) -> dict[str, st
         # read by webserver_config.py: login rate limits live in Redis, shared by every web worker
         LIMITER_VAR: settings.limiter_storage_uri,
     }
-    env |= profiles.of(settings).environment(settings)
+    profile = profiles.of(settings)
+    env |= profile.environment(settings, profile)
     # a proxy the user's shell sets (http_proxy, usual on company machines) must not carry the stack's
     # own traffic: Airflow 3's task supervisor calls the execution API with httpx, which honours it
     bypass = no_proxy(settings)
@@ -115,14 +120,41 @@ PASSED_NAMES = frozenset({
 PASSED_PREFIXES = ("LC_", "AIRFLOW__", "AIRFLOW_CONN_", "AIRFLOW_VAR_")
 
 
-def process_environment(settings: Settings, airflow_env: dict[str, str],
-                        environ: dict[str, str] | None = None) -> dict[str, str]:
-    """The whole environment of a process the stack starts: the allowed part of the caller's, then
-    ``airflow_env`` (environment()) on top."""
+def project_environment(settings: Settings, airflow_env: dict[str, str]) -> dict[str, str]:
+    """The project's own .env (astro passes it into every Airflow container): every name in it reaches every
+    Airflow process and task. The stack's own settings and secrets never come from it: a name that is one of
+    the stack's settings, or that the stack sets for Airflow to another value, is refused in one line (its
+    value never printed). The stack's .env, when it is the same file (the project is this repo), is not the
+    project's."""
+    path = folder.get(settings).env_file
+    if not path.exists() or path.resolve() == settings.env_file.resolve():
+        return {}
+    values = statedir.read_env_file(path)
+    ours = {spec.env for spec in settings_mod.specs().values()}
+    for name, value in values.items():
+        if name in ours or (name in airflow_env and name != "PYTHONPATH" and airflow_env[name] != value):
+            raise StackError(f"{path} sets {name}, which is the stack's own (its settings and secrets come from "
+                             f"{settings.env_file}); remove it from the project's .env, or set it in "
+                             f"{settings.env_file.name} if it is a setting of the stack's")
+    return values
+
+
+def project_digest(settings: Settings, airflow_env: dict[str, str]) -> str:
+    """A short digest of the project's .env, for the processes' records: a change restarts them."""
+    values = project_environment(settings, airflow_env)
+    return hashlib.sha256(json.dumps(sorted(values.items())).encode()).hexdigest()[:12] if values else ""
+
+
+def process_environment(settings: Settings, airflow_env: dict[str, str], environ: dict[str, str] | None = None,
+                        project: bool = True) -> dict[str, str]:
+    """The whole environment of a process the stack starts: the allowed part of the caller's, then (for
+    Airflow's processes, ``project``) the project's .env, then ``airflow_env`` (environment()) on top."""
     environ = dict(os.environ if environ is None else environ)
     extra = {name.strip() for name in settings.passthrough.split(",") if name.strip()}
     base = {key: value for key, value in environ.items()
             if key in PASSED_NAMES or key.startswith(PASSED_PREFIXES) or key in extra}
+    if project:
+        base |= project_environment(settings, airflow_env)
     merged = base | airflow_env
     if base.get("PYTHONPATH") and "PYTHONPATH" in airflow_env:  # the project and ours first, then the user's own
         merged["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(

@@ -126,6 +126,18 @@ def refuse_older_release(settings: Settings, target: str) -> None:
                          f"invoke db.restore FILE --yes")
 
 
+def refuse_another_release(settings: Settings, target: str, source: str) -> None:
+    """What a setup may run on the metadata DB: the release that migrated it (or any, on a new database).
+    An older one cannot run there (refuse_older_release); a newer one would migrate it in place, which is
+    what `invoke upgrade` does with a backup first and a way back: it is named instead."""
+    refuse_older_release(settings, target)
+    found, _ = schema_migrated_by(settings)
+    if found and _release(target) > _release(found):
+        raise StackError(f"the metadata DB {settings.pg_database} was migrated by Airflow {found}; {source} names "
+                         f"Airflow {target}: run invoke upgrade (it backs the database up, migrates it and goes back "
+                         f"if anything fails); nothing was installed or changed")
+
+
 def _mark_schema(settings: Settings, version: str | None) -> None:
     if not version:
         return

@@ -9,16 +9,14 @@ that fixes it. A warning is printed but does not make doctor fail.
 from __future__ import annotations
 
 import shutil
-import sys
 from dataclasses import asdict
 
 import psutil
 import psycopg
 
 from .. import netutil
-from ..apache_airflow import config, profiles
+from ..apache_airflow import config, install
 from ..components import WORKER, WORKER_PREFIX
-from ..errors import StackError
 from ..runtime import registry, supervisor
 from ..runtime import status as status_mod
 from ..services import postgres, redis_server
@@ -86,11 +84,17 @@ def check_components(settings: Settings, refused: bool = False) -> list[Check]:
 
 
 def check_python(settings: Settings) -> Check:
-    try:
-        profiles.of(settings).check_python()
-    except StackError as err:
-        return Check("python", False, str(err).split(";")[0], "rm -rf .venv && PYTHON=python3.12 scripts/up")
-    return Check("python", True, f"{sys.version.split()[0]} is supported by Airflow {settings.airflow_line}")
+    """Airflow's venv runs on a Python its release supports."""
+    profile = registry.line(settings)  # the release that runs, else the one configured
+    found = install.venv_python(settings.replace(airflow_version=profile.release))
+    if found is None:
+        return Check("python", False, f"Airflow {profile.release} is not installed", "invoke setup.airflow")
+    version = tuple(int(part) for part in found.split("."))
+    if not profile.supports_python(version):  # type: ignore[arg-type]
+        return Check("python", False, f"Airflow {profile.release}'s venv runs on Python {found}; it needs "
+                     f"{profile.python_range()}", "set STACK_AIRFLOW_PYTHON to a supported python3, then invoke up")
+    return Check("python", True, f"Airflow {profile.release}'s venv runs on Python {found} (it supports "
+                 f"{profile.python_range()})")
 
 
 def check_ports(settings: Settings, running: dict[str, supervisor.Running]) -> Check:

@@ -74,7 +74,7 @@ def prepare(c: Context, current: Settings, line: str | None, version: str | None
     release = profiles.release(target)
     if release == install.installed_version(current) and install.is_current(target):
         raise StackError(f"Airflow {release} is what this stack runs already; nothing to upgrade")
-    profiles.of(target).check_python()
+    install.interpreter(c, target)  # a Python for the new release, before anything is installed
     schema.refuse_older_release(target, release)
     install.ensure(c, target)
     errors = dags.check(c, target).errors

@@ -8,7 +8,7 @@
     packages.txt            OS packages, through the platform's package manager
     airflow_settings.yaml   connections, variables and pools (objects.py)
     tests/dags/             the project's own pytest tests (invoke dags.pytest, nox -s dags)
-    Dockerfile              not used: the stack runs Airflow natively; what its image implies is said once
+    Dockerfile              the Airflow release its image pins is the one the stack runs (natively)
 
 An existing astro project runs unchanged: point STACK_PROJECT_DIR at it.
 """
@@ -24,7 +24,7 @@ from invoke import Context
 
 from ..errors import StackError
 from ..services.host import Platform
-from ..settings import AIRFLOW_LINES, Settings
+from ..settings import Settings
 from ..statedir import Under
 
 # an apt or Homebrew package name, optionally apt's =version: nothing a shell would read otherwise
@@ -44,6 +44,7 @@ class Project:
     objects_file = Under("airflow_settings.yaml")
     tests = Under("tests", "dags")
     dockerfile = Under("Dockerfile")
+    env_file = Under(".env")  # what astro passes into every Airflow container (config.project_environment)
 
     def check(self) -> None:
         """The project folder exists and has its dags/ (everything else is optional, as in astro)."""
@@ -92,57 +93,6 @@ def _meaningful_lines(path: Path) -> list[str]:
 
 def get(settings: Settings) -> Project:
     return Project(settings.project_dir)
-
-
-def airflow_of_image(image: str) -> str | None:
-    """The Airflow version (or line) a Dockerfile's base image implies, when it says.
-
-    Astro Runtime 3.x tags are ``3.Y-N`` (Airflow 3.Y); the 2.x-era tags ``N.M.P`` with N >= 6 carry
-    Airflow 2.(N-2) (Runtime 12 carries Airflow 2.10); apache/airflow tags name the version.
-    """
-    name, _, tag = image.rpartition(":")
-    if not name or "/" in tag:
-        return None
-    if name.endswith("apache/airflow"):
-        found = re.match(r"(?:slim-)?(\d+\.\d+\.\d+)", tag)
-        return found.group(1) if found else None
-    if name.rsplit("/", 1)[-1] in ("astro-runtime", "runtime"):
-        if found := re.match(r"(\d+)\.(\d+)-\d+", tag):
-            return f"{found.group(1)}.{found.group(2)}"
-        if (found := re.match(r"(\d+)\.\d+\.\d+", tag)) and int(found.group(1)) >= 6:
-            return f"2.{int(found.group(1)) - 2}"
-    return None
-
-
-def dockerfile_note(project: Project, release: str) -> str | None:
-    """One sentence on the project's Dockerfile when there is one: it is not used, and which Airflow
-    its image would have run next to the one the stack runs."""
-    image = project.dockerfile_image()
-    if image is None:
-        return None
-    implied = airflow_of_image(image)
-    what = f"implies Airflow {implied}" if implied else "names no Airflow version we can read"
-    same = implied is not None and (release == implied or release.startswith(implied + "."))
-    implied_line = ".".join((implied or "").split(".")[:2])
-    if same or implied is None:
-        advice = ""
-    elif implied_line in AIRFLOW_LINES:
-        advice = "; to run that line set STACK_AIRFLOW_LINE (and STACK_AIRFLOW_VERSION for a patch) in .env"
-    else:
-        advice = f"; the stack runs the lines {', '.join(AIRFLOW_LINES)} (STACK_AIRFLOW_LINE)"
-    return (f"the project's Dockerfile is not used: its image {image} {what}, the stack runs Airflow "
-            f"{release} natively{advice}")
-
-
-def dockerfile_note_once(settings: Settings, release: str) -> list[str]:
-    """What the project's Dockerfile implies, said once per Dockerfile image (it is not used)."""
-    note = dockerfile_note(get(settings), release)
-    said = settings.paths.dockerfile_note
-    if note is None or (said.exists() and said.read_text() == note):
-        return []
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
-    said.write_text(note)
-    return [note]
 
 
 def ensure_os_packages(c: Context, plat: Platform, settings: Settings) -> list[str]:

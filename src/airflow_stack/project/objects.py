@@ -45,10 +45,13 @@ KINDS = ("connections", "variables", "pools")
 
 
 class _Resolver:
-    """``${NAME}`` from the environment, else .env (as every setting is resolved)."""
+    """``${NAME}`` from the environment, else the stack's .env (as every setting is resolved), else the
+    project's own .env (which astro passes into its containers)."""
 
     def __init__(self, settings: Settings, where: Path) -> None:
-        self.values = statedir.read_env_file(settings.env_file) | dict(os.environ)
+        project_env = folder.get(settings).env_file
+        self.values = (statedir.read_env_file(project_env) | statedir.read_env_file(settings.env_file)
+                       | dict(os.environ))
         self.env_file = settings.env_file
         self.where = where
 

@@ -3,7 +3,7 @@ runs for them (our Redis, memcached), and wait until they are healthy, each by i
 
 What a start needs is checked first (preflight.py); what runs is known from the registry, read once by
 the caller and passed in. What to start (which executor and line, a switch) is decided by the caller
-(stack.py).
+(stack/).
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ def start(c: Context, settings: Settings, executor: str, live: dict[str, supervi
     profile = profiles.of(settings)
     wanted = list(profile.for_executor(executor, extras))
     version = install.installed_version(settings)
-    build = install.installed_build(settings)
+    # what the processes run: the venv's packages and the project's .env (a change to either restarts them)
+    build = f"{install.installed_build(settings)}/{config.project_digest(settings, env)}"
     # a component started before the venv changed (another pin, a new patch, a requirements.txt change)
     # runs code that is no longer installed: it is started again, so that no process runs other packages
     # than the venv holds
@@ -63,7 +64,7 @@ def start(c: Context, settings: Settings, executor: str, live: dict[str, supervi
         for comp in to_start:  # what a killed component left behind would hold its ports
             supervisor.collect(settings, comp.name, whole_session=comp.reap_session)
         preflight.check_ports(settings, to_start, executor)
-        registry.record(settings, executor, settings.airflow_line)
+        registry.record(settings, executor, profile.release)
         airflow = str(install.airflow_bin(settings))
 
         def launch(comp: Component) -> supervisor.Launch:
@@ -165,7 +166,8 @@ def start_worker(c: Context, settings: Settings, name: str, queues: str, concurr
     argv = worker_command(str(install.airflow_bin(settings)), name, queues, concurrency, serve_logs)
     launch_airflow(c, settings, [supervisor.Launch(instance, argv, profiles.of(settings).preload_for(WORKER),
                                                    version=install.installed_version(settings),
-                                                   build=install.installed_build(settings))], env)
+                                                   build=f"{install.installed_build(settings)}/"
+                                                         f"{config.project_digest(settings, env)}")], env)
     wait_healthy(settings, [(instance, WORKER)], timeout)
     return instance, False
 
@@ -182,7 +184,8 @@ def run_service(c: Context, settings: Settings, comp: Component, argv: list[str]
     if proc is not None:
         supervisor.stop(settings, comp.name)
         done.append(f"restarted our {comp.name} to apply its new config")
-    supervisor.start_many(c, settings, [supervisor.Launch(comp.name, argv)], config.process_environment(settings, {}))
+    supervisor.start_many(c, settings, [supervisor.Launch(comp.name, argv)],
+                          config.process_environment(settings, {}, project=False))
     wait_healthy(settings, [(comp.name, comp)], timeout)
     return [*done, f"started {label}"]
 

@@ -32,7 +32,7 @@ class Instance:
 
 # ---- what the running stack was started as ---------------------------------------------------
 def recorded(settings: Settings) -> dict[str, str]:
-    """What the running stack was started as ({"executor", "line"}), or {}."""
+    """What the running stack was started as ({"executor", "line", "release"}), or {}."""
     try:
         found = json.loads(settings.paths.stack_record.read_text())
     except (FileNotFoundError, ValueError):
@@ -40,9 +40,10 @@ def recorded(settings: Settings) -> dict[str, str]:
     return found if isinstance(found, dict) else {}
 
 
-def record(settings: Settings, executor: str, line: str) -> None:
+def record(settings: Settings, executor: str, release: str) -> None:
     settings.paths.make_private()
-    settings.paths.stack_record.write_text(json.dumps({"executor": executor, "line": line}))
+    settings.paths.stack_record.write_text(json.dumps(
+        {"executor": executor, "line": profiles.for_release(release).name, "release": release}))
 
 
 def forget(settings: Settings) -> None:
@@ -50,9 +51,15 @@ def forget(settings: Settings) -> None:
 
 
 def line(settings: Settings) -> profiles.AirflowLine:
-    """The line of the running stack, else the configured one."""
-    name = recorded(settings).get("line", settings.airflow_line)
-    return profiles.LINES.get(name) or profiles.of(settings)
+    """The profile of the release the running stack runs, else of the configured one."""
+    rec = recorded(settings)
+    for name in (rec.get("release"), rec.get("line")):  # a record of an earlier airflow-stack has no release
+        if name:
+            try:
+                return profiles.get(name)
+            except StackError:
+                break
+    return profiles.of(settings)
 
 
 def executor(settings: Settings) -> str:

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 
 import psycopg
 
+from ..apache_airflow import install, releases
 from ..components import DEFAULT_QUEUE
 from ..services import postgres
 from ..settings import Settings
@@ -83,6 +84,27 @@ def rows(settings: Settings) -> list[Row]:
         found.append(Row(inst.name, proc.pid, True, ok, detail, ports, *(usage(proc.pid) or (None, None)),
                          proc.version, proc.restarts, proc.last_exit))
     return found
+
+
+def versions(settings: Settings) -> list[str]:
+    """What the project pins, what runs, what is configured and installed, and what the stack can run."""
+    lines = []
+    pinned = releases.pinned_by_project(settings)
+    lines.append(f"project {settings.project_dir}: " + (f"pins Airflow {pinned.version} ({pinned.source})" if pinned
+                                                       else "pins no Airflow release (no Dockerfile naming one)"))
+    chosen = releases.resolve(settings)
+    installed = install.installed_version(settings)
+    lines.append(f"configured: Airflow {chosen.version} ({chosen.source}); "
+                 + (f"installed in {install.venv(settings)} on Python {install.venv_python(settings)}" if installed
+                    else "not installed yet (invoke up installs it)"))
+    running: dict[str, list[str]] = {}
+    for name, proc in registry.running(settings).items():
+        running.setdefault(proc.version or "unknown", []).append(name)
+    lines += [f"runs: Airflow {version}: {', '.join(names)}" for version, names in running.items()] or \
+        ["runs: nothing"]
+    lines.append(f"can run: {releases.supported()} (newest known patches: "
+                 f"{', '.join(series.newest for series in releases.SERIES.values())}; 2.x is end of life)")
+    return lines
 
 
 def to_json(found: list[Row]) -> str:

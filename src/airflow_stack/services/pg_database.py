@@ -48,18 +48,19 @@ def owner_gone(marker: str) -> bool:
     host, _, env_file = location.partition(":")
     if not env_file or host != socket.gethostname():
         return False  # another machine's, or no location: cannot tell, so it may be alive
-    try:
-        values = statedir.read_env_file(Path(env_file))
-    except StackError:
-        return False  # there, but unreadable to us: somebody's
-    return values.get("STACK_CHECKOUT_ID") != marked_id(marker)
+    return not statedir.checkout_lives(Path(env_file), marked_id(marker))
+
+
+def _another_checkouts(settings: Settings, marker: str | None) -> bool:
+    """The database was marked by another checkout than this one (living or gone)."""
+    return bool(marker) and marker.startswith(OWNER_MARK) and marked_id(marker) != settings.checkout_id
 
 
 def check_owner(settings: Settings, marker: str | None) -> bool:
     """Refuse a database that another, living checkout of airflow-stack set up: taking it over would
     reset its role's password and lock that checkout's stack out. True when the database was marked
     by a checkout that is gone (a deleted clone): this one may take it over."""
-    if not marker or not marker.startswith(OWNER_MARK) or marked_id(marker) == settings.checkout_id:
+    if not _another_checkouts(settings, marker):
         return False
     if owner_gone(marker):
         return True
@@ -67,6 +68,15 @@ def check_owner(settings: Settings, marker: str | None) -> bool:
                      f"another airflow-stack checkout (its STACK_CHECKOUT_ID differs); give this one its own: "
                      f"set STACK_PG_DATABASE and STACK_PG_USER in {settings.env_file.name} to new names "
                      f"(e.g. airflow_{settings.env_file.parent.name.replace('-', '_')}), then run this again")
+
+
+def owned_elsewhere(admin: Admin, settings: Settings, db: str) -> str:
+    """Where the other, living checkout that set up database ``db`` on the server lives ("HOST:ENV_FILE"), or ""
+    (no such database, unmarked, this checkout's, or its checkout is gone)."""
+    marker = _owner_and_marker(admin, db)[1]
+    if not _another_checkouts(settings, marker) or owner_gone(marker or ""):
+        return ""
+    return (marker or "")[len(OWNER_MARK):].partition(" ")[2] or "another checkout"
 
 
 def database_marker(settings: Settings) -> str | None:

@@ -1,5 +1,6 @@
-"""Settings: every setting declared once (model.py), resolved flag > environment > .env > default
-(resolve.py); which values are secrets, how they are generated once and kept in .env (secrecy.py)."""
+"""Settings: every setting declared once (model.py), resolved flag > environment > .env > the user's
+defaults.env > default (resolve.py, which also tells what the user set); which values are secrets, how they
+are generated once and kept in .env (secrecy.py)."""
 
 from .model import (
     AIRFLOW_LINES,
@@ -17,7 +18,7 @@ from .model import (
     shared_secret_names,
     specs,
 )
-from .resolve import load
+from .resolve import defaults, given, load
 from .secrecy import (
     GENERATORS,
     ensure_secrets,
@@ -30,6 +31,7 @@ from .secrecy import (
 
 __all__ = [
     "AIRFLOW_LINES", "AIRFLOW_LINES_HELP", "DSN_FIELDS", "EXECUTORS", "GENERATORS", "LOOPBACK", "PROJECT_DIR",
-    "REDIS_AIRFLOW_USER", "SSLMODES", "Settings", "Spec", "ensure_secrets", "generated_names", "help_for", "is_secret",
+    "REDIS_AIRFLOW_USER", "SSLMODES", "Settings", "Spec", "defaults", "ensure_secrets", "generated_names", "given",
+    "help_for", "is_secret",
     "load", "missing_shared_secrets", "persist", "redact", "secret_values", "shared_secret_names", "specs",
 ]

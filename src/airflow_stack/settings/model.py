@@ -19,15 +19,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from ..statedir import ENV_FILE_VAR, StateDir
+from ..statedir import ENV_FILE_VAR, USER_STATE_DEFAULT, StateDir, UserStateDir
 
 PROJECT_DIR = Path(__file__).resolve().parents[3]
 
 EXECUTORS = ("local", "celery")
-# The Airflow lines the stack runs, the first being the default. Each has a profile
-# (apache_airflow/profiles/) and a constraints file; the profiles check that they cover exactly these.
-AIRFLOW_LINES = ("3.3", "2.11")
-AIRFLOW_LINES_HELP = "Airflow line: " + " or ".join([f"{AIRFLOW_LINES[0]} (default)", *AIRFLOW_LINES[1:]])
+# The minors of Airflow the stack runs, the first being the default. Each has its row in
+# apache_airflow/releases.py (newest patch, Pythons) and its line's profile (apache_airflow/profiles/).
+AIRFLOW_LINES = ("3.3", "3.2", "3.1", "3.0", "2.11", "2.10")
+AIRFLOW_LINES_HELP = f"Airflow minor: {', '.join(AIRFLOW_LINES)}"
 # the Redis ACL user of Airflow's processes; the stack's own operations use Redis's default user
 REDIS_AIRFLOW_USER = "airflow"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -68,6 +68,8 @@ class Spec:
     generate: str = ""
     # every Airflow process must have the same value, a Celery worker on another machine too
     shared: bool = False
+    # a worker on another machine needs it too (invoke worker.env writes it; the shared secrets always go)
+    worker: bool = False
     minimum: float = 1  # the smallest number a kind=int or kind=float setting takes
     help: str = ""
     # the name it reaches every Airflow process's environment under, on every line ("": it does not, or
@@ -92,7 +94,10 @@ class Settings:
     state_dir: Path = _spec("STACK_STATE_DIR", ".stack", kind=Path,
                             help="all runtime state: pids, logs, Redis data, AIRFLOW_HOME, the Airflow venv")
     env_file: Path = _spec(ENV_FILE_VAR, ".env", kind=Path, help="the .env file with settings and secrets")
-    checkout_id: str = _spec("STACK_CHECKOUT_ID", generate="id",
+    user_state_dir: Path = _spec("STACK_USER_STATE_DIR", USER_STATE_DEFAULT, kind=Path,
+                                 help="what every checkout of this user shares: the list of stacks on this machine "
+                                      "(invoke stacks), defaults.env (your defaults for every checkout)")
+    checkout_id: str = _spec("STACK_CHECKOUT_ID", generate="id", worker=True,
                              help="names this checkout's stack; the database it set up is marked with it, so another "
                                   "checkout never takes it over (a machine with a copy of this .env is the same stack)")
     project_dir: Path = _spec("STACK_PROJECT_DIR", ".", kind=Path,
@@ -101,13 +106,21 @@ class Settings:
                                    "(default: this repo)")
 
     # Airflow
-    airflow_line: str = _spec("STACK_AIRFLOW_LINE", AIRFLOW_LINES[0], choices=AIRFLOW_LINES, help=AIRFLOW_LINES_HELP)
-    airflow_version: str = _spec("STACK_AIRFLOW_VERSION", "",
-                                 help="a release of the line (default: the one config/constraints pins); "
-                                      "its constraints are resolved into the state dir, no tracked file changes")
+    airflow_line: str = _spec("STACK_AIRFLOW_LINE", "", choices=("", *AIRFLOW_LINES),
+                              help=f"{AIRFLOW_LINES_HELP}: its newest patch (default: what the project's "
+                                   f"Dockerfile pins, else {AIRFLOW_LINES[0]})")
+    airflow_version: str = _spec("STACK_AIRFLOW_VERSION", "", worker=True,
+                                 help="an Airflow release (X.Y.Z of a supported minor); wins over STACK_AIRFLOW_LINE "
+                                      "and the project's Dockerfile; its constraints are resolved into the state dir "
+                                      "as of its own date, no tracked file changes")
+    airflow_python: str = _spec("STACK_AIRFLOW_PYTHON", "",
+                                help="the Python Airflow's venv is built on (a path or a name on PATH); default: "
+                                     "the tooling's own when the release supports it, else the newest python3.X on "
+                                     "PATH that it supports")
     executor: str = _spec("STACK_EXECUTOR", "local", choices=EXECUTORS, help="local or celery")
     api_host: str = _spec("STACK_API_HOST", "127.0.0.1", help="interface the API server / webserver binds")
-    api_port: int = _spec("STACK_API_PORT", 8080, kind=int, help="port of the web component (API server / webserver)")
+    api_port: int = _spec("STACK_API_PORT", 8080, kind=int, worker=True,
+                          help="port of the web component (API server / webserver)")
     scheduler_health_port: int = _spec("STACK_SCHEDULER_HEALTH_PORT", 8974, kind=int,
                                        airflow="AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT",
                                        help="scheduler health-check server port")
@@ -175,17 +188,17 @@ class Settings:
     # PostgreSQL
     pg_host: str = _spec("STACK_PG_HOST", "127.0.0.1",
                          help="PostgreSQL host; another host than the local one is used as it is")
-    pg_port: int = _spec("STACK_PG_PORT", 5432, kind=int, help="PostgreSQL port")
-    pg_database: str = _spec("STACK_PG_DATABASE", "airflow", help="Airflow's metadata database")
-    pg_user: str = _spec("STACK_PG_USER", "airflow", help="the role that owns it")
+    pg_port: int = _spec("STACK_PG_PORT", 5432, kind=int, worker=True, help="PostgreSQL port")
+    pg_database: str = _spec("STACK_PG_DATABASE", "airflow", worker=True, help="Airflow's metadata database")
+    pg_user: str = _spec("STACK_PG_USER", "airflow", worker=True, help="the role that owns it")
     pg_password: str = _spec("STACK_PG_PASSWORD", secret=True, generate="password", shared=True,
                              help="that role's password")
-    pg_sslmode: str = _spec("STACK_PG_SSLMODE", "", choices=("", *SSLMODES),
+    pg_sslmode: str = _spec("STACK_PG_SSLMODE", "", worker=True, choices=("", *SSLMODES),
                             help="libpq sslmode (default: verify-full with STACK_TLS, else prefer)")
     pg_sslrootcert: str = _spec("STACK_PG_SSLROOTCERT", "",
                                 help="the CA file libpq verifies the server's certificate with (verify-ca, "
                                      "verify-full); default with STACK_TLS: the stack's CA (STATE/tls/ca.pem)")
-    pg_dsn: str = _spec("STACK_PG_DSN", "", secret=True,
+    pg_dsn: str = _spec("STACK_PG_DSN", "", secret=True, worker=True,
                         help="a PostgreSQL server this stack does not run (managed, e.g. RDS), as a libpq DSN for "
                              "Airflow's role and database, made there by its admin: "
                              "postgresql://USER:PASSWORD@HOST:PORT/DB?sslmode=verify-full&sslrootcert=CA. Nothing is "
@@ -196,7 +209,7 @@ class Settings:
     pg_version: str = _spec("STACK_PG_VERSION", "16", help="PostgreSQL major version to install with Homebrew")
 
     # TLS for workers on other machines
-    tls: bool = _spec("STACK_TLS", False, kind=bool,
+    tls: bool = _spec("STACK_TLS", False, kind=bool, worker=True,
                       help="our Redis speaks only TLS, and PostgreSQL (when this machine runs it) serves TLS, with "
                            "certificates from a CA the stack makes in STATE/tls; every client verifies them. A worker "
                            "machine needs .env and STATE/tls/ca.pem")
@@ -206,9 +219,9 @@ class Settings:
                                 "and PostgreSQL listen on always are")
 
     # Redis
-    redis_port: int = _spec("STACK_REDIS_PORT", 6380, kind=int,
+    redis_port: int = _spec("STACK_REDIS_PORT", 6380, kind=int, worker=True,
                             help="port of the Redis this project runs (not a user's 6379)")
-    redis_password: str = _spec("STACK_REDIS_PASSWORD", secret=True, generate="password", shared=True,
+    redis_password: str = _spec("STACK_REDIS_PASSWORD", secret=True, generate="password",
                                 help="our Redis's requirepass")
     redis_airflow_password: str = _spec(
         "STACK_REDIS_AIRFLOW_PASSWORD", secret=True, generate="password", shared=True,
@@ -235,6 +248,11 @@ class Settings:
     def paths(self) -> StateDir:
         """Every path under the state dir."""
         return StateDir(self.state_dir)
+
+    @property
+    def user_paths(self) -> UserStateDir:
+        """Every path under the user's machine-wide folder."""
+        return UserStateDir(self.user_state_dir)
 
     @property
     def dags_folder(self) -> Path:

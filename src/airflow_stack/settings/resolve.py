@@ -1,4 +1,5 @@
-"""Resolving settings: task flag > environment > .env > default, each value converted and checked."""
+"""Resolving settings: task flag > environment > .env > the user's defaults.env > default, each value converted
+and checked; which values the user set (``given``: never chosen for them) and what the defaults are."""
 
 from __future__ import annotations
 
@@ -46,29 +47,66 @@ def _convert(name: str, spec: Spec, raw: Any, source: str) -> Any:
 
 
 def load(overrides: dict[str, Any] | None = None, environ: dict[str, str] | None = None) -> Settings:
-    """Resolve every setting: task flag > environment > .env > default."""
+    """Resolve every setting: task flag > environment > .env > the user's defaults.env > default."""
     environ = dict(os.environ if environ is None else environ)
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     all_specs = specs()
     env_file = _convert("env_file", all_specs["env_file"],
                         overrides.get("env_file", environ.get(ENV_FILE_VAR, ".env")), "environment")
-    file_values = statedir.read_env_file(env_file)
+    layers = [("flag", overrides), ("environment", environ), (env_file.name, statedir.read_env_file(env_file))]
     values: dict[str, Any] = {"env_file": env_file}
+    values["user_state_dir"] = _resolve("user_state_dir", all_specs["user_state_dir"], layers)
+    layers.append(user_defaults(values["user_state_dir"]))
     for name, spec in all_specs.items():
-        if name == "env_file":
-            continue
-        if name in overrides:
-            raw, source = overrides[name], "flag"
-        elif spec.env in environ:
-            raw, source = environ[spec.env], "environment"
-        elif spec.env in file_values:
-            raw, source = file_values[spec.env], str(env_file.name)
-        else:
-            raw, source = spec.default, "default"
-        values[name] = None if raw is None else _convert(name, spec, raw, source)
+        if name not in values:
+            values[name] = _resolve(name, spec, layers)
     if values.get("pg_dsn"):
         values |= _from_dsn(values["pg_dsn"], all_specs)
     return Settings(**values)
+
+
+def _resolve(name: str, spec: Spec, layers: list[tuple[str, dict[str, Any]]]) -> Any:
+    """The first layer's value (flags by name, the others by environment name), else the default."""
+    for source, found in layers:
+        key = name if source == "flag" else spec.env
+        if key in found:
+            return None if found[key] is None else _convert(name, spec, found[key], source)
+    return None if spec.default is None else _convert(name, spec, spec.default, "default")
+
+
+def defaultable(spec: Spec) -> bool:
+    """A setting the user's defaults.env may give every checkout: no secret, no generated value, no path (each
+    checkout has its own)."""
+    return not (spec.secret or spec.generate or spec.kind is Path)
+
+
+def user_defaults(user_state_dir: Path) -> tuple[str, dict[str, str]]:
+    """(its path, KEY -> value) of the user's defaults.env; a name there that is not a setting, or one each
+    checkout must have alone, is refused in one line."""
+    path = statedir.UserStateDir(user_state_dir).defaults
+    found = statedir.read_env_file(path)
+    by_env = {spec.env: spec for spec in specs().values()}
+    for key in found:
+        if key not in by_env or not defaultable(by_env[key]):
+            why = "is not a setting" if key not in by_env else "is each checkout's own (a secret, an id or a path)"
+            raise StackError(f"{path}: {key} {why}; remove it there (set it in a checkout's .env instead)")
+    return str(path), found
+
+
+def defaults(settings: Settings) -> dict[str, Any]:
+    """Every setting's default for this user: the user's defaults.env, else the declared default."""
+    layers = [user_defaults(settings.user_state_dir)]
+    return {name: _resolve(name, spec, layers) for name, spec in specs().items()}
+
+
+def given(settings: Settings, names: list[str], environ: dict[str, str] | None = None) -> set[str]:
+    """Which of ``names`` the user set (in the environment or .env; STACK_PG_DSN sets the PostgreSQL values it
+    names): nothing is ever chosen for those."""
+    environ = os.environ if environ is None else environ
+    in_file = statedir.read_env_file(settings.env_file)
+    all_specs = specs()
+    found = {name for name in names if all_specs[name].env in environ or all_specs[name].env in in_file}
+    return found | (set(names) & set(DSN_FIELDS.values()) if settings.pg_dsn else set())
 
 
 def _from_dsn(dsn: str, all_specs: dict[str, Spec]) -> dict[str, Any]:

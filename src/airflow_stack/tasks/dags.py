@@ -8,6 +8,7 @@ from invoke import Context, task
 
 from ..errors import StackError
 from ..project import dags as dags_mod
+from ..runtime import registry
 from ..settings import Settings
 from ._common import one_line_errors, say, stack
 
@@ -45,7 +46,7 @@ def test(c: Context, dag_id: str, conf: str | None = None) -> None:
     Task states and logs in the terminal; the stack's connections and variables (astro's `run`)."""
     settings = _ready(c)
     began = time.monotonic()
-    dags_mod.test(c, settings, dag_id, conf)
+    dags_mod.test(c, settings, dag_id, conf, registry.executor(settings), bool(registry.running(settings)))
     say(f"dags.test: {dag_id} succeeded ({time.monotonic() - began:.1f} s)")
 
 

@@ -1,8 +1,9 @@
-"""Top-level tasks: up, upgrade, stop, status, logs, doctor, clean, and the stack's own airflow CLI."""
+"""Top-level tasks: up, upgrade, stop, status, stacks, logs, doctor, clean, and the stack's own airflow CLI."""
 
 from __future__ import annotations
 
 import shlex
+from pathlib import Path
 
 from invoke import Context, task
 
@@ -77,6 +78,41 @@ def status_(c: Context, json: bool = False) -> None:
         parts = [f"{', '.join(down)} {'is' if len(down) == 1 else 'are'} down"] if down else []
         parts += [f"{', '.join(unhealthy)} {'is' if len(unhealthy) == 1 else 'are'} unhealthy"] if unhealthy else []
         raise StackError(f"status: {'; '.join(parts)}")
+
+
+@task(positional=["directory"], help={
+    "directory": "the new project's folder (made when missing; an empty one, or an existing project)",
+    "airflow": "the Airflow release it runs on, e.g. 3.1.8 (default: the default line's)"})
+@one_line_errors
+def init(c: Context, directory: str, airflow: str | None = None) -> None:
+    """Start a project in the astro layout (example DAG, DAG tests, Dockerfile naming its release) and point
+    STACK_PROJECT_DIR at it."""
+    stack(c).init_project(Path(directory).expanduser().resolve(), airflow)
+
+
+@task
+@one_line_errors
+def versions(c: Context) -> None:
+    """Say which Airflow release the project pins, which runs, and which the stack can run."""
+    say(*(f"versions: {line}" for line in status_mod.versions(load())))
+
+
+@task(help={"json": "print JSON instead of a table"})
+@one_line_errors
+def stacks(c: Context, json: bool = False) -> None:
+    """List the stacks on this machine: checkout, URL, database, running or not (* this checkout's)."""
+    from ..runtime import checkouts
+
+    settings = load()
+    rows = checkouts.listing(settings)
+    if json:
+        import json as json_mod
+
+        say(json_mod.dumps(rows, indent=2))
+    elif rows:
+        say(checkouts.to_table(rows))
+    else:
+        say(f"no stack has been set up on this machine yet ({settings.user_paths.stacks}): run invoke up")
 
 
 @task(help={

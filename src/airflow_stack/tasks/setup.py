@@ -1,5 +1,5 @@
 """invoke setup[.postgres|.redis|.memcached|.airflow|.constraints|.browser]: install and configure,
-idempotently. Each is a doorway onto one step of the stack facade (stack.py)."""
+idempotently. Each is a doorway onto one step of the stack facade (stack/)."""
 
 from __future__ import annotations
 
@@ -54,18 +54,23 @@ def airflow(c: Context, line: str | None = None) -> None:
 
 
 @task(help={
-    "line": f"Airflow line to resolve: {' or '.join(AIRFLOW_LINES)} (default: every line)",
-    "version": f"Airflow release to pin, e.g. {profiles.get(AIRFLOW_LINES[0]).default_version} "
-               "(default: the line's current pin)",
+    "line": f"the minor whose pinned constraints to resolve again ({', '.join(AIRFLOW_LINES)}; default: the "
+            f"minors the repo pins)",
+    "version": "a release to resolve (its constraints are written to config/constraints/airflow-<minor>.txt)",
 })
 @one_line_errors
 def constraints(c: Context, line: str | None = None, version: str | None = None) -> None:
-    """Regenerate config/constraints/airflow-<line>.txt (our own pins; celery<5.7)."""
+    """Resolve pinned constraints again, with hashes, as of each release's own date (celery<5.7)."""
     from ..apache_airflow import install
 
-    for one in [profiles.get(line).name] if line else AIRFLOW_LINES:
-        path = install.regenerate_constraints(c, one, version)
-        say(f"constraints: wrote {path} (apache-airflow=={profiles.get(one).pinned_version()})")
+    if version:
+        targets = [version]
+    else:
+        minors = [line] if line else [name for name in AIRFLOW_LINES if profiles.get(name).pinned_version()]
+        targets = [profiles.get(name).pinned_version() or profiles.get(name).default_version for name in minors]
+    for release in targets:
+        path = install.regenerate_constraints(c, release, profiles.for_release(release).constraints_file)
+        say(f"constraints: wrote {path} (apache-airflow=={release})")
 
 
 @task

@@ -1,14 +1,18 @@
-"""One profile per Airflow line: everything that differs between lines, in one place.
+"""One profile per major line of Airflow (3 and 2): everything that differs between releases, in one place.
 
-A profile answers "what does this line of Airflow need?": its default release and the Pythons it
-supports, the SQLAlchemy driver, the environment only it reads, its components and their probes,
-what the launcher preloads, its REST paths, how its admin password is reset, and what one running
-task costs in memory. Nothing outside this package compares line names: adding a line is one
-profile module here plus its constraints file (config/constraints/airflow-<line>.txt).
+A profile answers "what does this release of Airflow need?": the SQLAlchemy driver, the environment only
+it reads, its components and their probes, what the launcher preloads, its REST paths, how its admin
+password is reset, and what one running task costs in memory. What differs between the minors of a line
+(each found by installing and running that release here) is applied by the line's ``for_release``; the
+Pythons a minor supports and its newest patch are in releases.SERIES. Nothing outside this package
+compares line names: a new minor is a row in releases.SERIES (and its name in the settings'
+AIRFLOW_LINES) plus what differs in its line's ``for_release``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import re
 import sys
 from collections.abc import Callable, Mapping
@@ -19,6 +23,7 @@ from typing import TYPE_CHECKING
 from ...components import Component
 from ...errors import StackError
 from ...settings import AIRFLOW_LINES, AIRFLOW_LINES_HELP
+from .. import releases
 
 if TYPE_CHECKING:
     from ...settings import Settings
@@ -54,16 +59,14 @@ class WebUI:
 
 @dataclass(frozen=True)
 class AirflowLine:
-    name: str  # "3.3": also the constraints file's name
-    default_version: str  # the release `setup.constraints` pins when the file has none
-    python: tuple[tuple[int, int], tuple[int, int]]  # lowest and highest supported Python
+    major: str  # "3"
     sql_driver: str  # SQLAlchemy driver for postgresql+DRIVER://
     components: tuple[Component, ...]  # start order; stop goes in reverse
     # what every Airflow process of the line imports first (besides the CLI): the launcher imports it once
     preload: tuple[str, ...]
     # what runs one task: imported by the launcher before it forks a component that runs tasks
     task_preload: tuple[str, ...]
-    environment: Callable[[Settings], dict[str, str]]  # the derived values only this line reads
+    environment: Callable[[Settings, AirflowLine], dict[str, str]]  # the derived values only this line reads
     # settings only this line reads, and the Airflow names it reads them under (setting name -> variable)
     reads: Mapping[str, str]
     rest: RestAPI
@@ -80,43 +83,61 @@ class AirflowLine:
     dag_refresh_setting: str
     # the component that parses the DAG files (the benchmark's per-file cost)
     dag_parser: str
+    # the option of `airflow dags test` that parses one DAG file instead of the whole folder
+    dag_file_option: str
+    # what differs between the minors of the line: the profile for one release (found by running each)
+    specialize: Callable[[AirflowLine, str], AirflowLine]
+    release: str = ""  # the release this profile is for ("": the line as a whole)
+    # 2.x: its gunicorn takes --control-socket (gunicorn 24+); 2.10 resolves gunicorn 23, which refuses it
+    gunicorn_control_socket: bool = False
+
+    @property
+    def name(self) -> str:
+        """The minor ("3.1"): the constraints file's name, and what messages call the line."""
+        return releases.series_of(self.release)
+
+    @property
+    def default_version(self) -> str:
+        """The newest patch of the minor the stack knows."""
+        return releases.SERIES[self.name].newest
+
+    @property
+    def python(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        """The lowest and highest Python the minor supports."""
+        return releases.SERIES[self.name].python
 
     def dag_refresh_env(self) -> dict[str, str]:
         return {self.dag_refresh_setting: str(DAG_DIR_REFRESH_SECONDS)}
 
     @property
     def constraints_file(self) -> Path:
-        """The line's pinned constraints in the repo (config/constraints/airflow-<line>.txt)."""
+        """The minor's pinned constraints in the repo (config/constraints/airflow-<minor>.txt): the default
+        line's and the last 2.x's; other releases are resolved into the state dir as of their date."""
         return CONSTRAINTS_DIR / f"airflow-{self.name}.txt"
 
-    def pinned_version(self) -> str:
-        """The apache-airflow release the line's constraints pin (the constraints are the truth)."""
-        path = self.constraints_file
+    def pinned_version(self) -> str | None:
+        """The apache-airflow release the minor's constraints in the repo pin (None: the repo pins none)."""
         try:
-            match = re.search(r"^apache-airflow==(\S+)", path.read_text(), re.M)
+            match = re.search(r"^apache-airflow==(\S+)", self.constraints_file.read_text(), re.M)
         except FileNotFoundError:
-            raise StackError(f"{path} is missing; regenerate it: invoke setup.constraints --line {self.name}") from None
-        if not match:
-            raise StackError(f"{path} pins no apache-airflow; regenerate it: "
-                             f"invoke setup.constraints --line {self.name}")
-        return match.group(1)
+            return None
+        return match.group(1) if match else None
 
-    def check_release(self, version: str) -> None:
-        if not re.fullmatch(r"\d+\.\d+\.\d+", version) or not version.startswith(self.name + "."):
-            raise StackError(f"{version!r} is not an Airflow {self.name}.x release; give e.g. {self.default_version}")
+    def supports_python(self, version: tuple[int, int]) -> bool:
+        low, high = self.python
+        return low <= version <= high
 
-    @property
-    def lowest_python(self) -> str:
-        return "{}.{}".format(*self.python[0])
+    def python_range(self) -> str:
+        low, high = self.python
+        return f"{low[0]}.{low[1]}-{high[0]}.{high[1]}"
 
     def check_python(self, version: tuple[int, int] | None = None) -> None:
-        """Say so before an install fails oddly on a Python the line does not support."""
-        low, high = self.python
+        """Say so before an install fails oddly on a Python the release does not support."""
         version = version or sys.version_info[:2]
-        if not low <= version <= high:
-            raise StackError(f"Airflow {self.name} supports Python {low[0]}.{low[1]}-{high[0]}.{high[1]}, this is "
-                             f"{version[0]}.{version[1]}; recreate .venv with a supported python3 "
-                             f"(rm -rf .venv; scripts/up)")
+        if not self.supports_python(version):
+            raise StackError(f"Airflow {self.release or self.name} needs Python {self.python_range()}, this is "
+                             f"{version[0]}.{version[1]}; install one (python3.{self.python[1][1]}, say) and set "
+                             f"STACK_AIRFLOW_PYTHON to it")
 
     def for_executor(self, executor: str | None = None, extras: tuple[str, ...] = ()) -> tuple[Component, ...]:
         """The line's components; with ``executor``, those it runs (optional ones only when in ``extras``)."""
@@ -149,36 +170,44 @@ class AirflowLine:
         return tuple(found)
 
 
-def _profiles() -> dict[str, AirflowLine]:
-    from . import airflow_2_11, airflow_3_3
+def _lines() -> dict[str, AirflowLine]:
+    from . import airflow_2, airflow_3
 
-    found = {profile.name: profile for profile in (airflow_3_3.PROFILE, airflow_2_11.PROFILE)}
-    assert tuple(found) == AIRFLOW_LINES, "the settings' AIRFLOW_LINES and the profiles name the same lines, in order"
+    found = {profile.major: profile for profile in (airflow_3.PROFILE, airflow_2.PROFILE)}
+    assert tuple(releases.SERIES) == AIRFLOW_LINES, "releases.SERIES and AIRFLOW_LINES name the same minors"
+    assert {name.split(".")[0] for name in AIRFLOW_LINES} == set(found), "every supported minor has its line's profile"
     return found
 
 
-LINES: dict[str, AirflowLine] = _profiles()
-NAMES = AIRFLOW_LINES
+LINES: dict[str, AirflowLine] = _lines()  # major -> the line's profile
+NAMES = AIRFLOW_LINES  # the minors the stack runs, the default first
 DEFAULT = NAMES[0]
 HELP = AIRFLOW_LINES_HELP
 
 
+@functools.lru_cache(maxsize=64)
+def for_release(version: str) -> AirflowLine:
+    """The profile of one release (its line's, with what differs for its minor)."""
+    releases.check(version, "the stack")
+    line = LINES[version.split(".", 1)[0]]
+    return line.specialize(dataclasses.replace(line, release=version), version)
+
+
 def get(name: str) -> AirflowLine:
-    try:
-        return LINES[name]
-    except KeyError:
-        raise StackError(f"unknown Airflow line {name!r}; use one of: {', '.join(NAMES)}") from None
-
-
-def of(settings: Settings) -> AirflowLine:
-    """The profile of the configured Airflow line."""
-    return get(settings.airflow_line)
+    """The profile of a minor ("3.1": its newest patch) or of a release ("3.1.7")."""
+    if name in releases.SERIES:
+        return for_release(releases.SERIES[name].newest)
+    if releases.VERSION.fullmatch(name) and releases.series_of(name) in releases.SERIES:
+        return for_release(name)
+    raise StackError(f"unknown Airflow line {name!r}; use one of: {', '.join(NAMES)}")
 
 
 def release(settings: Settings) -> str:
-    """The Airflow release to run: STACK_AIRFLOW_VERSION, else the one the line's constraints pin."""
-    profile = of(settings)
-    if settings.airflow_version:
-        profile.check_release(settings.airflow_version)
-        return settings.airflow_version
-    return profile.pinned_version()
+    """The Airflow release to run (releases.resolve: the settings, else the project's Dockerfile, else the
+    default)."""
+    return releases.resolve(settings).version
+
+
+def of(settings: Settings) -> AirflowLine:
+    """The profile of the release to run."""
+    return for_release(release(settings))

@@ -1,12 +1,15 @@
-"""Airflow 3.3: API server, scheduler, a separate DAG processor, triggerer; FAB for users and limits."""
+"""Airflow 3 (3.0 to 3.3): API server, scheduler, a separate DAG processor, triggerer; FAB for users and
+limits. What differs between its minors is in ``specialize`` (found by installing and running each)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ...components import FLOWER, TRIGGERER, WORKER, Component, Probe
+from .. import releases
 from . import AirflowLine, RestAPI, WebUI
 
 if TYPE_CHECKING:
@@ -31,12 +34,14 @@ READS = {
 }
 
 
-def environment(settings: Settings) -> dict[str, str]:
-    return PROFILE.dag_refresh_env() | {
+def environment(settings: Settings, profile: AirflowLine) -> dict[str, str]:
+    return profile.dag_refresh_env() | {
         "AIRFLOW__CORE__AUTH_MANAGER": AUTH_MANAGER,
         # tasks report back over HTTP; without this they dial :8080 and fail with ConnectError
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{settings.api_url}/execution/",
         "AIRFLOW__FAB__CONFIG_FILE": str(settings.paths.webserver_config),
+        # one API server process: 3.0 starts 4 by default (3.1 and later 1), each loading the whole app
+        "AIRFLOW__API__WORKERS": "1",
     }
 
 
@@ -55,11 +60,18 @@ def standalone_password(home: Path) -> str:
     return json.loads((home / "simple_auth_manager_passwords.json.generated").read_text())["admin"]
 
 
+def specialize(profile: AirflowLine, release: str) -> AirflowLine:
+    """What differs between the minors of Airflow 3, found by installing and running each on PostgreSQL."""
+    if releases.as_tuple(release) < (3, 3):
+        # 3.0 resolves SQLAlchemy 1.4, which has no psycopg 3 dialect; 3.1 and 3.2 have the dialect but not
+        # psycopg 3 itself (their postgres provider brings it only with an extra); psycopg2 works on all
+        return dataclasses.replace(profile, sql_driver="psycopg2")
+    return profile
+
+
 PROFILE = AirflowLine(
-    name="3.3",
-    default_version="3.3.2",
-    python=((3, 10), (3, 14)),
-    sql_driver="psycopg",  # psycopg 3
+    major="3",
+    sql_driver="psycopg",  # psycopg 3 (3.3's postgres provider requires it)
     # The order is the start order: the web component first, since it has the longest way to healthy
     # (it builds the whole API app after its imports) and so starts on the second core while the
     # launcher loads the others' modules; stop goes in reverse, so the API server, which tasks report
@@ -102,7 +114,9 @@ PROFILE = AirflowLine(
     standalone_password=standalone_password,
     web_listen_env=web_listen_env,
     dag_refresh_setting="AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL",
+    dag_file_option="--dagfile-path",
     dag_parser="dag-processor",
     # no production banners in the React UI; the FAB api-server logs the in-memory limiter warning instead
     ui=WebUI(dag_list_path="/dags", dag_runs_path="/dags/{dag_id}/runs", trigger_dialog=True),
+    specialize=specialize,
 )

@@ -1,12 +1,15 @@
-"""Airflow 2.11, the last 2.x: gunicorn webserver, DAG parsing inside the scheduler, FAB built in."""
+"""Airflow 2 (2.10, 2.11; end of life): gunicorn webserver, DAG parsing inside the scheduler, FAB built in.
+What differs between its minors is in ``specialize`` (found by installing and running each)."""
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ...components import FLOWER, TRIGGERER, WORKER, Component, Probe
+from .. import releases
 from . import AirflowLine, RestAPI, WebUI
 
 if TYPE_CHECKING:
@@ -32,8 +35,8 @@ READS = {
 }
 
 
-def environment(settings: Settings) -> dict[str, str]:
-    return PROFILE.dag_refresh_env() | {
+def environment(settings: Settings, profile: AirflowLine) -> dict[str, str]:
+    env = profile.dag_refresh_env() | {
         "AIRFLOW__WEBSERVER__BASE_URL": settings.api_url,
         "AIRFLOW__API__AUTH_BACKENDS": API_AUTH_BACKENDS,
         "AIRFLOW__WEBSERVER__CONFIG_FILE": str(settings.paths.webserver_config),
@@ -41,9 +44,11 @@ def environment(settings: Settings) -> dict[str, str]:
         # no forked health server: it shares the scheduler's DB connection on this line, and the
         # scheduler hangs; the scheduler is probed through its heartbeat in the job table instead
         "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
-        # gunicorn >= 24 opens a control socket in ~/.gunicorn by default: two stacks would share it
-        "GUNICORN_CMD_ARGS": f"--control-socket {shlex.quote(str(settings.paths.gunicorn_control))}",
     }
+    if profile.gunicorn_control_socket:
+        # gunicorn >= 24 opens a control socket in ~/.gunicorn by default: two stacks would share it
+        env["GUNICORN_CMD_ARGS"] = f"--control-socket {shlex.quote(str(settings.paths.gunicorn_control))}"
+    return env
 
 
 def web_listen_env(host: str, port: int, url: str) -> dict[str, str]:
@@ -55,10 +60,17 @@ def standalone_password(home: Path) -> str:
     return (home / "standalone_admin_password.txt").read_text().strip()
 
 
+def specialize(profile: AirflowLine, release: str) -> AirflowLine:
+    """What differs between the minors of Airflow 2, found by installing and running each on PostgreSQL."""
+    if releases.as_tuple(release) >= (2, 11):
+        # 2.11 resolves gunicorn 25 (--control-socket); its flask-session 0.8 breaks `users reset-password`
+        # outside an app context ("sqlalchemy extension was not registered")
+        return dataclasses.replace(profile, gunicorn_control_socket=True, admin_reset_password=False)
+    return profile  # 2.10: gunicorn 23 refuses --control-socket; flask-session 0.5 resets passwords fine
+
+
 PROFILE = AirflowLine(
-    name="2.11",
-    default_version="2.11.2",
-    python=((3, 10), (3, 12)),
+    major="2",
     sql_driver="psycopg2",  # SQLAlchemy 1.4 has no psycopg 3 dialect
     components=(
         # gunicorn starts the UI's workers as new processes: nothing to share with the launcher
@@ -82,15 +94,16 @@ PROFILE = AirflowLine(
     environment=environment,
     reads=READS,
     rest=RestAPI(prefix="/api/v1", health_path="/health", login_path="/login/", auth="basic"),
-    # `users reset-password` fails outside an app context ("sqlalchemy extension was not registered")
-    admin_reset_password=False,
+    admin_reset_password=True,
     # as on 3.3 (see there); the supervising process is the forked `airflow tasks run --local`
     task_pss_mib={"local": 72, "celery": 83},
     standalone_password=standalone_password,
     web_listen_env=web_listen_env,
     dag_refresh_setting="AIRFLOW__SCHEDULER__DAG_DIR_LIST_INTERVAL",
+    dag_file_option="--subdir",
     dag_parser="scheduler",
     ui=WebUI(dag_list_path="/home", dag_runs_path="/dagrun/list/?_flt_3_dag_id={dag_id}", trigger_dialog=False,
              production_warnings=("Do not use SQLite as metadata DB in production",
                                   "Do not use the SequentialExecutor in production")),
+    specialize=specialize,
 )
