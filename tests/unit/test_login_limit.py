@@ -119,6 +119,24 @@ def test_the_sixth_wrong_password_answers_429_without_reaching_airflow(limit):
     assert cli[0] == 429 and right_here[0] == 429 and right_elsewhere[0] == 201
 
 
+def test_a_failure_is_counted_before_its_answer_leaves(limit):
+    """Whoever reads the counter once the 401 arrived (doctor's probe does) finds the failure in it."""
+    window = Window()
+    app = stack_of(limit, Airflow(), window)
+    seen = []
+
+    async def receive():
+        return {"type": "http.request", "body": json.dumps({"password": "wrong"}).encode(), "more_body": False}
+
+    async def send(message):
+        if message["type"] == "http.response.start":
+            seen.append((message["status"], dict(window.counts)))
+
+    asyncio.run(app({"type": "http", "method": "POST", "path": "/auth/token", "client": ("127.0.0.9", 1)},
+                    receive, send))
+    assert seen == [(401, {("127.0.0.9", "AuthDBView.login"): 1})]
+
+
 def test_successes_are_not_counted_and_other_routes_pass_untouched(limit):
     airflow, window = Airflow(), Window()
     app = stack_of(limit, airflow, window, amount=1)

@@ -119,17 +119,14 @@ class LoginLimitMiddleware:
             if wait:
                 await refuse(send, wait)
                 return
-            status = 0
 
-            async def watched(message: Message) -> None:
-                nonlocal status
-                if message["type"] == "http.response.start":
-                    status = message["status"]
+            async def counted(message: Message) -> None:
+                # a failure is counted before its answer leaves: whoever reads the counter after a 401 finds it
+                if message["type"] == "http.response.start" and message["status"] == 401:
+                    await asyncio.to_thread(budget.spend, client)
                 await send(message)
 
-            await self.app(scope, receive, watched)
-            if status == 401:
-                await asyncio.to_thread(budget.spend, client)
+            await self.app(scope, receive, counted)
 
     @contextlib.asynccontextmanager
     async def _turn(self, client: str) -> AsyncIterator[None]:
