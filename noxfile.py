@@ -9,7 +9,7 @@ from airflow_stack.apache_airflow import profiles
 nox.needs_version = ">=2025.2.9"
 nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.error_on_missing_interpreters = True
-nox.options.sessions = ["lint", "tests", "integration", "releases"]
+nox.options.sessions = ["lint", "tests", "darwin", "integration", "releases"]
 
 # every supported minor but the default gets a session of its own (2.x is end of life: no full matrix)
 MINORS = [nox.param(name, id=name, tags=[f"line-{name}"]) for name in profiles.NAMES if name != profiles.DEFAULT]
@@ -39,6 +39,17 @@ def tests(session: nox.Session) -> None:
     """Unit tests: no services, every platform path through invoke's MockContext."""
     install(session, "test")
     session.run("pytest", "tests/unit", *session.posargs)
+
+
+# the supervisor and launcher tests (a kill -9 restart by the resident supervisor included), and the forcing's own
+DARWIN_TESTS = ("tests/unit/test_darwin.py", "tests/unit/test_supervisor.py", "tests/unit/test_launcher.py")
+
+
+@nox.session
+def darwin(session: nox.Session) -> None:
+    """The supervisor and launcher tests as on macOS, forced on Linux: sys.platform, Homebrew, no /proc."""
+    install(session, "test")
+    session.run("pytest", *DARWIN_TESTS, "--platform", "darwin", *session.posargs)
 
 
 @nox.session

@@ -16,6 +16,7 @@ The state dir is 0700: logs, Redis data and records are the user's alone.
     logs/NAME.log (.1 ...)       each process's stdout and stderr, rotated by size; the launcher
     logs/airflow/                Airflow's task logs
     logs/setup-airflow.log ...   what the Airflow CLI printed for setup steps; apache_airflow.commands
+    logs/service.log             macOS: what the launchd agent's `invoke up` printed at login; ops.service_units
     redis/                       redis.conf (0600) and its data; services.redis_server
     tls/                         with STACK_TLS: ca.pem (what workers copy), ca-key.pem, server.pem,
                                  server-key.pem (keys 0600); services.tls
@@ -91,6 +92,7 @@ class StateDir:
     gunicorn_control = Under("run", "gunicorn.ctl")
     logs = Under("logs")
     task_logs = Under("logs", "airflow")
+    service_log = Under("logs", "service.log")  # the launchd agent's output (systemd keeps it in the journal)
     redis = Under("redis")
     redis_conf = Under("redis", "redis.conf")
     tls = Under("tls")

@@ -49,6 +49,7 @@ def test_numeric_flags_are_text_to_invoke_and_numbers_to_us():
     from airflow_stack.tasks import ops
 
     for task_, flags in ((ops.up, ["timeout"]), (ops.stop, ["timeout"]), (ops.logs, ["lines"]),
+                         (ops.restart, ["timeout", "stop_timeout"]),
                          (run.local, ["timeout"]), (run.celery, ["timeout"]),
                          (run.worker, ["timeout", "concurrency"])):
         args = {arg.name: arg for arg in task_.get_arguments()}

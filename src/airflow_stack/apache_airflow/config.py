@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ WEBSERVER_CONFIG_TEMPLATE = PROJECT_DIR / "config" / "webserver_config.py.tmpl"
 # the stack's modules that Airflow imports by name (the line profiles name them: the auth manager, the API's
 # auth backend), on every Airflow process's PYTHONPATH after the project's root
 AIRFLOW_MODULES = Path(__file__).resolve().parent / "airflow_side" / "on_path"
+OBJC_FORK_SAFETY_VAR = "OBJC_DISABLE_INITIALIZE_FORK_SAFETY"  # macOS, for releases that fork without exec
 
 
 def secret_keys(env: dict[str, str], settings: Settings) -> set[str]:
@@ -36,9 +38,14 @@ def secret_keys(env: dict[str, str], settings: Settings) -> set[str]:
     return {key for key, value in env.items() if settings_mod.is_secret(settings, key, value)}
 
 
-def sql_alchemy_conn(settings: Settings) -> str:
-    """``AIRFLOW__DATABASE__SQL_ALCHEMY_CONN``, with the line's driver."""
-    return settings.pg_url(f"postgresql+{profiles.of(settings).sql_driver}")
+SQL_CONN_VAR = "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"
+
+
+def sql_alchemy_conn(settings: Settings, migrating: bool = False) -> str:
+    """``AIRFLOW__DATABASE__SQL_ALCHEMY_CONN``, with the line's driver (``migrating``: the one its
+    migrations need)."""
+    profile = profiles.of(settings)
+    return settings.pg_url(f"postgresql+{(migrating and profile.migrate_sql_driver) or profile.sql_driver}")
 
 
 def result_backend(settings: Settings) -> str:
@@ -72,7 +79,7 @@ def environment(settings: Settings, executor: str | None = None) -> dict[str, st
     executor = executor or settings.executor
     env = from_settings(settings) | {
         "AIRFLOW_HOME": str(settings.paths.airflow_home),
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": sql_alchemy_conn(settings),
+        SQL_CONN_VAR: sql_alchemy_conn(settings),
         "AIRFLOW__CORE__EXECUTOR": EXECUTOR_CLASSES[executor],
         # the user's project (astro layout): its dags/ and plugins/, and its root on PYTHONPATH, so that DAG
         # code imports `include.*` (and anything else the project holds) in every process, workers included;
@@ -100,6 +107,10 @@ def environment(settings: Settings, executor: str | None = None) -> dict[str, st
     }
     profile = profiles.of(settings)
     env |= profile.environment(settings, profile)
+    if sys.platform == "darwin" and profile.needs_objc_fork_workaround(profile.release):
+        # the release forks without exec (profiles: darwin_fork_exec_from): macOS's Objective-C runtime would
+        # kill a forked child that touches Apple's frameworks
+        env[OBJC_FORK_SAFETY_VAR] = "YES"
     # a proxy the user's shell sets (http_proxy, usual on company machines) must not carry the stack's
     # own traffic: Airflow 3's task supervisor calls the execution API with httpx, which honours it
     bypass = no_proxy(settings)

@@ -1,6 +1,7 @@
 """doctor's security checks: our Redis refuses strangers and lets Airflow's user do only what it needs,
-nothing of ours speaks plain text beyond loopback, the login limiter counts in shared storage (a probe
-login proves it, and a wrong password on the API counts there too), secret files are private, and every
+Airflow's database role needs its password on loopback, nothing of ours speaks plain text beyond loopback,
+the login limiter counts in shared storage (a probe login proves it, and a wrong password on the API counts
+there too), secret files are private, and every
 Airflow process runs with the secrets in .env."""
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ import redis
 from .. import settings as settings_mod
 from ..apache_airflow import config
 from ..apache_airflow.profiles import RestAPI
+from ..errors import StackError
 from ..runtime import registry, supervisor
-from ..services import memcached_server, redis_server
+from ..services import host, memcached_server, redis_server
 from ..settings import Settings
 from .checks import Check, warning
 
@@ -151,6 +153,35 @@ def check_encryption(settings: Settings) -> Check:
                      if encrypted else "the Airflow role's connection to PostgreSQL is not encrypted",
                      "" if encrypted else "invoke setup.postgres")
     return Check(name, True, "nothing of ours listens beyond loopback")
+
+
+# a pgpass path that cannot exist (a file below /dev/null): the probe must send no password, not one from ~/.pgpass
+NO_PASSFILE = "/dev/null/airflow-stack-no-pgpass"
+
+
+def check_loopback_password(settings: Settings) -> Check:
+    """Airflow's role must give its password on loopback: a `trust` rule (Homebrew's initdb writes them for
+    127.0.0.1 and ::1) lets anyone on this machine in as it. Probed: a login with no password must be refused
+    (a client that offers none is not logged by the server; a wrong password would be)."""
+    name = "database password"
+    if not settings.pg_is_local:
+        return Check(name, True, f"not probed: PostgreSQL at {settings.pg_host} is not this machine's")
+    open_on = []
+    for address in ("127.0.0.1", "::1"):
+        with contextlib.suppress(psycopg.Error), psycopg.connect(**settings.pg_conninfo(
+                host=address, password="", passfile=NO_PASSFILE, sslmode="prefer", connect_timeout=3)):
+            open_on.append(address)
+    if not open_on:
+        return Check(name, True, f"{settings.pg_user} must give its password on loopback")
+    try:
+        ours = host.detect().trusts_loopback  # the server's pg_hba is one the stack amends (Homebrew)
+    except StackError:
+        ours = False
+    fix = ("invoke setup.postgres (it puts scram-sha-256 lines for the role above the trust rules)" if ours else
+           "change the trust rules for 127.0.0.1/32 and ::1/128 in pg_hba.conf (SHOW hba_file) to scram-sha-256, "
+           "then SELECT pg_reload_conf()")
+    return Check(name, False, f"PostgreSQL lets {settings.pg_user} in on {' and '.join(open_on)} with no password "
+                              f"(a trust rule in pg_hba.conf): anyone on this machine can be Airflow", fix)
 
 
 def check_limiter(settings: Settings, envs: dict[str, dict[str, str]], refused: bool = False) -> Check:

@@ -45,9 +45,8 @@ class SetupSteps(StackBase):
                     raise StackError("--listen/--allow-from configure a server this machine runs; for another "
                                      "server change its listen_addresses and pg_hba.conf there")
                 changes += pg_access.allow_remote(self.c, plat, admin, s, listen, allow_from)
-            if s.pg_tls_ours and admin is not None and plat is not None:
-                # before the role's first login: with STACK_TLS it verifies the server's certificate
-                changes += pg_access.ensure_tls(self.c, plat, admin, s)
+            if admin is not None and plat is not None:  # TLS (STACK_TLS), scram where the server trusts loopback
+                changes += pg_access.ensure_auth(self.c, plat, admin, s)
             if new_database:
                 schema.forget_migration(s)
             clusters = plat.clusters(self.c) if isinstance(plat, host.Apt) else []

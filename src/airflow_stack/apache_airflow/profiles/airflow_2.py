@@ -106,4 +106,6 @@ PROFILE = AirflowLine(
              production_warnings=("Do not use SQLite as metadata DB in production",
                                   "Do not use the SequentialExecutor in production")),
     specialize=specialize,
+    # 2.x forks task runners and DAG-file processors without exec, on darwin too; the line is end of life
+    darwin_fork_exec_from="",
 )

@@ -72,6 +72,12 @@ def specialize(profile: AirflowLine, release: str) -> AirflowLine:
 PROFILE = AirflowLine(
     major="3",
     sql_driver="psycopg",  # psycopg 3 (3.3's postgres provider requires it)
+    # Migration 0094 (3.2.0: deadline callbacks into their own table) binds a parameter inside json_build_object,
+    # whose type psycopg 3's server-side binding cannot infer ("could not determine data type of parameter $8"):
+    # with psycopg 3 an upgrade from 3.0 or 3.1 to 3.3 stops there (a new database is created from the models,
+    # not migrated, so it never meets it). psycopg2 interpolates on the client; every 3.x venv has it (3.3's
+    # postgres provider brings psycopg2-binary too).
+    migrate_sql_driver="psycopg2",
     # The order is the start order: the web component first, since it has the longest way to healthy
     # (it builds the whole API app after its imports) and so starts on the second core while the
     # launcher loads the others' modules; stop goes in reverse, so the API server, which tasks report
@@ -116,6 +122,11 @@ PROFILE = AirflowLine(
     dag_refresh_setting="AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL",
     dag_file_option="--dagfile-path",
     dag_parser="dag-processor",
+    # 3.0-3.2 fork task processes without exec; 3.3.0-3.3.2 exec only task processes on darwin (task SDK 1.3:
+    # `_FORK_EXEC_PLATFORMS`, used by ActivitySubprocess.start); its docstring leaves the DAG processor and
+    # triggerer to a follow-up (#65691), and both still start their children with a bare fork. #69008 (merged
+    # 2026-06-26) is in no 3.3 release yet: name the first one that carries it here.
+    darwin_fork_exec_from="",
     # no production banners in the React UI; the FAB api-server logs the in-memory limiter warning instead
     ui=WebUI(dag_list_path="/dags", dag_runs_path="/dags/{dag_id}/runs", trigger_dialog=True),
     specialize=specialize,
