@@ -203,6 +203,13 @@ def timeout_not_a_number(b):
     return ["up", "--timeout", "soon"], {}
 
 
+@case("STACK_TRUSTED_PROXIES='bogus' (environment): 'bogus' is not an IP address or network",
+      "e.g. STACK_TRUSTED_PROXIES=127.0.0.2,10.0.0.0/24")
+def trusted_proxies_bogus(b):
+    """Refused when the settings load, before anything is set up or started."""
+    return ["up"], {"STACK_TRUSTED_PROXIES": "bogus"}
+
+
 @case("192.0.2.7 is not an address of this machine", "e.g. '127.0.0.1 10.0.0.5'")
 def redis_bind_elsewhere(b):
     return ["setup.redis", "--bind", "127.0.0.1 192.0.2.7"], {}

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from .. import settings as settings_mod
@@ -25,6 +26,9 @@ EXECUTOR_CLASSES = {"local": "LocalExecutor", "celery": "CeleryExecutor"}
 # where webserver_config.py (config/webserver_config.py.tmpl) finds the login limiter's storage
 LIMITER_VAR = "STACK_RATELIMIT_STORAGE_URI"
 WEBSERVER_CONFIG_TEMPLATE = PROJECT_DIR / "config" / "webserver_config.py.tmpl"
+# the stack's modules that Airflow imports by name (the line profiles name them: the auth manager, the API's
+# auth backend), on every Airflow process's PYTHONPATH after the project's root
+AIRFLOW_MODULES = Path(__file__).resolve().parent / "airflow_side" / "on_path"
 OBJC_FORK_SAFETY_VAR = "OBJC_DISABLE_INITIALIZE_FORK_SAFETY"  # macOS, for releases that fork without exec
 
 
@@ -78,10 +82,11 @@ def environment(settings: Settings, executor: str | None = None) -> dict[str, st
         SQL_CONN_VAR: sql_alchemy_conn(settings),
         "AIRFLOW__CORE__EXECUTOR": EXECUTOR_CLASSES[executor],
         # the user's project (astro layout): its dags/ and plugins/, and its root on PYTHONPATH, so that DAG
-        # code imports `include.*` (and anything else the project holds) in every process, workers included
+        # code imports `include.*` (and anything else the project holds) in every process, workers included;
+        # then the stack's own modules for Airflow (AIRFLOW_MODULES)
         "AIRFLOW__CORE__DAGS_FOLDER": str(settings.dags_folder),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(settings.plugins_folder),
-        "PYTHONPATH": str(settings.project_dir),
+        "PYTHONPATH": os.pathsep.join([str(settings.project_dir), str(AIRFLOW_MODULES)]),
         # every component would load Alembic's ~150 migration scripts at start to compare heads:
         # CPU and memory on each; `invoke run.*` checks the schema once before starting any
         # (schema.needs_migration) and refuses to start on an old one
@@ -162,7 +167,7 @@ def process_environment(settings: Settings, airflow_env: dict[str, str], environ
     if project:
         base |= project_environment(settings, airflow_env)
     merged = base | airflow_env
-    if base.get("PYTHONPATH") and "PYTHONPATH" in airflow_env:  # the project first, then the user's own
+    if base.get("PYTHONPATH") and "PYTHONPATH" in airflow_env:  # the project and ours first, then the user's own
         merged["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(
             [*airflow_env["PYTHONPATH"].split(os.pathsep), *base["PYTHONPATH"].split(os.pathsep)]))
     return merged

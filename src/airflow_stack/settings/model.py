@@ -11,7 +11,9 @@ Values that are derived (URLs, the sslmode in effect) are properties, never type
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,20 @@ def _cpu_count() -> int:
     return os.cpu_count() or 2
 
 
+def ip_networks(text: str) -> str:
+    """A comma-separated list of IP addresses and networks, written the way uvicorn and ipaddress read them."""
+    found = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        try:
+            found.append(str(ipaddress.ip_network(part, strict=False) if "/" in part else ipaddress.ip_address(part)))
+        except ValueError:
+            raise ValueError(f"{part!r} is not an IP address or network; name your proxies, "
+                             f"e.g. STACK_TRUSTED_PROXIES=127.0.0.2,10.0.0.0/24") from None
+    return ",".join(found)
+
+
 @dataclass(frozen=True)
 class Spec:
     """How one setting is named, typed and defaulted."""
@@ -59,6 +75,8 @@ class Spec:
     # the name it reaches every Airflow process's environment under, on every line ("": it does not, or
     # only as part of a derived value; a line that reads it under another name says so in its profile)
     airflow: str = ""
+    # a text setting's check: its value as used, or ValueError saying what is wrong and what to write instead
+    parse: Callable[[str], str] | None = None
 
 
 def _spec(env: str, default: Any = None, **kw: Any) -> Any:
@@ -161,6 +179,11 @@ class Settings:
                                 help="signs web sessions")
     ratelimit_storage_uri: str = _spec("STACK_RATELIMIT_STORAGE_URI", "", secret=True,
                                        help="Flask-Limiter storage; default: our Redis, DB 1")
+    trusted_proxies: str = _spec(
+        "STACK_TRUSTED_PROXIES", "", parse=ip_networks,
+        help="comma-separated addresses or networks of the reverse proxies in front of the UI and API: only "
+             "their X-Forwarded-For names the client whose logins are counted (empty: the peer's address is "
+             "the client's, whatever header it sends)")
 
     # PostgreSQL
     pg_host: str = _spec("STACK_PG_HOST", "127.0.0.1",

@@ -43,6 +43,7 @@ class RestAPI:
     login_path: str  # the FAB login form (rate limited)
     auth: str  # "token": POST /auth/token for a JWT; "basic": user and password on every request
     trigger_body: Mapping[str, object] = field(default_factory=dict)
+    token_path: str = ""  # auth "token": where user and password (JSON) get a JWT (limited with the form)
 
 
 @dataclass(frozen=True)

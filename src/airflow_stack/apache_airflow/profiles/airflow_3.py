@@ -15,8 +15,10 @@ from . import AirflowLine, RestAPI, WebUI
 if TYPE_CHECKING:
     from ...settings import Settings
 
-# users, login and Flask-Limiter come with the FAB auth manager (the default SimpleAuthManager has none)
-FAB_AUTH_MANAGER = "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager"
+# users, login and Flask-Limiter come with the FAB auth manager (the default SimpleAuthManager has none); ours
+# (apache_airflow/airflow_side/on_path/) also counts wrong passwords on POST /auth/token and /auth/token/cli
+# with the login form's, which FAB's own leaves unlimited
+AUTH_MANAGER = "airflow_stack_auth_manager.RateLimitedFabAuthManager"
 
 
 # the settings only this line reads, under its names for them
@@ -26,18 +28,26 @@ READS = {
     "api_secret_key": "AIRFLOW__API__SECRET_KEY",
     "jwt_secret": "AIRFLOW__API_AUTH__JWT_SECRET",
     "task_heartbeat_seconds": "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL",
+    # uvicorn believes X-Forwarded-For from these peers only, and only with --proxy-headers (api_server_options);
+    # never [fab] enable_proxy_fix: it believes the header from any client
+    "trusted_proxies": "FORWARDED_ALLOW_IPS",
 }
 
 
 def environment(settings: Settings, profile: AirflowLine) -> dict[str, str]:
     return profile.dag_refresh_env() | {
-        "AIRFLOW__CORE__AUTH_MANAGER": FAB_AUTH_MANAGER,
+        "AIRFLOW__CORE__AUTH_MANAGER": AUTH_MANAGER,
         # tasks report back over HTTP; without this they dial :8080 and fail with ConnectError
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{settings.api_url}/execution/",
         "AIRFLOW__FAB__CONFIG_FILE": str(settings.paths.webserver_config),
         # one API server process: 3.0 starts 4 by default (3.1 and later 1), each loading the whole app
         "AIRFLOW__API__WORKERS": "1",
     }
+
+
+def api_server_options(settings: Settings) -> tuple[str, ...]:
+    # behind a reverse proxy the stack was told of: the client it names is the one the login limit counts
+    return ("--proxy-headers",) if settings.trusted_proxies else ()
 
 
 def web_listen_env(host: str, port: int, url: str) -> dict[str, str]:
@@ -79,7 +89,7 @@ PROFILE = AirflowLine(
         Component("api-server", ("api-server",),
                   Probe("http", port_setting="api_port", path="/api/v2/monitor/health", json_key="metadatabase",
                         warmup="/execution/health"),
-                  ports=("api_port",)),
+                  ports=("api_port",), options=api_server_options),
         # with the LocalExecutor the scheduler's task processes run here, so the scheduler serves their logs
         Component("scheduler", ("scheduler",), Probe("http", port_setting="scheduler_health_port", path="/health"),
                   ports=("scheduler_health_port",), local_ports=("worker_log_port",),
@@ -98,7 +108,7 @@ PROFILE = AirflowLine(
     environment=environment,
     reads=READS,
     rest=RestAPI(prefix="/api/v2", health_path="/api/v2/monitor/health", login_path="/auth/login/", auth="token",
-                 trigger_body={"logical_date": None}),
+                 trigger_body={"logical_date": None}, token_path="/auth/token"),
     admin_reset_password=True,
     # Task runner plus the process that supervises it (Local: the executor worker, forked when the
     # scheduler starts; Celery: the pool child): Pss of /proc/PID/smaps_rollup of both, while the 8
