@@ -42,6 +42,11 @@ def start(c: Context, settings: Settings, executor: str, live: dict[str, supervi
     preflight.check_start(settings)
     profile = profiles.of(settings)
     wanted = list(profile.for_executor(executor, extras))
+    missing = [comp.name for comp in wanted if comp.name not in live]
+    if any(supervisor.restarting(settings, name) is not None for name in missing):  # killed, crashed
+        with progress.step(f"waiting for the supervisor to start {', '.join(missing)} again"):
+            supervisor.await_restarts(settings, missing)
+        live = registry.running(settings)
     version, build = install.installed_version(settings), running_build(settings, env)
     # a component started before the venv changed (another pin, a new patch, a requirements.txt change)
     # runs code that is no longer installed: it is started again, so that no process runs other packages
