@@ -28,6 +28,8 @@ class Probe:
     kind ``celery``: the worker answers a ping through Celery's control API (over the broker).
     kind ``redis``: our Redis answers PING with the configured password.
     kind ``memcached``: our memcached answers ``version``.
+    kind ``backup``: the last backup's record (runtime/backup_schedule.py) says it was verified, its file is
+    as it was then, and the next one is not overdue.
     """
 
     kind: str
@@ -57,6 +59,8 @@ class Probe:
             return f"PING on 127.0.0.1:{settings.redis_port} with the password"
         if self.kind == "memcached":
             return f"version on {settings.limiter_storage_uri}"
+        if self.kind == "backup":
+            return f"the last backup's record ({settings.paths.backup_record})"
         return f"{self.job_type} heartbeat in the job table"
 
 
@@ -133,6 +137,10 @@ FLOWER = Component("flower", ("celery", "flower"), Probe("http", port_setting="f
 REDIS = Component("redis", (), Probe("redis"), ports=("redis_port",), airflow=False)
 # our memcached, when the login limiter's storage is one on this machine (services/memcached_server.py)
 MEMCACHED = Component("memcached", (), Probe("memcached"), airflow=False)
+# takes a verified backup every STACK_BACKUP_EVERY while the stack runs: ops/backup_service.py on the tooling's
+# own Python (command(sys.executable, settings)), started by invoke up beside Airflow, never by run.worker
+BACKUPS = Component("backups", ("-m", "airflow_stack.ops.backup_service"), Probe("backup"), airflow=False,
+                    options=lambda s: ("--every", s.backup_every, "--keep", str(s.backup_keep)))
 
 
 def worker_command(airflow_bin: str, name: str, queues: str, concurrency: int, serve_logs: bool) -> list[str]:

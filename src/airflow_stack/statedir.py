@@ -24,7 +24,11 @@ The state dir is 0700: logs, Redis data and records are the user's alone.
     venv-airflow-RELEASE/        Airflow's own venv, one per release, with its install stamp and its lock (the
                                  exact packages and their hashes); apache_airflow.install
     constraints/                 constraints resolved for a release other than the pinned one
-    backups/                     db.backup and the upgrade's backups (0600); ops.backup
+    backups/                     the scheduled backups, db.backup's and the upgrade's (0600); ops.backup
+    last-backup.json             the last scheduled backup (or a verified one by hand, db.backup): time, file,
+                                 size, verified or why not, and the newest verified one; runtime.backup_schedule
+    rehearsal-XXXX/ (0700)       upgrade --rehearse's AIRFLOW_HOME for the new release (removed after);
+                                 ops.rehearsal
     exports/                     objects.export (0600: it holds passwords); project.objects
     project-dockerfile-note      the Dockerfile note said last (said again only when it changes); stack
     worker.env (0600)            what a worker machine needs (invoke worker.env); ops.worker_env
@@ -105,6 +109,7 @@ class StateDir:
     schema_stamp = Under("airflow", ".airflow-stack-migrated.json")
     admin_stamp = Under("airflow", ".airflow-stack-admin.json")
     backups = Under("backups")
+    backup_record = Under("last-backup.json")
     exports = Under("exports")
     dockerfile_note = Under("project-dockerfile-note")
     worker_env = Under("worker.env")

@@ -44,7 +44,7 @@ def test_up_brings_every_component_to_healthy(stack, airflow_up):
     rows = status(stack)
     expected = {c.name for c in profiles.of(stack.settings()).for_executor(EXECUTOR)}
     assert expected <= set(rows)
-    for name in [*expected, "postgresql", "redis"]:
+    for name in [*expected, "postgresql", "redis", "backups"]:  # backups: none failed (the first may be running)
         assert rows[name]["up"] and rows[name]["healthy"], rows[name]
 
 
@@ -94,10 +94,11 @@ def test_two_ups_at_once_start_one_set_of_processes(stack, airflow_up):
     assert sum("already running" in out for out, _ in outputs) == 1, outputs
     running = registry.running(settings)
     assert set(running) == {c.name for c in profiles.of(settings).for_executor(EXECUTOR)}
-    redis = supervisor.running(settings, "redis")
+    redis, backups = supervisor.running(settings, "redis"), supervisor.running(settings, "backups")
     # every process that holds one of the stack's ports or names its state dir is in the session of a
-    # recorded component, of our Redis, or of the launcher that supervises them: nothing runs untracked
-    recorded = [*running.values(), redis]
+    # recorded component, of our Redis, of the backups component, or of the launcher that supervises them:
+    # nothing runs untracked
+    recorded = [*running.values(), redis, backups]
     sessions = {proc.pid for proc in recorded} | {proc.supervisor for proc in recorded}
     assert len({proc.supervisor for proc in running.values()}) == 1  # one launcher started them all
     assert [p.pid for p in stack.leftovers() if os.getsid(p.pid) not in sessions] == []

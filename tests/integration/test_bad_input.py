@@ -80,8 +80,10 @@ def guarded_files(settings, bench) -> list[Path]:
 
 def running_pids(settings) -> dict[str, int]:
     found = {name: proc.pid for name, proc in registry.running(settings).items()}
-    redis = supervisor.running(settings, redis_server.NAME)
-    return found | ({redis_server.NAME: redis.pid} if redis else {})
+    for name in (redis_server.NAME, "backups"):
+        proc = supervisor.running(settings, name)
+        found |= {name: proc.pid} if proc else {}
+    return found
 
 
 @dataclass
@@ -196,6 +198,11 @@ def bad_worker_queues(b):
 @case("--concurrency 'many' is not a number", "e.g. --concurrency 8")
 def worker_concurrency_not_a_number(b):
     return ["run.worker", "--concurrency", "many"], {}
+
+
+@case("STACK_BACKUP_EVERY='soon' (environment): not an interval", "90s, 15m, 6h, 1d, or off")
+def backup_every_soon(b):
+    return ["up"], {"STACK_BACKUP_EVERY": "soon"}
 
 
 @case("--timeout 'soon' is not a number", "e.g. --timeout 180")

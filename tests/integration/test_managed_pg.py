@@ -18,6 +18,9 @@ import psycopg
 import pytest
 
 from airflow_stack import settings as settings_mod
+from airflow_stack.netutil import wait_until
+from airflow_stack.ops import scratch
+from airflow_stack.runtime import backup_schedule
 from airflow_stack.services import tls
 
 from .conftest import LINE, TEST_DAGS, Stack, airflow_api, can_make_clusters, own_cluster
@@ -95,6 +98,13 @@ def test_a_managed_server_given_only_a_dsn_runs_dags_over_verified_tls_and_stays
         assert api.wait_for_run("noop_forty", api.trigger("noop_forty")) == "success"
         seen = connections(managed["port"], managed["database"])
         assert seen and all(encrypted for encrypted, _ in seen), seen  # every component's connection: TLS
+        # its scheduled backup, over the same TLS: the role may not create a scratch database there (NOCREATEDB,
+        # no superuser DSN), so the archive is read back and every table's rows compared instead
+        assert wait_until(lambda: backup_schedule.read(settings) is not None, 120)
+        last = backup_schedule.read(settings).last
+        assert last.verified and last.how == scratch.READ_BACK, last
+        print(f"\n[figure] a backup of the managed server's database ({last.tables} tables, {last.rows} rows): "
+              f"dumped in {last.dump_seconds:.1f} s, read back and counted in {last.verify_seconds:.1f} s")
         # a plain `invoke up` after a stop still uses the managed server: nothing falls back to 127.0.0.1
         stack.inv("stop")
         stack.inv("up", timeout=900)

@@ -105,18 +105,23 @@ def test_components_that_run_tasks_get_the_task_modules_preloaded():
     assert set(line.preload) | set(line.task_preload) <= set(line.all_preloads())
 
 
-def test_the_registry_lists_redis_the_lines_components_and_extra_workers(settings):
+def test_the_registry_lists_redis_the_lines_components_extra_workers_and_backups(settings):
     settings.paths.run.mkdir(parents=True)
     (settings.paths.run / "worker-w2.pid").write_text("1\n")
     settings.paths.logs.mkdir(parents=True)
     (settings.paths.logs / "worker-gone.log").write_text("")
     names = [inst.name for inst in registry.instances(settings)]
     assert names == ["redis", "api-server", "scheduler", "dag-processor", "triggerer", "worker", "flower",
-                     "worker-w2"]
+                     "worker-w2", "backups"]
     assert "worker-gone" in [inst.name for inst in registry.instances(settings, with_logs=True)]
     assert registry.find(settings, "worker-w2").component is components.WORKER
     assert registry.find(settings, "worker-gone").extra_worker  # its log can be read
-    assert "redis" not in [inst.name for inst in registry.airflow_instances(settings)]
+    assert not {"redis", "backups"} & {inst.name for inst in registry.airflow_instances(settings)}
+    # STACK_BACKUP_EVERY=off: no backups component, unless one still runs (or left a log to read)
+    off = settings.replace(backup_every="off")
+    assert "backups" not in [inst.name for inst in registry.instances(off, with_logs=True)]
+    (settings.paths.logs / "backups.log").write_text("")
+    assert registry.find(off, "backups").component is components.BACKUPS
 
 
 def test_the_running_release_wins_over_the_configured_one(settings):

@@ -102,3 +102,36 @@ def test_the_scheduler_idle_sleep_is_a_positive_number_of_seconds(env, value, me
                              ).scheduler_idle_sleep == 0.25
     with pytest.raises(StackError, match=message):
         settings_mod.load(environ=env | {"AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": value})
+
+
+@pytest.mark.parametrize(("text", "seconds"), [
+    ("90s", 90), ("15m", 900), ("6h", 21600), ("1d", 86400), ("1w", 604800), ("1h30m", 5400), ("1.5h", 5400),
+    (" 2D ", 172800), ("off", None), ("OFF", None),
+])
+def test_the_backup_interval_is_a_number_and_a_unit_or_off(env, text, seconds):
+    assert settings_mod.parse_interval(text) == seconds
+    assert settings_mod.load(environ=env | {"STACK_BACKUP_EVERY": text}).backup_interval == seconds
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("soon", "not an interval; write a number and a unit"), ("90", "not an interval"),
+    ("-1h", "not an interval"), ("1 h", "not an interval"), ("", "not an interval"),
+    ("5s", "shorter than 10 s"), ("0d", "shorter than 10 s"),
+])
+def test_a_backup_interval_that_is_not_one_is_refused_in_one_line_when_settings_load(env, tmp_path, text, message):
+    assert settings_mod.load(environ=env).backup_every == "1d"  # the default while the stack runs
+    with pytest.raises(StackError, match=rf"^STACK_BACKUP_EVERY={text!r} \(environment\): {message}") as err:
+        settings_mod.load(environ=env | {"STACK_BACKUP_EVERY": text})
+    assert "\n" not in str(err.value)
+    (tmp_path / ".env").write_text(f"STACK_BACKUP_EVERY={text}\n")
+    with pytest.raises(StackError, match=r"\(\.env\)"):
+        settings_mod.load(environ=env)
+
+
+def test_the_settings_as_environment_resolve_to_the_same_settings(settings, env):
+    """What the backups component is started with: it must resolve exactly the settings invoke up had."""
+    chosen = settings.replace(backup_every="20s", backup_keep=2, pg_port=5433, tls=True, scheduler_idle_sleep=0.25)
+    environ = settings_mod.environment_of(chosen, environ={"STACK_REDIS_PASSWORD": "from-the-shell-1"})
+    assert settings_mod.load(environ=environ) == chosen.replace(redis_password="from-the-shell-1")
+    # no secret from .env travels in it (the component reads .env itself); one from the shell does
+    assert settings.pg_password not in environ.values() and environ["STACK_REDIS_PASSWORD"] == "from-the-shell-1"

@@ -2,6 +2,7 @@
 
 The role owns its database, so it can dump and restore all of it without superuser access; its
 password travels in PGPASSWORD (the environment of that one command), never on a command line.
+A backup is verified (a restore that gives back every row) by ops/backup_service.py.
 """
 
 from __future__ import annotations
@@ -9,8 +10,11 @@ from __future__ import annotations
 import datetime as dt
 import os
 import shlex
+import shutil
+import time
 from pathlib import Path
 
+import psycopg
 from invoke import Context
 
 from ..errors import StackError
@@ -41,16 +45,63 @@ def _tool(c: Context, platform: Platform | None, settings: Settings, name: str) 
     return platform.pg_bin(c, name, settings.pg_version) if platform else name
 
 
-def backup(c: Context, platform: Platform | None, settings: Settings, output: Path | None = None) -> Path:
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    path = output or backup_dir(settings) / f"{settings.pg_database}-{stamp}.dump"
+def check_folder(folder: Path) -> None:
+    """One line when backups cannot be written into ``folder`` (it, or the folder it would be made in, is a
+    file or not writable); nothing is created."""
+    where = folder
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    if not where.is_dir():
+        raise StackError(f"cannot write a backup into {folder}: {where} is a file, not a folder; move that file away")
+    if not os.access(where, os.W_OK | os.X_OK):
+        raise StackError(f"cannot write a backup into {folder}: {where} is not writable for this user; fix its "
+                         f"permissions")
+
+
+def database_size(settings: Settings) -> int:
+    """Bytes the Airflow database takes on its server."""
+    with psycopg.connect(**settings.pg_conninfo()) as conn:
+        return int(conn.execute("SELECT pg_database_size(current_database())").fetchone()[0])
+
+
+def check_room(settings: Settings, folder: Path) -> None:
+    """Refuse a backup before anything is written when ``folder``'s disk has less free space than the
+    database takes (a dump is smaller, but a disk that full would stop the stack's own logs and PostgreSQL)."""
+    where = folder
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    need, free = database_size(settings), shutil.disk_usage(where).free
+    if free < need:
+        raise StackError(f"not enough space for a backup in {folder}: {free >> 20} MiB free, database "
+                         f"{settings.pg_database} takes {need >> 20} MiB; free space there, or move "
+                         f"STACK_STATE_DIR to a larger disk")
+
+
+def backup(c: Context, platform: Platform | None, settings: Settings, output: Path | None = None,
+           snapshot: str = "") -> Path:
+    """pg_dump into ``output`` (default: STATE/backups/DB-UTCTIME.dump), 0600; ``snapshot``: dump exactly
+    that exported snapshot (pg_export_snapshot of a transaction the caller holds open)."""
+    def named_now() -> Path:
+        return backup_dir(settings) / f"{settings.pg_database}-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}.dump"
+
+    path = output or named_now()
+    check_folder(path.parent)
     path.parent.mkdir(parents=True, exist_ok=True)
+    while output is None and path.exists():  # another one this second (a scheduled one, one by hand)
+        time.sleep(0.1)
+        path = named_now()
     if path.exists():
         raise StackError(f"{path} exists already; choose another --output")
     # created 0600 before pg_dump writes into it: a dump holds connections and variables
     os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     cmd = f"{_tool(c, platform, settings, 'pg_dump')} -Fc {_target(settings)} -f {shlex.quote(str(path))}"
-    result = c.run(cmd, env=_libpq_env(settings), hide=True, warn=True, in_stream=False)
+    if snapshot:
+        cmd += f" --snapshot={shlex.quote(snapshot)}"
+    try:
+        result = c.run(cmd, env=_libpq_env(settings), hide=True, warn=True, in_stream=False)
+    except BaseException:  # stopped half-way (SIGTERM): no partial dump stays behind
+        path.unlink(missing_ok=True)
+        raise
     if result.failed:
         path.unlink(missing_ok=True)
         _missing_tool(result.exited, "pg_dump")
@@ -137,6 +188,33 @@ def restore(c: Context, platform: Platform | None, settings: Settings, path: Pat
                          f"{_last_line(result.stderr, settings)}")
 
 
+# The awk program that counts the rows of each table's COPY block in a plain-text dump: "TABLE COUNT" lines
+COUNT_COPY_ROWS = (r'/^COPY .* FROM stdin;$/ {t = $0; sub(/^COPY /, "", t); sub(/ \(.*$/, "", t); '
+                   r'sub(/ +FROM stdin;$/, "", t); n = 0; inside = 1; next} '
+                   r'inside && /^\\\.$/ {print t, n; inside = 0; next} inside {n++}')
+
+
+def archive_rows(c: Context, platform: Platform | None, settings: Settings, path: Path) -> dict[str, int]:
+    """Every table's rows as a restore would load them, read back from the archive (streamed, never held
+    in memory): table (as pg_dump names it, schema.table) -> rows."""
+    check_archive(path)
+    cmd = (f"set -o pipefail; {_tool(c, platform, settings, 'pg_restore')} --data-only -f - "
+           f"{shlex.quote(str(path))} | awk {shlex.quote(COUNT_COPY_ROWS)}")
+    result = c.run(cmd, hide=True, warn=True, in_stream=False)
+    if result.failed:
+        _missing_tool(result.exited, "pg_restore")
+        raise StackError(f"pg_restore cannot read {path.name} back: {_last_line(result.stderr, settings)}")
+    found = {}
+    for line in result.stdout.splitlines():
+        table, _, rows = line.rpartition(" ")
+        if table and rows.isdigit():
+            found[table] = int(rows)
+    return found
+
+
 def _last_line(text: str, settings: Settings) -> str:
-    lines = [line for line in redact(text, settings).strip().splitlines() if line.strip()]
-    return lines[-1] if lines else "no message"
+    """What a PostgreSQL tool said went wrong: its first error line (the lines after it quote the command),
+    else its last line; never a secret."""
+    lines = [line.strip() for line in redact(text, settings).strip().splitlines() if line.strip()]
+    errors = [line for line in lines if "error:" in line.lower()]
+    return (errors or lines or ["no message"])[0 if errors else -1]

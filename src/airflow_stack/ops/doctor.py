@@ -9,6 +9,7 @@ that fixes it. A warning is printed but does not make doctor fail.
 from __future__ import annotations
 
 import shutil
+import time
 from dataclasses import asdict
 
 import psutil
@@ -16,8 +17,8 @@ import psycopg
 
 from .. import netutil
 from ..apache_airflow import config, install
-from ..components import WORKER, WORKER_PREFIX
-from ..runtime import registry, supervisor
+from ..components import BACKUPS, WORKER, WORKER_PREFIX
+from ..runtime import backup_schedule, registry, supervisor
 from ..runtime import status as status_mod
 from ..services import postgres, redis_server
 from ..settings import Settings
@@ -75,13 +76,28 @@ def check_role(settings: Settings) -> Check:
 def check_components(settings: Settings, refused: bool = False) -> list[Check]:
     checks = []
     for row in status_mod.rows(settings):
-        if row.name in (status_mod.POSTGRESQL, redis_server.NAME):  # they have checks of their own
+        if row.name in (status_mod.POSTGRESQL, redis_server.NAME, BACKUPS.name):  # they have checks of their own
             continue
         fix = "" if row.healthy else ("invoke up" if not row.up else f"invoke logs -c {row.name}")
         if refused and row.up and not row.healthy and row.detail.startswith("broker unreachable"):
             fix = AFTER_PASSWORD  # the Celery ping goes through our Redis with the configured password
         checks.append(Check(row.name, row.healthy, row.detail, fix))
     return checks
+
+
+def check_backups(settings: Settings) -> list[Check]:
+    """Scheduled backups run beside the stack, and the last one was verified (its file as it was then);
+    a machine that runs no stack (a worker's, or a stopped one) has no such check."""
+    if settings.backup_interval is None:
+        return [warning("backups", "no scheduled backups (STACK_BACKUP_EVERY=off)",
+                        "set STACK_BACKUP_EVERY=1d in .env, then invoke up")]
+    running = supervisor.running(settings, BACKUPS.name) is not None
+    if not running and not registry.recorded(settings):
+        return []
+    verdict = backup_schedule.assess(settings, backup_schedule.read(settings), time.time())
+    if not running:
+        return [Check("backups", False, f"the backups component is not running; {verdict.detail}", "invoke up")]
+    return [Check("backups", verdict.ok, verdict.detail, verdict.fix)]
 
 
 def check_python(settings: Settings) -> Check:
@@ -185,7 +201,7 @@ def run_all(settings: Settings) -> list[Check]:
     checks += check_redis(settings, refused)
     checks.append(check_encryption(settings))
     checks += [check_limiter(settings, envs, refused), check_files(settings), check_shared_secrets(settings, envs)]
-    checks += check_components(settings, refused)
+    checks += check_components(settings, refused) + check_backups(settings)
     checks += [check_python(settings), check_ports(settings, running), check_disk(settings),
                check_memory(settings, running)]
     return checks

@@ -67,8 +67,9 @@ def changed_packages(before: dict[str, str], after: dict[str, str]) -> list[str]
     return found
 
 
-def prepare(c: Context, current: Settings, line: str | None, version: str | None) -> Plan:
-    """Everything that can happen while the stack runs: checks, the new venv, the DAG parse."""
+def target_of(c: Context, current: Settings, line: str | None, version: str | None) -> Settings:
+    """The settings of the release to go to, checked before anything is installed: another release than
+    the running one, a Python it supports, not older than the one that migrated the database."""
     # no --version: the release the (new) line's constraints pin
     target = current.replace(airflow_line=line or current.airflow_line, airflow_version=version or "")
     release = profiles.release(target)
@@ -76,6 +77,13 @@ def prepare(c: Context, current: Settings, line: str | None, version: str | None
         raise StackError(f"Airflow {release} is what this stack runs already; nothing to upgrade")
     install.interpreter(c, target)  # a Python for the new release, before anything is installed
     schema.refuse_older_release(target, release)
+    return target
+
+
+def prepare(c: Context, current: Settings, line: str | None, version: str | None) -> Plan:
+    """Everything that can happen while the stack runs: checks, the new venv, the DAG parse."""
+    target = target_of(c, current, line, version)
+    release = profiles.release(target)
     install.ensure(c, target)
     errors = dags.check(c, target).errors
     if errors:

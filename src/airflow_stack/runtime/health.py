@@ -6,6 +6,7 @@ import datetime as dt
 import functools
 import json
 import socket
+import time
 import urllib.error
 import urllib.request
 
@@ -14,6 +15,7 @@ import psycopg
 from ..components import Probe, celery_node_name
 from ..services import memcached_server, redis_server
 from ..settings import Settings
+from . import backup_schedule
 
 # Airflow's own threshold for a heartbeat to count as healthy ([scheduler] *_health_check_threshold)
 HEARTBEAT_THRESHOLD = 30.0
@@ -55,6 +57,9 @@ def check(probe: Probe, settings: Settings, started: float | None = None, name: 
         return ok, reason or "PONG"
     if probe.kind == "memcached":
         return memcached_server.ping(settings)
+    if probe.kind == "backup":
+        verdict = backup_schedule.assess(settings, backup_schedule.read(settings), time.time())
+        return verdict.ok, verdict.detail
     raise ValueError(f"unknown probe kind {probe.kind}")
 
 

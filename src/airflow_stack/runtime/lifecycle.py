@@ -16,11 +16,12 @@ from pathlib import Path
 from invoke import Context
 
 from .. import netutil, progress
+from .. import settings as settings_mod
 from ..apache_airflow import config, install, profiles
-from ..components import WORKER, WORKER_PREFIX, Component, worker_command
+from ..components import BACKUPS, WORKER, WORKER_PREFIX, Component, worker_command
 from ..errors import StackError
 from ..settings import Settings
-from . import health, preflight, registry, supervisor
+from . import backup_schedule, health, preflight, registry, supervisor
 
 HEALTH_TIMEOUT = 180.0
 POLL_INTERVAL = 0.3  # seconds between health probes while waiting for a start
@@ -224,6 +225,9 @@ def restart(c: Context, settings: Settings, executor: str, env: dict[str, str], 
     said = stop(settings, [inst.name for inst in selected], stop_timeout)
     began = time.monotonic()
     for inst in services:
+        if inst.component is BACKUPS:  # with this command's settings in its environment, not waited for
+            said += keep_backups(c, settings)
+            continue
         supervisor.start_many(c, settings, [supervisor.Launch(inst.name, list(procs[inst.name].argv))],
                               config.process_environment(settings, {}))
         wait_healthy(settings, [(inst.name, inst.component)], timeout)
@@ -245,6 +249,26 @@ def _how_to_start(inst: registry.Instance, executor: str) -> str:
     if executor not in inst.component.executors:
         return f"the {executor} executor does not run it"
     return "start it: invoke run.celery --flower" if inst.component.optional else "start it: invoke up"
+
+
+def keep_backups(c: Context, settings: Settings) -> list[str]:
+    """The backups component beside the running stack, with this command's settings: started, or started
+    again when they changed (another interval, a setting in .env); stopped with STACK_BACKUP_EVERY=off. It
+    runs on the tooling's own Python; its supervisor restarts it when it dies. What was done, and the state
+    of the backups."""
+    proc = supervisor.running(settings, BACKUPS.name)
+    if settings.backup_interval is None:
+        return [f"backups: {supervisor.stop(settings, BACKUPS.name)} (STACK_BACKUP_EVERY=off)"] if proc else []
+    argv = BACKUPS.command(sys.executable, settings)
+    env = config.process_environment(settings, settings_mod.environment_of(settings))
+    if proc is not None and list(proc.argv) == argv and proc.env == supervisor.fingerprint(settings, env):
+        return []
+    if proc is not None:
+        supervisor.stop(settings, BACKUPS.name)
+    supervisor.start_many(c, settings, [supervisor.Launch(BACKUPS.name, argv)], env)
+    verdict = backup_schedule.assess(settings, backup_schedule.read(settings), time.time())
+    return [f"backups: {'started again' if proc else 'started'}: a verified backup every {settings.backup_every} "
+            f"into {settings.paths.backups}, the {settings.backup_keep} newest kept; {verdict.detail}"]
 
 
 def stop(settings: Settings, names: list[str] | None = None, timeout: float = supervisor.STOP_TIMEOUT) -> list[str]:

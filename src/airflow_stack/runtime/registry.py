@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 
 from ..apache_airflow import config, profiles
-from ..components import MEMCACHED, REDIS, WORKER, WORKER_PREFIX, Component
+from ..components import BACKUPS, MEMCACHED, REDIS, WORKER, WORKER_PREFIX, Component
 from ..errors import StackError
 from ..services import memcached_server
 from ..settings import Settings
@@ -79,12 +79,17 @@ def extra_workers(settings: Settings, with_logs: bool = False) -> list[str]:
 
 def instances(settings: Settings, with_logs: bool = False) -> list[Instance]:
     """Every instance this state dir may run, in start order: our Redis, the line's components,
-    the extra workers (``with_logs``: also those that only left a log)."""
+    the extra workers (``with_logs``: also those that only left a log), the backups component (unless
+    STACK_BACKUP_EVERY=off and it left nothing)."""
     found = [Instance(REDIS.name, REDIS)]
     if memcached_server.managed(settings):
         found.append(Instance(MEMCACHED.name, MEMCACHED))
     found += [Instance(comp.name, comp) for comp in line(settings).components]
     found += [Instance(name, WORKER) for name in extra_workers(settings, with_logs)]
+    paths = settings.paths
+    if (settings.backup_interval is not None or paths.pid_file(BACKUPS.name).exists()
+            or (with_logs and paths.log_file(BACKUPS.name).exists())):
+        found.append(Instance(BACKUPS.name, BACKUPS))
     return found
 
 

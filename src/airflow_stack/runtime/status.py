@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 import psycopg
 
 from ..apache_airflow import install, releases
-from ..components import DEFAULT_QUEUE
+from ..components import BACKUPS, DEFAULT_QUEUE
 from ..services import postgres
 from ..settings import Settings
 from . import health, measure, registry, supervisor
@@ -64,6 +64,8 @@ def rows(settings: Settings) -> list[Row]:
         proc = supervisor.running(settings, inst.name)
         if proc is None and not (inst.name in wanted or not comp.airflow):
             continue  # not this executor's, and not running
+        if proc is None and comp is BACKUPS and not registry.recorded(settings):
+            continue  # it runs beside a stack started here: not on a worker's machine, nor while stopped
         ports = [] if inst.extra_worker else [p for _, p in comp.listen_ports(settings, executor)]
         if proc is None:
             code = supervisor.restarting(settings, inst.name)

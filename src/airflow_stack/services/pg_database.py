@@ -224,8 +224,21 @@ def bootstrap(admin: Admin | None, settings: Settings, migrated_by: str | None =
     return changes
 
 
+# what the stack's scratch databases are for (ops/scratch.py): verifying a backup, rehearsing an upgrade
+SCRATCH_PURPOSES = ("verify", "rehearsal")
+
+
+def scratch_name(settings: Settings, purpose: str) -> str:
+    """The name of the stack's scratch database for ``purpose``: its database's name and a suffix, within
+    PostgreSQL's 63 bytes (one per stack and purpose: a run killed half-way leaves it to the next to drop)."""
+    suffix = f"_scratch_{purpose}"
+    return settings.pg_database.encode()[:63 - len(suffix)].decode(errors="ignore") + suffix
+
+
 def drop(admin: Admin, settings: Settings) -> None:
-    """Drop the database and the role (tests, and `invoke db.drop --yes`); never another checkout's."""
+    """Drop the database, any scratch database a killed run left, and the role (tests, and `invoke db.drop
+    --yes`); never another checkout's."""
     check_owner(settings, _owner_and_marker(admin, settings.pg_database)[1])
-    admin.execute([sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(settings.pg_database))])
+    admin.execute([sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+                   for name in (settings.pg_database, *(scratch_name(settings, p) for p in SCRATCH_PURPOSES))])
     admin.execute([sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(settings.pg_user))])

@@ -2,6 +2,7 @@
 defaults.env > default (resolve.py, which also tells what the user set); which values are secrets, how they
 are generated once and kept in .env (secrecy.py)."""
 
+from .grammar import parse_interval
 from .model import (
     AIRFLOW_LINES,
     AIRFLOW_LINES_HELP,
@@ -18,7 +19,7 @@ from .model import (
     shared_secret_names,
     specs,
 )
-from .resolve import defaults, given, load
+from .resolve import defaults, environment_of, given, load
 from .secrecy import (
     GENERATORS,
     ensure_secrets,
@@ -31,7 +32,7 @@ from .secrecy import (
 
 __all__ = [
     "AIRFLOW_LINES", "AIRFLOW_LINES_HELP", "DSN_FIELDS", "EXECUTORS", "GENERATORS", "LOOPBACK", "PROJECT_DIR",
-    "REDIS_AIRFLOW_USER", "SSLMODES", "Settings", "Spec", "defaults", "ensure_secrets", "generated_names", "given",
-    "help_for", "is_secret",
-    "load", "missing_shared_secrets", "persist", "redact", "secret_values", "shared_secret_names", "specs",
+    "REDIS_AIRFLOW_USER", "SSLMODES", "Settings", "Spec", "defaults", "ensure_secrets", "environment_of",
+    "generated_names", "given", "help_for", "is_secret", "load", "missing_shared_secrets", "parse_interval", "persist",
+    "redact", "secret_values", "shared_secret_names", "specs",
 ]

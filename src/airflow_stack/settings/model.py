@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from ..statedir import ENV_FILE_VAR, USER_STATE_DEFAULT, StateDir, UserStateDir
+from .grammar import interval, parse_interval
 
 PROJECT_DIR = Path(__file__).resolve().parents[3]
 
@@ -35,8 +36,6 @@ SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 # what STACK_PG_DSN fills in, libpq keyword -> setting
 DSN_FIELDS = {"host": "pg_host", "port": "pg_port", "dbname": "pg_database", "user": "pg_user",
               "password": "pg_password", "sslmode": "pg_sslmode", "sslrootcert": "pg_sslrootcert"}
-
-
 def _cpu_count() -> int:
     return os.cpu_count() or 2
 
@@ -162,6 +161,11 @@ class Settings:
     retention_days: int = _spec("STACK_RETENTION_DAYS", 30, kind=int,
                                 help="invoke db.clean removes task logs and metadata rows older than this")
     log_keep: int = _spec("STACK_LOG_KEEP", 3, kind=int, help="rotated logs kept per component (NAME.log.1 ...)")
+    backup_every: str = _spec("STACK_BACKUP_EVERY", "1d", parse=interval,
+                              help="while the stack runs, its backups component takes a verified backup this often "
+                                   "(90s, 6h, 1d ...; off: none)")
+    backup_keep: int = _spec("STACK_BACKUP_KEEP", 7, kind=int,
+                             help="backups kept in STATE/backups (the oldest go; the newest verified one always stays)")
     progress: str = _spec("STACK_PROGRESS", "auto", choices=("auto", "plain", "off"),
                           help="progress of long steps: auto (a live line on a terminal, plain lines elsewhere), "
                                "plain (timestamped lines), off (invoke up --quiet)")
@@ -253,6 +257,11 @@ class Settings:
     def user_paths(self) -> UserStateDir:
         """Every path under the user's machine-wide folder."""
         return UserStateDir(self.user_state_dir)
+
+    @property
+    def backup_interval(self) -> float | None:
+        """Seconds between scheduled backups; None: STACK_BACKUP_EVERY=off."""
+        return parse_interval(self.backup_every)
 
     @property
     def dags_folder(self) -> Path:

@@ -109,6 +109,22 @@ def given(settings: Settings, names: list[str], environ: dict[str, str] | None =
     return found | (set(names) & set(DSN_FIELDS.values()) if settings.pg_dsn else set())
 
 
+def environment_of(settings: Settings, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The settings as environment variables, so that a process of the stack's own tooling (the backups
+    component) resolves exactly these: every value that is not a secret, and the secrets the caller's
+    environment holds (the others it reads from .env, as this command did)."""
+    environ = dict(os.environ if environ is None else environ)
+    found = {}
+    for name, spec in specs().items():
+        value = getattr(settings, name)
+        if spec.secret:
+            if spec.env in environ:
+                found[spec.env] = environ[spec.env]
+        elif value not in (None, ""):
+            found[spec.env] = str(value)
+    return found
+
+
 def _from_dsn(dsn: str, all_specs: dict[str, Spec]) -> dict[str, Any]:
     """The PostgreSQL settings a libpq DSN (URL or key=value) names; what it leaves out keeps its value."""
     from psycopg.conninfo import conninfo_to_dict  # psycopg parses DSNs exactly as libpq does

@@ -10,7 +10,7 @@ from pathlib import Path
 from .. import settings as settings_mod
 from .. import statedir
 from ..apache_airflow import install, profiles, releases, schema
-from ..components import MEMCACHED, REDIS
+from ..components import BACKUPS, MEMCACHED, REDIS
 from ..errors import StackError
 from ..project import folder, scaffold
 from ..runtime import lifecycle, registry, supervisor
@@ -82,6 +82,7 @@ class Running(StackBase):
         if "flower" in extras:
             self.say(f"run: Flower at http://127.0.0.1:{s.flower_port}/ ; user {s.admin_user}, password: "
                      f"STACK_FLOWER_PASSWORD in {s.env_file}")
+        self.say(*lifecycle.keep_backups(self.c, s))  # beside the stack, never beside a lone worker (add_worker)
 
     def add_worker(self, name: str, queues: str, concurrency: int | None,
                    timeout: float = lifecycle.HEALTH_TIMEOUT) -> None:
@@ -110,6 +111,8 @@ class Running(StackBase):
             if component:
                 self.say(*lifecycle.stop(s, [component], timeout))
                 return
+            if s.paths.pid_file(BACKUPS.name).exists():  # first: no backup starts while the stack stops
+                self.say(*lifecycle.stop(s, [BACKUPS.name], timeout))
             self.say(*lifecycle.stop(s, None, timeout))
             self.say(*lifecycle.stop(s, [REDIS.name], timeout))
             if memcached_server.managed(s):
@@ -148,7 +151,8 @@ class Running(StackBase):
                     raise StackError(f"clean would remove {what}; nobody can confirm here: re-run with --yes")
                 if input(f"Remove {what}? [y/N] ").strip().lower() not in ("y", "yes"):
                     raise StackError("nothing removed")
-            supervisor.stop(s, REDIS.name)
+            for name in (BACKUPS.name, REDIS.name):
+                supervisor.stop(s, name)
             removed = []
             # backups and the Airflow venvs stay: they are not runtime state
             for path in (s.paths.logs, s.paths.run, s.paths.redis, s.paths.airflow_home):

@@ -13,15 +13,27 @@ from ..settings import help_for
 from ._common import number, one_line_errors, say, stack
 
 
-@task(help={"output": "file to write (default: <state dir>/backups/<db>-<UTC time>.dump)"})
+@task(help={"output": "file to write (default: <state dir>/backups/<db>-<UTC time>.dump, recorded as the last backup "
+                      "when verified; the oldest there beyond STACK_BACKUP_KEEP are removed)",
+            "verify": "restore it into a scratch database and compare every table's rows with the database's when "
+                      "it was taken (default; --no-verify: pg_dump only)"})
 @one_line_errors
-def backup(c: Context, output: str | None = None) -> None:
-    """Back up Airflow's database (pg_dump custom format, mode 0600), safe while Airflow runs."""
+def backup(c: Context, output: str | None = None, verify: bool = True) -> None:
+    """Back up Airflow's database (pg_dump custom format, mode 0600) and verify it, safe while Airflow runs."""
+    from ..ops import backup_service
+
     the_stack = stack(c)
     settings = the_stack.settings
+    target = Path(output).resolve() if output else None
     with the_stack.lock("invoke db.backup"):
-        path = backup_mod.backup(c, the_stack.local_host, settings, Path(output).resolve() if output else None)
+        if not verify:
+            path = backup_mod.backup(c, the_stack.local_host, settings, target)
+        else:  # into the state dir: recorded and pruned as the scheduled ones; a copy elsewhere: verified only
+            attempt, pruned = backup_service.take_by_hand(c, the_stack.local_host, settings, target)
+            path = Path(attempt.file)
     say(f"db: backup of {settings.pg_database} written to {path} ({path.stat().st_size / 1024:.0f} KiB)")
+    if verify:
+        say(f"db: {backup_service.describe(attempt, pruned)}")
 
 
 @task(positional=["file"], help={"file": "a backup made by invoke db.backup",

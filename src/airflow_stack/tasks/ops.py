@@ -34,15 +34,22 @@ def up(c: Context, executor: str | None = None, line: str | None = None, timeout
 
 @task(help={"version": "the release of the line to go to (default: the one its constraints pin)",
             "line": f"another Airflow line ({AIRFLOW_LINES_HELP}); a newer one only",
-            "timeout": timeout_help("the new release to be healthy")})
+            "timeout": timeout_help("the new release to be healthy"),
+            "rehearse": "only try the migration: on a copy of the newest verified backup (or a fresh one) in a scratch "
+                        "database, with the new release installed beside; then parse the DAGs with it. The running "
+                        "stack, its database, .env and venv are not touched"})
 @one_line_errors
-def upgrade(c: Context, version: str | None = None, line: str | None = None, timeout: str | None = None) -> None:
+def upgrade(c: Context, version: str | None = None, line: str | None = None, timeout: str | None = None,
+            rehearse: bool = False) -> None:
     """Go to another Airflow release: install it beside, parse the DAGs with it, back up, switch, migrate,
-    start; on failure restore the backup and the previous release."""
+    start; on failure restore the backup and the previous release (--rehearse: try the migration on a copy)."""
     from ..ops import upgrade as upgrade_mod
 
     timeout = number(timeout, "--timeout", Stack.HEALTH_TIMEOUT)
     the_stack = stack(c)
+    if rehearse:
+        _rehearse(c, the_stack, line, version)
+        return
     with the_stack.lock("invoke upgrade"):
         settings = the_stack.settings
         plan = upgrade_mod.prepare(c, settings, line, version)
@@ -53,6 +60,18 @@ def upgrade(c: Context, version: str | None = None, line: str | None = None, tim
         say(*(f"upgrade: {line_}" for line_ in upgrade_mod.switch(c, plan, timeout)))
         say(f"upgrade: done; Airflow {plan.target_release} (kept in {settings.env_file.name} as "
             f"STACK_AIRFLOW_VERSION); the backup stays in {plan.backup}")
+
+
+def _rehearse(c: Context, the_stack: Stack, line: str | None, version: str | None) -> None:
+    from ..ops import rehearsal
+
+    with the_stack.lock("invoke upgrade --rehearse"):
+        plat, settings = the_stack.local_host, the_stack.settings
+        target, source = rehearsal.prepare(c, plat, settings, line, version)
+        report = rehearsal.rehearse(c, plat, settings, target, source)
+    say(*rehearsal.lines(report))
+    if not report.ok:
+        raise StackError(f"rehearse: the upgrade to Airflow {report.target} would fail (above); nothing was changed")
 
 
 @task(help={
