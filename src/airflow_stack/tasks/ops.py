@@ -26,7 +26,7 @@ def up(c: Context, executor: str | None = None, line: str | None = None, timeout
        quiet: bool = False) -> None:
     """Bring the whole stack up: set up PostgreSQL, Redis and Airflow, then run it (re-run safe)."""
     timeout = number(timeout, "--timeout", Stack.HEALTH_TIMEOUT)
-    the_stack = stack(c, airflow_line=line)
+    the_stack = stack(c, airflow_line=line, executor=executor)  # a wrong --executor: one line, when settings load
     if quiet:
         progress.configure("off")
     the_stack.up(executor, line, timeout)
