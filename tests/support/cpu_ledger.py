@@ -26,6 +26,8 @@ KINDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("PostgreSQL", ("postgres: ", "/bin/postgres ")),
     ("Redis, memcached", ("redis-server", "memcached")),
     ("installs (uv, apt, dpkg)", ("bin/uv ", "apt-get ", "apt-cache ", "dpkg")),
+    ("the stack's backups (pg_dump, their verification)", ("airflow_stack.ops.backup_service", "pg_dump ",
+                                                           "pg_restore ")),
     ("the stack's invoke tasks", ("-m invoke ",)),
     ("Airflow API server / webserver", ("api_server", "api-server", "webserver", "gunicorn")),
     ("Airflow DAG processor", ("dag-processor", "dag_processor", "DagFileProcessor")),

@@ -64,6 +64,7 @@ def test_the_record_keeps_the_newest_verified_backup_across_failures(settings):
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     data = json.loads(path.read_text())  # readable by people: the time, the file, the size, verified or why not
     assert data["last"]["reason"] == "pg_dump failed: connection refused" and data["last"]["verified"] is False
+    assert data["last"]["at"] == "2023-11-15T22:13:20Z" and data["verified"]["at"] == "2023-11-14T22:13:20Z"
     assert data["verified"]["file"] == verified(T).file and data["verified"]["verified"] is True
     third = backup_schedule.write(settings, verified(T + DAY + 60))
     assert third.verified == third.last == verified(T + DAY + 60)

@@ -11,6 +11,7 @@ failed backup, a verified file that changed since, or an overdue one is named, w
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 import re
 from dataclasses import dataclass
@@ -84,9 +85,14 @@ def write(settings: Settings, attempt: Attempt) -> Record:
     record = Record(attempt, attempt if attempt.verified else (before.verified if before else None))
     settings.paths.make_private()
     write_private(settings.paths.backup_record, json.dumps(
-        {"last": dataclasses.asdict(record.last),
-         "verified": dataclasses.asdict(record.verified) if record.verified else None}, indent=1))
+        {"last": _shown(record.last), "verified": _shown(record.verified) if record.verified else None}, indent=1))
     return record
+
+
+def _shown(attempt: Attempt) -> dict:
+    """An attempt as the record keeps it, with its time for people too (UTC)."""
+    at = dt.datetime.fromtimestamp(attempt.time, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {"at": at, **dataclasses.asdict(attempt)}
 
 
 def due(record: Record | None, every: float) -> float:
