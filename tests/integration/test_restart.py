@@ -40,7 +40,7 @@ def test_restart_gives_everything_new_processes_with_the_same_choices(stack, air
     assert registry.recorded(settings) == recorded == {"executor": EXECUTOR, "line": settings.airflow_line,
                                                        "release": profiles.release(settings)}
     executors = {supervisor.running(settings, name).env.get("AIRFLOW__CORE__EXECUTOR")
-                 for name, row in after.items() if name not in ("redis", "memcached")}
+                 for name, row in after.items() if name not in ("redis", "memcached", "backups")}
     assert executors == {"CeleryExecutor" if EXECUTOR == "celery" else "LocalExecutor"}
     # extra Celery workers (run.worker) and Redis come back with the argv they ran with: queues, slots, config
     assert {name: supervisor.running(settings, name).argv for name in after
