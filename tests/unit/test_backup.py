@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from invoke import Context, MockContext, Result
 
+from airflow_stack.apache_airflow import config as airflow_config
 from airflow_stack.errors import StackError
 from airflow_stack.ops import backup, backup_service, rehearsal, scratch, upgrade
 from airflow_stack.runtime import backup_schedule
@@ -261,6 +262,7 @@ class Copy:
 
         self.events: list[str] = []
         self.homes: list[Path] = []
+        self.urls: list[bool] = []  # the migration ran with the URL (and driver) the upgrade migrates with
         revisions = iter(["rev_old", "rev_new" if not migrate_fails else "rev_old"])
 
         @contextlib.contextmanager
@@ -273,6 +275,7 @@ class Copy:
 
         def run_cli(c, s, env, args, log):
             self.homes.append(Path(env["AIRFLOW_HOME"]))
+            self.urls.append(env[airflow_config.SQL_CONN_VAR] == airflow_config.sql_alchemy_conn(s, migrating=True))
             self.events.append(f"{args} on {s.pg_database} with {s.airflow_version or 'the pinned release'}")
             if migrate_fails:
                 raise StackError(migrate_fails)
@@ -301,6 +304,7 @@ def test_a_rehearsal_migrates_a_copy_with_the_new_release_and_drops_it(settings,
                            "restore airflow-20240101T000000Z.dump into airflow_scratch_rehearsal",
                            "db migrate on airflow_scratch_rehearsal with 3.3.2", "drop rehearsal"]
     assert copy.homes and copy.homes[0].parent == settings.state_dir and not copy.homes[0].exists()
+    assert copy.urls == [True]
     assert report.ok and report.revisions == ("rev_old", "rev_new") and report.dags == ["a", "b"]
     said = rehearsal.lines(report)
     assert said[0].startswith("rehearse: Airflow 3.3.1 -> 3.3.2 on a copy of airflow-20240101T000000Z.dump (the "

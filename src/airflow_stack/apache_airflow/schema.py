@@ -145,6 +145,11 @@ def _mark_schema(settings: Settings, version: str | None) -> None:
         conn.execute(sql.SQL("COMMENT ON TABLE alembic_version IS {}").format(SCHEMA_MARK + version))
 
 
+def migration_environment(settings: Settings, env: dict[str, str]) -> dict[str, str]:
+    """``env`` as `airflow db migrate` runs with it: the database URL with the driver migrations need."""
+    return env | {config.SQL_CONN_VAR: config.sql_alchemy_conn(settings, migrating=True)}
+
+
 def migrate(c: Context, settings: Settings, env: dict[str, str]) -> list[str]:
     version = install.installed_version(settings)
     if not needs_migration(settings):
@@ -152,8 +157,7 @@ def migrate(c: Context, settings: Settings, env: dict[str, str]) -> list[str]:
             _mark_schema(settings, version)  # a schema migrated before the mark existed
         return []
     started = time.monotonic()
-    env = env | {config.SQL_CONN_VAR: config.sql_alchemy_conn(settings, migrating=True)}
-    commands.run_cli(c, settings, env, "db migrate", "setup-airflow")
+    commands.run_cli(c, settings, migration_environment(settings, env), "db migrate", "setup-airflow")
     _stamp_path(settings).write_text(json.dumps({
         "airflow": version, "db": _db_identity(settings), "revision": schema_revision(settings)}))
     _mark_schema(settings, version)

@@ -117,7 +117,9 @@ def _on_copy(c: Context, platform: Platform | None, copy: Settings, copy_target:
     backup.restore(c, platform, copy, Path(report.source.file))
     _timed(report, "restore", began)
     before = schema.schema_revision(copy)
-    env = config.environment(copy_target, executor) | {"AIRFLOW_HOME": str(home)}
+    # as the upgrade migrates (the driver migrations need), with an AIRFLOW_HOME of its own
+    env = schema.migration_environment(copy_target, config.environment(copy_target, executor)) | {
+        "AIRFLOW_HOME": str(home)}
     began = time.monotonic()
     try:
         commands.run_cli(c, copy_target, env, "db migrate", LOG)
