@@ -16,9 +16,11 @@ The state dir is 0700: logs, Redis data and records are the user's alone.
     logs/NAME.log (.1 ...)       each process's stdout and stderr, rotated by size; the launcher
     logs/airflow/                Airflow's task logs
     logs/setup-airflow.log ...   what the Airflow CLI printed for setup steps; apache_airflow.commands
-    redis/                       redis.conf (0600) and its data; services.redis_server
+    redis/ (0700)                redis.conf (0600), its data, and redis.sock (0700), the Unix socket the stack's
+                                 own processes reach it through; services.redis_server
     tls/                         with STACK_TLS: ca.pem (what workers copy), ca-key.pem, server.pem,
-                                 server-key.pem (keys 0600); services.tls
+                                 server-key.pem (keys 0600), server-chain.pem (server.pem then ca.pem: what the
+                                 API server presents); services.tls
     airflow/                     AIRFLOW_HOME: airflow.cfg, webserver_config.py, the schema and admin stamps
     venv-airflow-RELEASE/        Airflow's own venv, one per release, with its install stamp and its lock (the
                                  exact packages and their hashes); apache_airflow.install
@@ -91,11 +93,13 @@ class StateDir:
     task_logs = Under("logs", "airflow")
     redis = Under("redis")
     redis_conf = Under("redis", "redis.conf")
+    redis_socket = Under("redis", "redis.sock")
     tls = Under("tls")
     tls_ca = Under("tls", "ca.pem")  # the stack's CA: every client verifies our Redis and PostgreSQL with it
     tls_ca_key = Under("tls", "ca-key.pem")
     tls_server_cert = Under("tls", "server.pem")
     tls_server_key = Under("tls", "server-key.pem")
+    tls_server_chain = Under("tls", "server-chain.pem")  # the server certificate followed by the CA's
     airflow_home = Under("airflow")
     webserver_config = Under("airflow", "webserver_config.py")
     schema_stamp = Under("airflow", ".airflow-stack-migrated.json")

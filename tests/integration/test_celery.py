@@ -54,8 +54,9 @@ def test_a_plain_up_keeps_the_celery_executor_it_runs(stack, airflow_up):
 
 def test_the_broker_refuses_clients_without_the_password(stack, airflow_up):
     settings = stack.settings()
-    with pytest.raises(redis.AuthenticationError):
-        redis.Redis(port=settings.redis_port, db=0, socket_timeout=5, **settings.redis_tls_params()).llen("default")
+    for where in (settings, settings.replace(redis_host=REMOTE_ADDRESS)):  # its socket, and TCP for other machines
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(db=0, socket_timeout=5, **redis_server.connection_params(where)).llen("default")
     proc = stack.inv("run.worker", "--name", "intruder", check=False, env={"STACK_REDIS_PASSWORD": "wrong-password"})
     assert_one_line_error(proc, "refused the password")
     assert supervisor.running(settings, "worker-intruder") is None

@@ -13,7 +13,7 @@ import time
 import psycopg
 import pytest
 
-from tests.support.api_client import AirflowAPI
+from tests.support.api_client import AirflowAPI, verify_for
 
 from .conftest import LINE, TEST_DAGS, Stack
 
@@ -66,7 +66,8 @@ def dag_runs(stack) -> int:
 
 def run_noop(stack) -> None:
     settings = stack.settings()
-    api = AirflowAPI(settings.api_url, settings.airflow_line, settings.admin_user, settings.admin_password)
+    api = AirflowAPI(settings.api_url, settings.airflow_line, settings.admin_user, settings.admin_password,
+                     verify=verify_for(settings))
     api.wait_for_dag("noop_forty")
     api.unpause("noop_forty")
     assert api.wait_for_run("noop_forty", api.trigger("noop_forty")) == "success"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import re
+import ssl
 import stat
 import urllib.parse
 
@@ -17,7 +18,7 @@ import redis
 from .. import settings as settings_mod
 from ..apache_airflow import config
 from ..runtime import registry, supervisor
-from ..services import memcached_server, redis_server
+from ..services import limiter, memcached_server, redis_server
 from ..settings import Settings
 from .checks import Check, warning
 
@@ -43,7 +44,8 @@ AFTER_PASSWORD = "fix the redis password check first"
 def check_redis(settings: Settings, refused: bool = False) -> list[Check]:
     proc = supervisor.running(settings, redis_server.NAME)
     if proc is None:
-        return [Check("redis", False, f"our Redis is not running on port {settings.redis_port}", "invoke setup.redis")]
+        return [Check("redis", False, f"our Redis is not running ({redis_server.where(settings)})",
+                      "invoke setup.redis")]
     if refused:
         # not `invoke up` or `setup.redis` alone: they would restart our Redis with this password, and the
         # running Airflow processes keep the one they were started with
@@ -61,13 +63,30 @@ def check_redis(settings: Settings, refused: bool = False) -> list[Check]:
         checks.append(Check("redis password", False, f"Redis not answering ({exc.__class__.__name__})",
                             "invoke setup.redis"))
     checks.append(check_redis_acl(settings))
-    wanted = {addr.lstrip("-") for addr in settings.redis_bind.split()}
-    listening = _listening(proc.pid)
-    extra = listening - wanted - ({"0.0.0.0", "::"} if wanted & {"0.0.0.0", "::", "*"} else set())
-    checks.append(Check("redis listens", not extra and bool(listening),
-                        f"on {', '.join(sorted(listening)) or 'nothing'} (configured: {settings.redis_bind})",
-                        "" if not extra else "invoke setup.redis"))
+    checks.append(check_redis_listens(settings, proc.pid))
     return checks
+
+
+def check_redis_listens(settings: Settings, pid: int) -> Check:
+    """Our Redis is reached through its private Unix socket; on TCP only where other machines need it."""
+    name, fix = "redis listens", "invoke setup.redis"
+    listening = _listening(pid)
+    sock = settings.paths.redis_socket
+    private = sock.is_socket() and stat.S_IMODE(sock.stat().st_mode) & 0o077 == 0 if sock.exists() else False
+    if settings.redis_socket_fits and not private:
+        return Check(name, False, f"its Unix socket {sock} is " + ("open to others" if sock.exists() else "missing"),
+                     fix)
+    on_socket = f"on {sock} (only you)" if settings.redis_socket_fits else "on no Unix socket"
+    if not settings.redis_tcp:
+        return Check(name, not listening, f"{on_socket}; TCP " + (f"on {', '.join(sorted(listening))}, not off"
+                                                               if listening else "off"), fix if listening else "")
+    wanted = {addr.lstrip("-") for addr in settings.redis_bind.split()}
+    extra = listening - wanted - ({"0.0.0.0", "::"} if wanted & {"0.0.0.0", "::", "*"} else set())
+    detail = f"{on_socket}; TCP on {', '.join(sorted(listening)) or 'nothing'} (configured: {settings.redis_bind})"
+    if not extra and listening and not settings.redis_socket_fits:  # the path is too long: TCP on loopback instead
+        return warning(name, detail, "a shorter STACK_STATE_DIR (its socket path fits in "
+                                     f"{settings_mod.SUN_PATH_BYTES - 1} bytes), then invoke setup.redis")
+    return Check(name, not extra and bool(listening), detail, "" if not extra else fix)
 
 
 # what Airflow's Redis user must be refused, and what Celery's broker and the limiter need (ACL DRYRUN: the
@@ -133,16 +152,22 @@ def check_encryption(settings: Settings) -> Check:
             plain.append(f"PostgreSQL on {', '.join(remote)}")
     elif settings.pg_ssl_mode in ("disable", "allow", "prefer"):
         plain.append(f"PostgreSQL at {settings.pg_host} with sslmode={settings.pg_ssl_mode} (not verified)")
-    if settings.api_host not in settings_mod.LOOPBACK:
-        # Airflow's API server speaks HTTP here: its task tokens cross the network readable
+    if settings.api_host not in settings_mod.LOOPBACK and not settings.api_tls:
+        # without STACK_TLS the API server speaks HTTP here: logins and task tokens cross the network readable
         plain.append(f"the API server on {settings.api_host}:{settings.api_port} (HTTP)")
+    if settings.serve_logs:
+        # Airflow's log servers (serve-logs) have no TLS option in any release: log text travels readable
+        # (each request is signed with the shared secret)
+        ports = f"{settings.worker_log_port}, {settings.trigger_log_port}"
+        plain.append(f"Airflow's log servers on ports {ports} (HTTP: Airflow cannot serve them over TLS)")
         if len(plain) == 1:
-            fix = ("workers elsewhere reach the API server in plain HTTP: keep them on a network you trust, or "
-                   "put a TLS proxy in front and point their STACK_API_HOST at it")
+            fix = ("task logs cross the network readable: keep workers on a network you trust, or send task logs "
+                   "to remote logging ([logging] remote_logging) instead")
     if plain:
         return warning(name, f"plain text beyond loopback: {'; '.join(plain)}", fix)
     if settings.tls:
-        return Check(name, encrypted, f"Redis and PostgreSQL over TLS, verified with {settings.tls_ca_file}"
+        what = "Redis, PostgreSQL and the API server" if settings.api_tls else "Redis and PostgreSQL"
+        return Check(name, encrypted, f"{what} over TLS, verified with {settings.tls_ca_file}"
                      if encrypted else "the Airflow role's connection to PostgreSQL is not encrypted",
                      "" if encrypted else "invoke setup.postgres")
     return Check(name, True, "nothing of ours listens beyond loopback")
@@ -163,7 +188,7 @@ def check_limiter(settings: Settings, envs: dict[str, dict[str, str]], refused: 
         return Check("login rate limits", False, f"{web} keeps them in memory: each worker and restart "
                      "counts from zero", f"unset STACK_RATELIMIT_STORAGE_URI, then invoke stop -c {web} && invoke up")
     ours_memcached = scheme == memcached_server.SCHEME and memcached_server.managed(settings)
-    if scheme not in ("redis", "rediss") and not ours_memcached:
+    if scheme not in limiter.REDIS_SCHEMES and not ours_memcached:
         return Check("login rate limits", True, f"kept in {scheme} (shared storage you chose; not probed)")
     expected = supervisor.fingerprint(settings, {config.LIMITER_VAR: settings.limiter_storage_uri})
     if uri != expected[config.LIMITER_VAR]:
@@ -181,8 +206,7 @@ def check_limiter(settings: Settings, envs: dict[str, dict[str, str]], refused: 
                          f"invoke setup.airflow && invoke stop -c {web} && invoke up")
         return Check("login rate limits", True, f"kept in our memcached ({settings.limiter_storage_uri}); a probe "
                                                 f"login counted there")
-    db_path = urllib.parse.urlsplit(settings.limiter_storage_uri).path.strip("/")
-    limiter_db = int(db_path) if db_path.isdigit() else 0
+    limiter_db = limiter.redis_db(settings)
     try:
         _probe_login(settings, line.rest.login_path)
         keys = redis_server.client(settings, db=limiter_db).keys(f"LIMITS*{PROBE_ADDRESS}*")
@@ -198,9 +222,15 @@ def _probe_login(settings: Settings, path: str) -> int:
     """One failed login from PROBE_ADDRESS, as a browser sends it (session cookie + CSRF token):
     without them CSRF protection answers 400 before Flask-Limiter counts anything."""
 
+    def connect() -> http.client.HTTPConnection:
+        if settings.api_tls:  # HTTPS, the server verified with the stack's CA
+            context = ssl.create_default_context(cafile=str(settings.tls_ca_file))
+            return http.client.HTTPSConnection("127.0.0.1", settings.api_port, timeout=10,
+                                               source_address=(PROBE_ADDRESS, 0), context=context)
+        return http.client.HTTPConnection("127.0.0.1", settings.api_port, timeout=10, source_address=(PROBE_ADDRESS, 0))
+
     def request(method: str, body: str = "", headers: dict[str, str] | None = None):
-        conn = http.client.HTTPConnection("127.0.0.1", settings.api_port, timeout=10,
-                                          source_address=(PROBE_ADDRESS, 0))
+        conn = connect()
         try:
             conn.request(method, path, body or None, headers or {})
             resp = conn.getresponse()

@@ -69,7 +69,8 @@ def start(c: Context, settings: Settings, executor: str, live: dict[str, supervi
 
         def launch(comp: Component) -> supervisor.Launch:
             return supervisor.Launch(comp.name, comp.command(airflow, settings), profile.preload_for(comp),
-                                     comp.reap_session, version, build, comp.probe.liveness_url(settings))
+                                     comp.reap_session, version, build, comp.probe.liveness_url(settings),
+                                     comp.probe.ca_file(settings))
 
         launch_airflow(c, settings, [launch(comp) for comp in to_start if comp.own_env is None], env)
         for comp in to_start:  # one with secrets of its own gets a launcher of its own: no other process sees them

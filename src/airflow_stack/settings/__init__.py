@@ -7,10 +7,12 @@ from .model import (
     AIRFLOW_LINES_HELP,
     DSN_FIELDS,
     EXECUTORS,
+    LIMITER_DB,
     LOOPBACK,
     PROJECT_DIR,
     REDIS_AIRFLOW_USER,
     SSLMODES,
+    SUN_PATH_BYTES,
     Settings,
     Spec,
     help_for,
@@ -30,8 +32,8 @@ from .secrecy import (
 )
 
 __all__ = [
-    "AIRFLOW_LINES", "AIRFLOW_LINES_HELP", "DSN_FIELDS", "EXECUTORS", "GENERATORS", "LOOPBACK", "PROJECT_DIR",
-    "REDIS_AIRFLOW_USER", "SSLMODES", "Settings", "Spec", "defaults", "ensure_secrets", "generated_names", "given",
-    "help_for", "is_secret",
+    "AIRFLOW_LINES", "AIRFLOW_LINES_HELP", "DSN_FIELDS", "EXECUTORS", "GENERATORS", "LIMITER_DB", "LOOPBACK",
+    "PROJECT_DIR", "REDIS_AIRFLOW_USER", "SSLMODES", "SUN_PATH_BYTES", "Settings", "Spec", "defaults",
+    "ensure_secrets", "generated_names", "given", "help_for", "is_secret",
     "load", "missing_shared_secrets", "persist", "redact", "secret_values", "shared_secret_names", "specs",
 ]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,11 @@ AIRFLOW_LINES = ("3.3", "3.2", "3.1", "3.0", "2.11", "2.10")
 AIRFLOW_LINES_HELP = f"Airflow minor: {', '.join(AIRFLOW_LINES)}"
 # the Redis ACL user of Airflow's processes; the stack's own operations use Redis's default user
 REDIS_AIRFLOW_USER = "airflow"
+LIMITER_DB = 1  # our Redis's DB the login limiter counts in (Celery's broker: DB 0)
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+# the longest path a Unix socket's address holds, with its closing NUL (sun_path): 104 bytes on macOS, 108 on Linux
+SUN_PATH_BYTES = 104 if sys.platform == "darwin" else 108
 # what STACK_PG_DSN fills in, libpq keyword -> setting
 DSN_FIELDS = {"host": "pg_host", "port": "pg_port", "dbname": "pg_database", "user": "pg_user",
               "password": "pg_password", "sslmode": "pg_sslmode", "sslrootcert": "pg_sslrootcert"}
@@ -184,13 +188,14 @@ class Settings:
 
     # TLS for workers on other machines
     tls: bool = _spec("STACK_TLS", False, kind=bool,
-                      help="our Redis speaks only TLS, and PostgreSQL (when this machine runs it) serves TLS, with "
-                           "certificates from a CA the stack makes in STATE/tls; every client verifies them. A worker "
-                           "machine needs .env and STATE/tls/ca.pem")
+                      help="what other machines reach travels over TLS only, with certificates from a CA the stack "
+                           "makes in STATE/tls, and every client verifies them: our Redis's TCP port, PostgreSQL (when "
+                           "this machine runs it) and, with STACK_API_HOST beyond loopback, the API server / "
+                           "webserver (HTTPS). A worker machine needs .env and STATE/tls/ca.pem")
     tls_names: str = _spec("STACK_TLS_NAMES", "",
                            help="more host names or IP addresses (comma-separated) the server certificate covers, as "
-                                "workers reach this machine; loopback, this machine's name and the addresses Redis "
-                                "and PostgreSQL listen on always are")
+                                "workers reach this machine; loopback, this machine's name, STACK_API_HOST and the "
+                                "addresses Redis and PostgreSQL listen on always are")
 
     # Redis
     redis_port: int = _spec("STACK_REDIS_PORT", 6380, kind=int,
@@ -202,9 +207,11 @@ class Settings:
         help=f"password of the Redis ACL user {REDIS_AIRFLOW_USER!r} Airflow's processes log in as (Celery's broker, "
              f"the login limiter): no administrative or destructive commands")
     redis_host: str = _spec("STACK_REDIS_HOST", "127.0.0.1",
-                            help="where Airflow reaches our Redis (a worker machine: the stack's address)")
+                            help="where Airflow reaches our Redis (a worker machine: the stack's address, over TCP); "
+                                 "on loopback the stack's own processes use its Unix socket in the state dir")
     redis_bind: str = _spec("STACK_REDIS_BIND", "127.0.0.1 -::1",
-                            help="interfaces our Redis listens on; opt in to more for workers elsewhere")
+                            help="interfaces our Redis listens on over TCP once one is beyond loopback (workers "
+                                 "elsewhere); with only loopback here it has no TCP port, only its Unix socket")
 
     # Celery
     worker_concurrency: int = _airflow_spec("AIRFLOW__CELERY__WORKER_CONCURRENCY", max(8, 2 * _cpu_count()), kind=int,
@@ -268,9 +275,17 @@ class Settings:
         """The CA file libpq verifies the server with ("": libpq's default, ~/.postgresql/root.crt)."""
         return self.pg_sslrootcert or (str(self.tls_ca_file) if self.pg_tls_ours else "")
 
+    @property
+    def pg_require_auth(self) -> str:
+        """libpq 16+'s require_auth for the stack's TLS server over the network (a worker machine): SCRAM only, the
+        password never in clear. Not on loopback: verify-full stops strangers there, and a local server may admit
+        loopback with trust (Homebrew's initdb), which it refuses. psycopg's wheel has libpq 18, psycopg2's 17."""
+        return "scram-sha-256" if self.pg_tls_ours and self.pg_host not in LOOPBACK else ""
+
     def pg_ssl_params(self) -> dict[str, str]:
-        """libpq's TLS keywords for the Airflow role's connections."""
-        return {"sslmode": self.pg_ssl_mode} | ({"sslrootcert": self.pg_ssl_root} if self.pg_ssl_root else {})
+        """libpq's TLS (and authentication) keywords for the Airflow role's connections."""
+        params = {"sslmode": self.pg_ssl_mode} | ({"sslrootcert": self.pg_ssl_root} if self.pg_ssl_root else {})
+        return params | ({"require_auth": self.pg_require_auth} if self.pg_require_auth else {})
 
     def pg_conninfo(self, **extra: Any) -> dict[str, Any]:
         """Keyword arguments for psycopg.connect as the Airflow role."""
@@ -285,37 +300,62 @@ class Settings:
                 f"@{_url_host(self.pg_host)}:{self.pg_port}/{quote(self.pg_database, safe='')}"
                 f"?{urlencode(self.pg_ssl_params(), quote_via=quote)}")
 
-    def _redis_url(self, user: str, password: str | None, db: int) -> str:
-        url = (f"{'rediss' if self.tls else 'redis'}://{user}:{quote(password or '', safe='')}"
-               f"@{_url_host(self.redis_host)}:{self.redis_port}/{db}")
+    # ---- our Redis: its Unix socket on this machine, TCP for other machines ----------------------
+    @property
+    def redis_socket_fits(self) -> bool:
+        """The socket's path fits in a Unix socket address (else our Redis listens on TCP loopback instead)."""
+        return len(os.fsencode(str(self.paths.redis_socket))) < SUN_PATH_BYTES
+
+    @property
+    def redis_tcp(self) -> bool:
+        """Our Redis listens on TCP: for other machines (STACK_REDIS_BIND beyond loopback), or when its socket's
+        path is too long. Otherwise it has no port at all: a port freed by a restart gives a squatter nothing."""
+        return any(a.removeprefix("-") not in LOOPBACK for a in self.redis_bind.split()) or not self.redis_socket_fits
+
+    @property
+    def redis_via_socket(self) -> bool:
+        """Clients here reach our Redis through its Unix socket (the state dir is 0700, the socket too): our
+        Redis is on this machine (STACK_REDIS_HOST on loopback). A worker machine dials its TCP port."""
+        return self.redis_host in LOOPBACK and self.redis_socket_fits
+
+    @property
+    def redis_address(self) -> str:
+        """Where clients here reach our Redis, for messages."""
+        return str(self.paths.redis_socket) if self.redis_via_socket else f"{self.redis_host}:{self.redis_port}"
+
+    def _redis_url(self, user: str, password: str | None, db: int, socket_scheme: str) -> str:
+        """Our Redis as ``user``: through its socket (kombu's redis+socket takes the DB as virtual_host, limits'
+        redis+unix as db, and both the credentials in the userinfo), else over TCP (TLS with STACK_TLS)."""
+        auth = f"{user}:{quote(password or '', safe='')}"
+        if self.redis_via_socket:
+            db_key = "virtual_host" if socket_scheme == "redis+socket" else "db"
+            return f"{socket_scheme}://{auth}@{quote(str(self.paths.redis_socket))}?{db_key}={db}"
+        url = f"{'rediss' if self.tls else 'redis'}://{auth}@{_url_host(self.redis_host)}:{self.redis_port}/{db}"
         if self.tls:  # redis-py reads these from the URL: the server is verified against the stack's CA
             url += "?" + urlencode({"ssl_cert_reqs": "required", "ssl_ca_certs": str(self.tls_ca_file)},
                                    quote_via=quote)
         return url
 
-    def redis_url(self, db: int) -> str:
-        """Our Redis as its default user: the stack's own operations (setup, probes, doctor)."""
-        return self._redis_url("", self.redis_password, db)
-
     def airflow_redis_url(self, db: int) -> str:
-        """Our Redis as the ACL user Airflow's processes log in as (no CONFIG, DEBUG, FLUSHALL ...)."""
-        return self._redis_url(REDIS_AIRFLOW_USER, self.redis_airflow_password, db)
-
-    def redis_tls_params(self) -> dict[str, Any]:
-        """redis-py's keywords for our Redis over TLS (empty without STACK_TLS)."""
-        if not self.tls:
-            return {}
-        return {"ssl": True, "ssl_ca_certs": str(self.tls_ca_file), "ssl_cert_reqs": "required",
-                "ssl_check_hostname": True}
+        """Celery's broker URL (and the stack's pings): the ACL user Airflow logs in as (no CONFIG, FLUSHALL ...)."""
+        return self._redis_url(REDIS_AIRFLOW_USER, self.redis_airflow_password, db, "redis+socket")
 
     @property
     def limiter_storage_uri(self) -> str:
-        return self.ratelimit_storage_uri or self.airflow_redis_url(1)
+        return self.ratelimit_storage_uri or self._redis_url(REDIS_AIRFLOW_USER, self.redis_airflow_password,
+                                                             LIMITER_DB, "redis+unix")
+
+    # ---- the API server / webserver --------------------------------------------------------------
+    @property
+    def api_tls(self) -> bool:
+        """The web component serves HTTPS (the stack's certificate): STACK_TLS, and other machines reach it
+        (STACK_API_HOST beyond loopback)."""
+        return self.tls and self.api_host not in LOOPBACK
 
     @property
     def api_url(self) -> str:
         host = "127.0.0.1" if self.api_host in ("0.0.0.0", "::", "") else self.api_host
-        return f"http://{_url_host(host)}:{self.api_port}"
+        return f"{'https' if self.api_tls else 'http'}://{_url_host(host)}:{self.api_port}"
 
     @staticmethod
     def url_host(host: str) -> str:

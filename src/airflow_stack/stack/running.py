@@ -14,7 +14,7 @@ from ..components import MEMCACHED, REDIS
 from ..errors import StackError
 from ..project import folder, scaffold
 from ..runtime import lifecycle, registry, supervisor
-from ..services import memcached_server, pg_access, pg_database, postgres
+from ..services import memcached_server, pg_access, pg_database, postgres, tls
 from ..settings import Settings
 from .base import StackBase
 
@@ -68,6 +68,8 @@ class Running(StackBase):
 
     def _start(self, live: dict, timeout: float, extras: tuple[str, ...] = ()) -> None:
         s, executor = self.settings, self.executor
+        if s.api_tls:  # the certificate the web component presents: made once, issued again for a new name
+            self.say(*(f"tls: {line}" for line in tls.ensure(s)))
         env, _ = self.write_config()
         report = lifecycle.start(self.c, s, executor, live, env, timeout=timeout, extras=extras)
         if report.restarted:
@@ -79,6 +81,9 @@ class Running(StackBase):
             self.say(f"run: started {', '.join(report.started)}; all healthy in {report.seconds:.1f} s")
         self.say(f"run: Airflow UI and API ({profiles.of(s).web.name}) at {s.api_url}/ ; user {s.admin_user}, "
                  f"password: _AIRFLOW_WWW_USER_PASSWORD in {s.env_file}")
+        if s.api_tls:
+            self.say(f"run: its certificate is from the stack's CA: trust {s.tls_ca_file} (curl --cacert, your "
+                     f"browser's or system's certificate store)")
         if "flower" in extras:
             self.say(f"run: Flower at http://127.0.0.1:{s.flower_port}/ ; user {s.admin_user}, password: "
                      f"STACK_FLOWER_PASSWORD in {s.env_file}")

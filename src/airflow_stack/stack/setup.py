@@ -61,11 +61,15 @@ class SetupSteps(StackBase):
                 f"{self.settings.pg_host}:{self.settings.pg_port}"))
 
     def setup_redis(self, bind: str | None = None, tls_flag: bool = False) -> list[str]:
-        """Install redis-server if needed and run our own password-protected Redis (loopback by default)."""
+        """Install redis-server if needed and run our own password-protected Redis (its Unix socket only by
+        default; TCP for the addresses ``bind`` names beyond loopback)."""
         if bind is not None:
             redis_server.check_bind(bind)
 
         def run() -> list[str]:
+            # the TCP port the bind asks for must be free (or ours) before the bind is kept
+            redis_server.check_port(self.settings.replace(redis_bind=bind or self.settings.redis_bind),
+                                    supervisor.running(self.settings, REDIS.name) is not None)
             changes = self._secrets()
             switched = self._keep_tls(tls_flag)
             changes += switched
@@ -86,7 +90,7 @@ class SetupSteps(StackBase):
             return changes
 
         with self._exclusive("invoke setup.redis"):
-            return self._step("redis", run, lambda: f"already running on 127.0.0.1:{self.settings.redis_port}")
+            return self._step("redis", run, lambda: f"already running on {redis_server.where(self.settings)}")
 
     def setup_memcached(self) -> list[str]:
         """Run our memcached for the login limiter, when STACK_RATELIMIT_STORAGE_URI names one on this machine."""

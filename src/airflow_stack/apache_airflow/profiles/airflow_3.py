@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ...components import FLOWER, TRIGGERER, WORKER, Component, Probe
+from ...components import FLOWER, TRIGGERER, WORKER, Component, Probe, web_tls_options
 from .. import releases
 from . import AirflowLine, RestAPI, WebUI
 
@@ -30,7 +30,7 @@ READS = {
 
 
 def environment(settings: Settings, profile: AirflowLine) -> dict[str, str]:
-    return profile.dag_refresh_env() | {
+    env = profile.dag_refresh_env() | {
         "AIRFLOW__CORE__AUTH_MANAGER": FAB_AUTH_MANAGER,
         # tasks report back over HTTP; without this they dial :8080 and fail with ConnectError
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{settings.api_url}/execution/",
@@ -38,6 +38,15 @@ def environment(settings: Settings, profile: AirflowLine) -> dict[str, str]:
         # one API server process: 3.0 starts 4 by default (3.1 and later 1), each loading the whole app
         "AIRFLOW__API__WORKERS": "1",
     }
+    if settings.api_tls:
+        # The API server serves HTTPS with its certificate and key from its command line (web_tls_options).
+        # Task processes verify it with the CA the Task SDK's client loads: on every 3.x it adds the file
+        # [api] ssl_cert names to its trust (3.0-3.2 know no [api] ssl_ca_file, and pass certifi's bundle as the
+        # CA file, so SSL_CERT_FILE is ignored; SSL_CERT_FILE would also replace the trust of every HTTPS call
+        # of DAG code). ca.pem is on every machine that runs tasks; a non-empty ssl_cert also marks the login
+        # cookies Secure.
+        env["AIRFLOW__API__SSL_CERT"] = str(settings.tls_ca_file)
+    return env
 
 
 def web_listen_env(host: str, port: int, url: str) -> dict[str, str]:
@@ -73,7 +82,7 @@ PROFILE = AirflowLine(
         Component("api-server", ("api-server",),
                   Probe("http", port_setting="api_port", path="/api/v2/monitor/health", json_key="metadatabase",
                         warmup="/execution/health"),
-                  ports=("api_port",)),
+                  ports=("api_port",), options=web_tls_options),
         # with the LocalExecutor the scheduler's task processes run here, so the scheduler serves their logs
         Component("scheduler", ("scheduler",), Probe("http", port_setting="scheduler_health_port", path="/health"),
                   ports=("scheduler_health_port",), local_ports=("worker_log_port",),
