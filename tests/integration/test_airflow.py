@@ -233,7 +233,8 @@ def test_run_refuses_missing_services_and_folders(stack, airflow_up, tmp_path):
         ({"STACK_PROJECT_DIR": str(tmp_path / "no-such-folder")}, "STACK_PROJECT_DIR"),
         ({"STACK_PROJECT_DIR": str(tmp_path)}, "has no dags/ folder"),
         ({"STACK_PG_PORT": "1"}, "invoke setup.postgres"),
-        ({"STACK_REDIS_PORT": "1"}, "invoke setup.redis"),
+        # our Redis is where nothing answers (here it is on its socket: a host elsewhere, as a worker's would be)
+        ({"STACK_REDIS_HOST": "127.0.0.3", "STACK_REDIS_PORT": "1"}, "invoke setup.redis"),
     ]
     for env, needle in cases:
         proc = stack.inv(f"run.{EXECUTOR}", check=False, env=env)

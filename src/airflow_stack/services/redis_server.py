@@ -198,6 +198,11 @@ def where(settings: Settings) -> str:
     return " and ".join(found)
 
 
+def conf_listens_tcp(settings: Settings) -> bool:
+    """The config our Redis runs with (or last ran with) opens a TCP port."""
+    return _conf_port(conf_path(settings)) is not None
+
+
 def _conf_port(conf: Path) -> int | None:
     try:
         for line in conf.read_text().splitlines():

@@ -7,7 +7,7 @@ from ..apache_airflow import config, install, releases, schema
 from ..components import MEMCACHED, REDIS
 from ..errors import StackError
 from ..project import folder, objects
-from ..runtime import checkouts, lifecycle, supervisor
+from ..runtime import checkouts, lifecycle, registry, supervisor
 from ..services import host, memcached_server, pg_access, pg_database, postgres, redis_server, tls
 from ..settings import LOOPBACK
 from .base import StackBase
@@ -81,10 +81,14 @@ class SetupSteps(StackBase):
                                                 f"password required)", ", ".join(remote)))
             s = self.settings
             before = supervisor.running(s, REDIS.name)
+            had_tcp = redis_server.conf_listens_tcp(s)
             prepared = redis_server.prepare(self.c, self.host, s, ours_running=before is not None)
             changes += prepared.done
             changes += lifecycle.run_service(self.c, s, REDIS, prepared.argv, prepared.config_changed,
                                              prepared.label, redis_server.READY_TIMEOUT)
+            if had_tcp and not s.redis_tcp and registry.running(s):  # a stack set up before the socket
+                changes.append("the running Airflow processes still dial its TCP port, which is closed now: "
+                               "invoke stop && invoke up")
             if supervisor.running(s, REDIS.name) != before and not switched:  # (re)started: clients lost it
                 changes += lifecycle.wait_workers_reconnected(s)  # (after a switch to TLS they cannot)
             return changes
