@@ -260,6 +260,7 @@ def _login_page(client: httpx.Client, line: str) -> tuple[str, str]:
     path = "/login/" if line == "2.11" else "/auth/login/"
     page = client.get(path)
     assert page.status_code == 200, page.status_code
+    client.headers["Referer"] = str(page.url)  # as a browser: over HTTPS the form's CSRF check wants it
     token = re.search(r'name="csrf_token"[^>]*value="([^"]+)"', page.text)
     assert token, "no CSRF token on the login page"
     return path, token.group(1)

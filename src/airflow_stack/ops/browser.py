@@ -28,8 +28,9 @@ from ..settings import Settings
 
 
 def pins_for(settings: Settings) -> tuple[str, ...]:
-    """What the browser accepts of the stack's HTTPS (STACK_TLS, the API beyond loopback): the public key of the
-    stack's server certificate, and no other (a browser's own store does not hold the stack's CA)."""
+    """The stack's HTTPS (STACK_TLS, the API beyond loopback) for this headless browser on loopback, whose own
+    store does not hold the stack's CA: the public key of the server certificate the web component presents
+    (Chromium ignores certificate errors for a chain holding that key; made no stronger than that)."""
     return (tls.spki_pin(settings.paths.tls_server_cert),) if settings.api_tls else ()
 
 

@@ -242,8 +242,10 @@ def _probe_login(settings: Settings, path: str) -> int:
     token = re.search(r'name="csrf_token"[^>]*value="([^"]+)"', page)
     body = urllib.parse.urlencode({"username": "airflow-stack-doctor", "password": "-",
                                    "csrf_token": token.group(1) if token else ""})
+    # the Referer a browser sends: over HTTPS Flask-WTF refuses a form POST without one (WTF_CSRF_SSL_STRICT)
+    referer = f"{'https' if settings.api_tls else 'http'}://127.0.0.1:{settings.api_port}{path}"
     status, _, _ = request("POST", body, {"Content-Type": "application/x-www-form-urlencoded",
-                                          "Cookie": cookie.split(";", 1)[0]})
+                                          "Cookie": cookie.split(";", 1)[0], "Referer": referer})
     return status
 
 

@@ -19,6 +19,7 @@ from .. import netutil, progress
 from ..apache_airflow import config, install, profiles
 from ..components import WORKER, WORKER_PREFIX, Component, worker_command
 from ..errors import StackError
+from ..services import tls
 from ..settings import Settings
 from . import health, preflight, registry, supervisor
 
@@ -32,6 +33,7 @@ class StartReport:
     already: list[str] = field(default_factory=list)
     restarted: list[str] = field(default_factory=list)  # stopped first: they ran another Airflow release
     seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)  # what was made for them (the web component's certificate)
 
 
 def start(c: Context, settings: Settings, executor: str, live: dict[str, supervisor.Running],
@@ -64,6 +66,8 @@ def start(c: Context, settings: Settings, executor: str, live: dict[str, supervi
         for comp in to_start:  # what a killed component left behind would hold its ports
             supervisor.collect(settings, comp.name, whole_session=comp.reap_session)
         preflight.check_ports(settings, to_start, executor)
+        if settings.api_tls and profile.web in to_start:  # its certificate: made once, issued again for a new name
+            report.notes += tls.ensure(settings)
         registry.record(settings, executor, profile.release)
         airflow = str(install.airflow_bin(settings))
 

@@ -14,7 +14,7 @@ from ..components import MEMCACHED, REDIS
 from ..errors import StackError
 from ..project import folder, scaffold
 from ..runtime import lifecycle, registry, supervisor
-from ..services import memcached_server, pg_access, pg_database, postgres, tls
+from ..services import memcached_server, pg_access, pg_database, postgres
 from ..settings import Settings
 from .base import StackBase
 
@@ -68,10 +68,9 @@ class Running(StackBase):
 
     def _start(self, live: dict, timeout: float, extras: tuple[str, ...] = ()) -> None:
         s, executor = self.settings, self.executor
-        if s.api_tls:  # the certificate the web component presents: made once, issued again for a new name
-            self.say(*(f"tls: {line}" for line in tls.ensure(s)))
         env, _ = self.write_config()
         report = lifecycle.start(self.c, s, executor, live, env, timeout=timeout, extras=extras)
+        self.say(*(f"tls: {line}" for line in report.notes))
         if report.restarted:
             self.say(*(f"run: {line} (it ran code the venv no longer holds: another Airflow release or "
                        f"requirements.txt)" for line in report.restarted))
@@ -79,11 +78,9 @@ class Running(StackBase):
             self.say(f"run: already running ({', '.join(report.already)}), Airflow {self.release}, {executor}")
         else:
             self.say(f"run: started {', '.join(report.started)}; all healthy in {report.seconds:.1f} s")
+        trust = f" ; its certificate is from the stack's CA: trust {s.tls_ca_file}" if s.api_tls else ""
         self.say(f"run: Airflow UI and API ({profiles.of(s).web.name}) at {s.api_url}/ ; user {s.admin_user}, "
-                 f"password: _AIRFLOW_WWW_USER_PASSWORD in {s.env_file}")
-        if s.api_tls:
-            self.say(f"run: its certificate is from the stack's CA: trust {s.tls_ca_file} (curl --cacert, your "
-                     f"browser's or system's certificate store)")
+                 f"password: _AIRFLOW_WWW_USER_PASSWORD in {s.env_file}{trust}")
         if "flower" in extras:
             self.say(f"run: Flower at http://127.0.0.1:{s.flower_port}/ ; user {s.admin_user}, password: "
                      f"STACK_FLOWER_PASSWORD in {s.env_file}")
@@ -91,7 +88,7 @@ class Running(StackBase):
     def add_worker(self, name: str, queues: str, concurrency: int | None,
                    timeout: float = lifecycle.HEALTH_TIMEOUT) -> None:
         """Add a Celery worker ``worker-NAME``, here or on another machine that has the stack's .env."""
-        from .runtime import preflight
+        from ..runtime import preflight
 
         with self._exclusive("invoke run.worker"):
             s = self.settings
