@@ -208,12 +208,12 @@ def check_limiter(settings: Settings, envs: dict[str, dict[str, str]], refused: 
                                                 f"login counted there")
     limiter_db = limiter.redis_db(settings)
     try:
-        _probe_login(settings, line.rest.login_path)
+        answer = _probe_login(settings, line.rest.login_path)
         keys = redis_server.client(settings, db=limiter_db).keys(f"LIMITS*{PROBE_ADDRESS}*")
     except (OSError, http.client.HTTPException, redis.RedisError) as exc:
         return Check("login rate limits", False, f"probe failed ({exc.__class__.__name__})", "invoke up")
     if not keys:
-        return Check("login rate limits", False, "a login attempt left no LIMITS key in our Redis",
+        return Check("login rate limits", False, f"a login attempt (HTTP {answer}) left no LIMITS key in our Redis",
                      f"invoke setup.airflow && invoke stop -c {web} && invoke up")
     return Check("login rate limits", True, f"kept in our Redis (DB {limiter_db}); a probe login counted there")
 
