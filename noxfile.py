@@ -9,9 +9,8 @@ from airflow_stack.apache_airflow import profiles
 nox.needs_version = ">=2025.2.9"
 nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.error_on_missing_interpreters = True
-nox.options.sessions = ["lint", "tests", "integration", "releases"]
+nox.options.sessions = ["lint", "tests", "darwin", "integration", "releases"]
 
-PYPROJECT = nox.project.load_toml("pyproject.toml")
 # every supported minor but the default gets a session of its own (2.x is end of life: no full matrix)
 MINORS = [nox.param(name, id=name, tags=[f"line-{name}"]) for name in profiles.NAMES if name != profiles.DEFAULT]
 EXECUTORS = [nox.param(name, id=name, tags=[name]) for name in ("local", "celery")]
@@ -21,8 +20,13 @@ MARKERS = {"local": "integration and not celery and not minor",
 
 
 def install(session: nox.Session, *groups: str, project: bool = True) -> None:
-    deps = [dep for group in groups for dep in nox.project.dependency_groups(PYPROJECT, group)]
-    session.install(*(("-e", ".") if project else ()), *deps)
+    """The session's venv exactly as uv.lock pins these dependency groups (and this package, editable), compiled:
+    a shell with PYTHONDONTWRITEBYTECODE set (some CI images) would otherwise compile every import again in
+    each of the hundreds of `python -m invoke` a session runs (1.2 s each, measured)."""
+    session.run_install("uv", "sync", "-q", "--locked", "--compile-bytecode", "--no-default-groups",
+                        *(arg for group in groups for arg in ("--group", group)),
+                        *(() if project else ("--no-install-project",)), "--python", session.virtualenv.location,
+                        env={"UV_PROJECT_ENVIRONMENT": session.virtualenv.location}, external=True)
 
 
 @nox.session
@@ -37,6 +41,17 @@ def tests(session: nox.Session) -> None:
     """Unit tests: no services, every platform path through invoke's MockContext."""
     install(session, "test")
     session.run("pytest", "tests/unit", *session.posargs)
+
+
+# the supervisor and launcher tests (a kill -9 restart by the resident supervisor included), and the forcing's own
+DARWIN_TESTS = ("tests/unit/test_darwin.py", "tests/unit/test_supervisor.py", "tests/unit/test_launcher.py")
+
+
+@nox.session
+def darwin(session: nox.Session) -> None:
+    """The supervisor and launcher tests as on macOS, forced on Linux: sys.platform, Homebrew, no /proc."""
+    install(session, "test")
+    session.run("pytest", *DARWIN_TESTS, "--platform", "darwin", *session.posargs)
 
 
 @nox.session

@@ -12,8 +12,8 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import stat
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -65,17 +65,27 @@ def exclusive(settings: Settings, what: str, wait: float = WAIT_SECONDS, path: P
 
 
 @contextlib.contextmanager
-def machine_wide(resource: str, what: str, wait: float = WAIT_SECONDS) -> Iterator[None]:
+def machine_wide(settings: Settings, resource: str, what: str, wait: float = WAIT_SECONDS) -> Iterator[None]:
     """Hold a lock that every checkout of this user shares, for a resource they share.
 
     Two stacks (two checkouts, or the test lanes) that both find the local PostgreSQL down would
     each start it; the second then sees a server that is still starting and no stack's lock
-    orders them. This lock does, across state dirs.
+    orders them. This lock does, across state dirs. It lives in the user's own state folder
+    (STACK_USER_STATE_DIR), never in a shared /tmp where another user could plant the folder or a
+    link in it: the folder must be a real folder of this user's that no one else may enter, and the
+    lock file is opened without following a link.
     """
-    folder = Path(tempfile.gettempdir()) / f"airflow-stack-{os.getuid()}"
-    folder.mkdir(mode=0o700, exist_ok=True)
-    fd = os.open(folder / f"{resource}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    settings.user_paths.make_private()
+    path = settings.user_paths.locks / f"{resource}.lock"
     try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    except OSError as exc:  # ELOOP: a link planted in its place
+        raise StackError(f"{path} cannot be opened as a lock file of ours ({exc.strerror}); remove it "
+                         f"(a link or another user's file there is not ours to follow)") from None
+    try:
+        found = os.fstat(fd)
+        if not stat.S_ISREG(found.st_mode) or found.st_uid != os.geteuid():
+            raise StackError(f"{path} is not a file of yours; remove it, then run this again")
         _acquire(fd, f"on this machine ({resource})", what, wait)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()} {what}\n".encode(), 0)

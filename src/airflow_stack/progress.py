@@ -26,6 +26,12 @@ HEARTBEAT = 5.0  # seconds between plain lines
 SPIN = "|/-\\"
 
 
+def say(*lines: str) -> None:
+    """What a command says: each line on stdout, at once (the facade's and the tasks' one way to speak)."""
+    for line in lines:
+        print(line, flush=True)
+
+
 def configure(chosen: str) -> None:
     """How progress shows for the rest of this command: "auto", "plain" or "off"."""
     global _chosen

@@ -16,6 +16,7 @@ The state dir is 0700: logs, Redis data and records are the user's alone.
     logs/NAME.log (.1 ...)       each process's stdout and stderr, rotated by size; the launcher
     logs/airflow/                Airflow's task logs
     logs/setup-airflow.log ...   what the Airflow CLI printed for setup steps; apache_airflow.commands
+    logs/service.log             macOS: what the launchd agent's `invoke up` printed at login; ops.service_units
     redis/ (0700)                redis.conf (0600), its data, and redis.sock (0700), the Unix socket the stack's
                                  own processes reach it through; services.redis_server
     tls/                         with STACK_TLS: ca.pem (what workers copy), ca-key.pem, server.pem,
@@ -28,6 +29,7 @@ The state dir is 0700: logs, Redis data and records are the user's alone.
     backups/                     db.backup and the upgrade's backups (0600); ops.backup
     exports/                     objects.export (0600: it holds passwords); project.objects
     project-dockerfile-note      the Dockerfile note said last (said again only when it changes); stack
+    worker.env (0600)            what a worker machine needs (invoke worker.env); ops.worker_env
     import-XXXX/ (0700)          db.import-sqlite's working copy (removed after); ops.carryover
 
 ``.env`` (mode 0600, git-ignored) holds the settings a user chose and the secrets generated once;
@@ -46,9 +48,11 @@ checkout of this user shares (``UserStateDir``):
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import stat
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +63,7 @@ from dotenv.parser import parse_stream
 from .errors import StackError
 
 ENV_FILE_VAR = "STACK_ENV_FILE"
+SUN_PATH_BYTES = 104 if sys.platform == "darwin" else 108  # a Unix socket's path, with its NUL, at most (sun_path)
 USER_STATE_DEFAULT = Path(platformdirs.user_state_dir("airflow-stack", appauthor=False))
 ENV_HEADER = ("# airflow-stack settings and secrets: written by `invoke setup`, kept out of git (mode 0600).\n"
               "# Values you set here win; missing secrets are generated once. Copy the whole file to a\n"
@@ -91,6 +96,7 @@ class StateDir:
     gunicorn_control = Under("run", "gunicorn.ctl")
     logs = Under("logs")
     task_logs = Under("logs", "airflow")
+    service_log = Under("logs", "service.log")  # the launchd agent's output (systemd keeps it in the journal)
     redis = Under("redis")
     redis_conf = Under("redis", "redis.conf")
     redis_socket = Under("redis", "redis.sock")
@@ -107,6 +113,7 @@ class StateDir:
     backups = Under("backups")
     exports = Under("exports")
     dockerfile_note = Under("project-dockerfile-note")
+    worker_env = Under("worker.env")
 
     def pid_file(self, name: str) -> Path:
         return self.run / f"{name}.pid"
@@ -167,21 +174,37 @@ class UserStateDir:
 
     stacks = Under("stacks")
     defaults = Under("defaults.env")
+    locks = Under("locks")  # machine-wide locks: installing or starting the shared PostgreSQL, choosing ports
 
     def stack_entry(self, checkout_id: str) -> Path:
         return self.stacks / f"{checkout_id}.json"
 
     def make_private(self) -> None:
-        """The folder (0700) and stacks/ in it."""
-        _make_private(self.root, self.stacks)
+        """The folder (0700), stacks/ and locks/ in it."""
+        _make_private(self.root, self.stacks, self.locks)
 
 
 def _make_private(root: Path, *inside: Path) -> None:
-    """``root`` and the folders ``inside`` it, made 0700 (``root`` tightened when it was not)."""
+    """``root`` and the folders ``inside`` it: private_folder each."""
     for path in (root, *inside):
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if root.stat().st_mode & 0o077:
-        root.chmod(0o700)
+        private_folder(path)
+
+
+def private_folder(path: Path) -> None:
+    """A folder of this user's that no other user may enter: made 0700 when missing (tightened when it is this
+    user's and open). One that is a link, not a folder, or another user's is refused in one line naming it, and
+    nothing in it is touched (another local user could have planted it)."""
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o700, parents=True)
+    found = os.lstat(path)
+    if stat.S_ISLNK(found.st_mode) or not stat.S_ISDIR(found.st_mode):
+        raise StackError(f"{path} is not a folder (a link or a file is there); remove it, or choose another place "
+                         f"(STACK_STATE_DIR, STACK_USER_STATE_DIR)")
+    if found.st_uid != os.geteuid():
+        raise StackError(f"{path} belongs to another user (uid {found.st_uid}), so nothing was written or locked "
+                         f"in it; remove it, or choose a folder of yours (STACK_STATE_DIR, STACK_USER_STATE_DIR)")
+    if stat.S_IMODE(found.st_mode) & 0o077:
+        path.chmod(0o700)
 
 
 # ---- files that hold secrets --------------------------------------------------------------------

@@ -49,12 +49,31 @@ def test_backup_and_restore_round_trip(stack, airflow_up):
     with psycopg.connect(**settings.pg_conninfo(), autocommit=True) as conn:
         conn.execute("DELETE FROM task_instance WHERE dag_id = %s", (lost,))
         conn.execute("DELETE FROM dag_run WHERE dag_id = %s", (lost,))
+        # what a newer release's migration adds: a table whose foreign key needs a backed-up primary key (a
+        # failed upgrade's rollback restores over it), and a type of its own
+        conn.execute("CREATE TYPE stack_test_newer_state AS ENUM ('new')")
+        conn.execute("CREATE TABLE stack_test_newer (run integer REFERENCES dag_run (id), "
+                     "state stack_test_newer_state)")
     assert snapshot(settings) != before
     assert_one_line_error(stack.inv("db.restore", str(path), "--yes", check=False), "stop it first")
     stack.inv("stop")
     assert_one_line_error(stack.inv("db.restore", str(path), check=False), "--yes")
     assert "restored" in stack.inv("db.restore", str(path), "--yes").stdout
     assert snapshot(settings) == before  # exactly what was backed up, before anything runs on it
+    with psycopg.connect(**settings.pg_conninfo()) as conn:
+        assert conn.execute("SELECT to_regclass('stack_test_newer'), to_regtype('stack_test_newer_state')"
+                            ).fetchone() == (None, None)  # nothing the backup did not hold
+    # a backup cut short (a full disk, a copy interrupted): the restore fails and changes nothing
+    cut = path.with_name("cut short.dump")
+    cut.write_bytes(path.read_bytes()[:-4096])
+    with psycopg.connect(**settings.pg_conninfo(), autocommit=True) as conn:
+        conn.execute("INSERT INTO variable (key, val) VALUES ('stack_test_after_restore', 'kept')")
+    kept = snapshot(settings)
+    assert_one_line_error(stack.inv("db.restore", str(cut), "--yes", check=False), "nothing was changed")
+    assert snapshot(settings) == kept
+    cut.unlink()
+    with psycopg.connect(**settings.pg_conninfo(), autocommit=True) as conn:
+        conn.execute("DELETE FROM variable WHERE key = 'stack_test_after_restore'")
     stack.inv("up")
     assert variable(stack, "stack_test_kept") == "before"
     after = snapshot(settings)

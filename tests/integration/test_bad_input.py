@@ -203,6 +203,13 @@ def timeout_not_a_number(b):
     return ["up", "--timeout", "soon"], {}
 
 
+@case("STACK_TRUSTED_PROXIES='bogus' (environment): 'bogus' is not an IP address or network",
+      "e.g. STACK_TRUSTED_PROXIES=127.0.0.2,10.0.0.0/24")
+def trusted_proxies_bogus(b):
+    """Refused when the settings load, before anything is set up or started."""
+    return ["up"], {"STACK_TRUSTED_PROXIES": "bogus"}
+
+
 @case("192.0.2.7 is not an address of this machine", "e.g. '127.0.0.1 10.0.0.5'")
 def redis_bind_elsewhere(b):
     return ["setup.redis", "--bind", "127.0.0.1 192.0.2.7"], {}
@@ -441,6 +448,75 @@ if OLDER_LINES:
         b.values["older"] = profiles.get(OLDER_LINES[0]).default_version
         nothing_installed(b)
         return ["up", "--line", OLDER_LINES[0]], {}
+
+
+# ---- the release a project pins, and its .env (issue 24) ---------------------------------------------
+def project_copy(b) -> Path:
+    """A copy of the running stack's project (its own is never edited), to give the case a bad file in it."""
+    root = b.tmp / "project copy"
+    shutil.copytree(b.stack.env["STACK_PROJECT_DIR"], root)
+    return root
+
+
+@case("Airflow 3.1.99 does not exist on", "choose a published release, e.g. 3.1.8")
+def a_dockerfile_naming_a_release_that_does_not_exist(b):
+    root = project_copy(b)
+    (root / "Dockerfile").write_text("FROM apache/airflow:3.1.99\n")
+    nothing_installed(b)
+    # the project's Dockerfile decides only when no setting names a release
+    return ["up"], {"STACK_PROJECT_DIR": str(root), "STACK_AIRFLOW_LINE": None}
+
+
+@case("line 2 is not KEY=VALUE", "fix or remove that line")
+def a_project_env_line_that_is_not_key_value(b):
+    root = project_copy(b)
+    (root / ".env").write_text("AIRFLOW_VAR_FINE=1\nthis is not a setting\n")
+    nothing_installed(b)
+    return ["up"], {"STACK_PROJECT_DIR": str(root)}
+
+
+@case("sets AIRFLOW__CORE__FERNET_KEY, which is the stack's own", "remove it from the project's .env")
+def a_project_env_name_that_clashes_with_a_stack_secret(b):
+    root = project_copy(b)
+    clash = "clash-" + os.urandom(8).hex()
+    (root / ".env").write_text(f"AIRFLOW__CORE__FERNET_KEY={clash}\n")
+    b.secrets.append(clash)  # never printed
+    nothing_installed(b)
+    return ["up"], {"STACK_PROJECT_DIR": str(root)}
+
+
+@case("needs Python", "this is 3.15", "STACK_AIRFLOW_PYTHON")
+def a_release_this_python_cannot_run(b):
+    """A Python that says it is 3.15 (no release the stack runs supports it): named in one line, nothing
+    installed."""
+    fake = b.tmp / "python3.15"
+    fake.write_text("#!/bin/sh\necho 3.15\n")
+    fake.chmod(0o755)
+    nothing_installed(b)
+    return ["setup.airflow"], {"STACK_AIRFLOW_PYTHON": str(fake)}
+
+
+# ---- security round two (issue 26) ---------------------------------------------------------------------
+@case("belongs to another user (uid 65534), so nothing was written or locked in it", "STACK_USER_STATE_DIR")
+def a_lock_folder_owned_by_someone_else(b):
+    planted = b.tmp / "planted-user-state"
+    (planted / "locks").mkdir(parents=True)
+    os.chown(planted, 65534, 65534)
+    os.chown(planted / "locks", 65534, 65534)
+    return ["setup.postgres"], {"STACK_USER_STATE_DIR": str(planted)}
+
+
+@case("is writable by other users (mode 1777); nothing was written", "in a folder only you can write to")
+def a_worker_env_output_in_a_world_writable_folder(b):
+    shared = b.tmp / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+
+    def nothing_written(proc) -> None:
+        assert not (shared / "worker.env").exists()
+
+    b.verify = nothing_written
+    return ["worker.env", "--output", str(shared / "worker.env")], {}
 
 
 # ---- another checkout of the repo on the same PostgreSQL ---------------------------------------------

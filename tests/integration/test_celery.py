@@ -104,8 +104,9 @@ def connections_from_remote_address():
 
 @pytest.fixture(scope="module")
 def remote(stack, airflow_up, tmp_path_factory):
-    """A worker "on another machine": its own state dir with a copy of .env and of the stack's CA
-    (tls/ca.pem), its own hostname (a UTS namespace) and name resolution (a private /etc/hosts), reaching
+    """A worker "on another machine": its own state dir with what `invoke worker.env` writes as its .env and
+    a copy of the stack's CA (tls/ca.pem), its own hostname (a UTS namespace) and name resolution (a private
+    /etc/hosts), reaching
     PostgreSQL, Redis and the API server through 127.0.0.2 only, from 127.0.0.2, as the pg_hba entry and
     Redis bind opted in for; Redis and PostgreSQL over TLS, verified with the CA."""
     if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("ip"):
@@ -117,8 +118,16 @@ def remote(stack, airflow_up, tmp_path_factory):
         shutil.copy(settings.tls_ca_file, home / "tls" / "ca.pem")
     (home / "hosts").write_text(f"127.0.0.1 localhost\n"
                                 f"{REMOTE_ADDRESS} {REMOTE_HOSTNAME}.stack.test {REMOTE_HOSTNAME}\n")
-    machine = stack.derive(home, STACK_PG_HOST=REMOTE_ADDRESS, STACK_REDIS_HOST=REMOTE_ADDRESS,
-                           STACK_API_HOST=REMOTE_ADDRESS, STACK_WORKER_LOG_PORT=str(free_ports(1)[0]))
+    # the worker machine's .env is what `invoke worker.env` writes, alone: no copy of the stack's .env
+    stack.inv("worker.env", "--output", str(home / ".env"), "--host", REMOTE_ADDRESS)
+    given = (home / ".env").read_text()
+    for kept_home in (settings.redis_password, settings.admin_password, settings.flower_password):
+        assert kept_home not in given  # the Redis default user's, the admin's and Flower's passwords stay home
+    assert "STACK_PG_ADMIN_DSN" not in given
+    machine = type(stack)(home, stack.env | {
+        "STACK_ENV_FILE": str(home / ".env"), "STACK_STATE_DIR": str(home), "STACK_PG_HOST": REMOTE_ADDRESS,
+        "STACK_REDIS_HOST": REMOTE_ADDRESS, "STACK_API_HOST": REMOTE_ADDRESS,
+        "STACK_WORKER_LOG_PORT": str(free_ports(1)[0])})
     machine.wrapper = ["unshare", "--uts", "--mount", "--propagation", "private", "sh", "-c",
                        f'mount --bind "$0" /etc/hosts && hostname {REMOTE_HOSTNAME} && exec "$@"',
                        str(home / "hosts")]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -118,6 +119,13 @@ def test_two_clones_from_the_quick_start_alone_get_their_own_database_and_ports_
     clones = [Clone(tmp_path_factory.mktemp("My Projects") / "airflow stack", env),
               Clone(tmp_path_factory.mktemp("code") / "airflow-stack", env)]
     (clones[1].path / "dags" / "only_in_the_second_clone.py").write_text(DAG)  # a DAG of its own project
+    # the second clone's .env is the user's, made before the first setup the way the README's
+    # `echo ... >> .env` makes it (0644 under umask 022), and another local user opened it then
+    user_env = clones[1].path / ".env"
+    by_hand = "# mine, written before the first setup\nSTACK_PROGRESS=plain\n"
+    user_env.write_text(by_hand)
+    user_env.chmod(0o644)
+    reader = user_env.open("rb")
     first_pids = running_pids(first)
     try:
         began = time.monotonic()
@@ -160,6 +168,12 @@ def test_two_clones_from_the_quick_start_alone_get_their_own_database_and_ports_
         for s, out in zip((s1, s2), outs, strict=True):
             secrets = [value for value in settings_mod.secret_values(s) if len(value) >= 6]
             assert secrets and not [v for v in secrets if v in out], "a secret of .env in the quick start's output"
+        # the descriptor opened while .env was 0644 still reads what the user wrote, and nothing more: the
+        # secrets went into a new 0600 file moved over it; the user's own line is kept
+        reader.seek(0)
+        assert reader.read().decode() == by_hand
+        reader.close()
+        assert stat.S_IMODE(user_env.stat().st_mode) == 0o600 and "STACK_PROGRESS=plain" in user_env.read_text()
 
         # neither UI accepts the other's admin password (nor the first stack's)
         assert logs_in(s1, s1.admin_password) and not logs_in(s1, s2.admin_password)

@@ -32,7 +32,7 @@ class AirflowAPI:
         if self.rest.auth == "basic":
             self.client.auth = (user, password)
         else:
-            token = self.client.post("/auth/token", json={"username": user, "password": password})
+            token = self.client.post(self.rest.token_path, json={"username": user, "password": password})
             token.raise_for_status()
             self.client.headers["Authorization"] = f"Bearer {token.json()['access_token']}"
 

@@ -33,7 +33,7 @@ KINDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Airflow triggerer", ("airflow triggerer",)),
     ("Celery workers and their tasks", ("celeryd", "airflow celery", "celery worker", "ForkPoolWorker")),
     ("Airflow task processes", ("airflow worker", "airflow task runner", "airflow task supervisor", " tasks run ")),
-    ("airflow_helper (DAG checks, objects)", ("airflow_helper.py",)),
+    ("airflow_helper (DAG checks, objects, dags.test)", ("airflow_helper.py",)),
     ("airflow db migrate", ("airflow db migrate",)),
     ("airflow users create / reset-password", ("users create", "users reset-password", "users delete")),
     ("other airflow CLI commands", ("bin/airflow ", "airflow.__main__")),

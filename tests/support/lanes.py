@@ -1,5 +1,5 @@
-"""`scripts/test` without arguments: lint and the unit tests, then the integration sessions in lanes that run
-at the same time.
+"""`scripts/test` without arguments: lint and the unit tests (and the darwin session: the supervisor's and
+launcher's tests with macOS's paths forced), then the integration sessions in lanes that run at the same time.
 
 Each integration session brings up its own stack (state dir, free ports, role and database; the Celery
 sessions a PostgreSQL cluster of their own), so two sessions never meet. A session spends most of its time
@@ -116,7 +116,9 @@ def run_lane(number: int, sessions: list[str], lock: threading.Lock, results: di
 
 def main() -> int:
     began = time.monotonic()
-    first = subprocess.run([sys.executable, "-m", "nox", "-s", "lint", "tests"], cwd=ROOT, stdin=subprocess.DEVNULL)
+    # lint, the unit tests, and the supervisor's and launcher's again as on macOS (darwin: well under a minute)
+    first = subprocess.run([sys.executable, "-m", "nox", "-s", "lint", "tests", "darwin"], cwd=ROOT,
+                           stdin=subprocess.DEVNULL)
     if first.returncode != 0:
         return first.returncode
     lanes = deal(integration_sessions(), default_lanes())

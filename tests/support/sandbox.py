@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -78,14 +77,6 @@ class Sandbox:
 
     def ports(self) -> set[int]:
         return {int(self.env[name]) for name in PORT_SETTINGS if name in self.env}
-
-    def derive(self, state_dir: Path, **env: str) -> Sandbox:
-        """Another machine's view of this stack: its own state dir and a copy of the .env (with
-        ``env`` on top); the same role, database and services."""
-        state_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copy(self.env["STACK_ENV_FILE"], state_dir / ".env")
-        return type(self)(state_dir, self.env | {"STACK_ENV_FILE": str(state_dir / ".env"),
-                                              "STACK_STATE_DIR": str(state_dir)} | env)
 
     def secrets(self) -> list[str]:
         """The secret values in the sandbox's .env (output is checked for them)."""

@@ -1,10 +1,25 @@
-"""Unit tests: no services. Settings come from a temporary .env and a clean environment."""
+"""Unit tests: no services. Settings come from a temporary .env and a clean environment. With
+``--platform darwin`` every test runs with macOS's paths forced (tests/support/darwin.py) and fails when the
+code under test read /proc."""
 
 from __future__ import annotations
 
 import pytest
 
 from airflow_stack import settings as settings_mod
+
+
+@pytest.fixture(autouse=True)
+def forced_platform(request, monkeypatch, tmp_path_factory):
+    """The platform the code under test sees (tests.support.darwin.Forced): native, or darwin forced here."""
+    from tests.support import darwin
+
+    if request.config.getoption("--platform") != "darwin":
+        yield darwin.Forced("native")
+        return
+    forced = darwin.force(monkeypatch, tmp_path_factory.mktemp("proc-reads") / "reads.txt")
+    yield forced
+    assert forced.reads() == [], "the code under test read /proc, which macOS does not have"
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 
 import pytest
 
@@ -178,3 +179,59 @@ def test_the_repo_as_its_own_project_has_no_project_env(settings, tmp_path):
     (tmp_path / "dags").mkdir()
     s = settings.replace(project_dir=tmp_path)  # the conftest's .env is tmp_path/.env: the same file
     assert airflow_config.project_environment(s, airflow_config.environment(s, "local")) == {}
+
+
+def test_on_macos_releases_that_fork_without_exec_get_objc_fork_safety_off(settings, monkeypatch, request):
+    """No release of either line execs every child it forks on darwin (3.3.2: tasks only, #64874; the DAG
+    processor and triggerer fork bare until #69008): every Airflow process gets the variable there, and only
+    there; a release that carries both fixes would not."""
+    var = airflow_config.OBJC_FORK_SAFETY_VAR
+    assert var not in airflow_config.environment(settings)  # Linux
+    monkeypatch.setattr(airflow_config.sys, "platform", "darwin")
+    for line in profiles.NAMES:
+        assert airflow_config.environment(settings.replace(airflow_line=line))[var] == "YES"
+    fixed = dataclasses.replace(profiles.LINES["3"], darwin_fork_exec_from="3.3.3")
+    monkeypatch.setitem(profiles.LINES, "3", fixed)
+    profiles.for_release.cache_clear()  # profiles of releases are built once from their line's
+    request.addfinalizer(profiles.for_release.cache_clear)
+    assert var in airflow_config.environment(settings.replace(airflow_version="3.3.2"))
+    assert var not in airflow_config.environment(settings.replace(airflow_version="3.3.3"))
+    assert var not in airflow_config.render_airflow_cfg(airflow_config.environment(settings), settings)
+    assert fixed.needs_objc_fork_workaround("3.3.10") is False and fixed.needs_objc_fork_workaround("3.2.9")
+
+
+def test_migrations_run_with_psycopg2_where_a_migration_needs_it(settings, monkeypatch, tmp_path):
+    """3.x's migration 0094 cannot run on psycopg 3 (an upgrade from 3.1 to 3.3 stopped there): `db migrate` gets
+    the psycopg2 URL, the running processes keep the line's driver; a failure names the exception, not the
+    trailer after it."""
+    from invoke import MockContext
+
+    from airflow_stack.apache_airflow import commands, install, schema
+
+    seen = {}
+    monkeypatch.setattr(schema, "needs_migration", lambda s: True)
+    monkeypatch.setattr(schema, "schema_revision", lambda s: "abc")
+    monkeypatch.setattr(schema, "_mark_schema", lambda s, version: None)
+    monkeypatch.setattr(install, "installed_version", lambda s: "3.3.2")
+    monkeypatch.setattr(commands, "run_cli", lambda c, s, env, args, log: seen.update(env=env, args=args))
+    env = airflow_config.environment(settings, "local")
+    assert env[airflow_config.SQL_CONN_VAR].startswith("postgresql+psycopg://")
+    settings.paths.make_private()
+    settings.paths.airflow_home.mkdir(parents=True, exist_ok=True)
+    schema.migrate(MockContext(), settings, env)
+    assert seen["args"] == "db migrate"
+    assert seen["env"][airflow_config.SQL_CONN_VAR] == env[airflow_config.SQL_CONN_VAR].replace(
+        "postgresql+psycopg://", "postgresql+psycopg2://", 1)
+    log = tmp_path / "setup-airflow.log"
+    log.write_text("an earlier run\nValueError: not this one\n")
+    began = log.stat().st_size
+    with log.open("a") as fh:
+        fh.write("Running upgrade b87d2135fa50 -> e812941398f4\nTraceback (most recent call last):\n"
+                 "psycopg.errors.IndeterminateDatatype: could not determine data type of parameter $8\n"
+                 "sqlalchemy.exc.ProgrammingError: (psycopg.errors.IndeterminateDatatype) could not determine "
+                 "data type of parameter $8\n[SQL: WITH batch AS (...)]\n"
+                 "(Background on this error at: https://sqlalche.me/e/20/f405)\n")
+    assert commands.failure_reason(log, began).startswith("sqlalchemy.exc.ProgrammingError: (psycopg.errors.")
+    with log.open("a") as fh:
+        fh.write("killed\n")
+    assert commands.failure_reason(log, log.stat().st_size - len("killed\n")) == "killed"

@@ -41,7 +41,11 @@ def test_restore_checks_the_archive_first(settings, tmp_path):
     (tmp_path / "good.dump").write_bytes(backup.MAGIC + b"\x01")
     c = MockContext(run=Result(""), repeat=True)
     backup.restore(c, None, settings, tmp_path / "good.dump")
-    assert "pg_restore --clean --if-exists --no-owner --single-transaction" in c.run.call_args.args[0]
+    cmd = c.run.call_args.args[0]
+    # one transaction that commits only after pg_restore read the whole archive, and stops at the first error
+    assert cmd.startswith("set -o pipefail; { printf '%s' 'BEGIN;") and "DROP %s IF EXISTS public.%I CASCADE" in cmd
+    assert "pg_restore --no-owner -f - " in cmd and "&& printf 'COMMIT;\\n'; } | psql -X -q -v ON_ERROR_STOP=1" in cmd
+    assert settings.pg_password not in cmd and c.run.call_args.kwargs["env"]["PGPASSWORD"] == settings.pg_password
 
 
 def test_a_missing_client_tool_says_what_to_install(settings, tmp_path):

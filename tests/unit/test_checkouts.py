@@ -191,7 +191,8 @@ def test_without_a_superuser_the_names_stay_and_only_ports_move(tmp_path, machin
 
 def test_a_machine_wide_folder_it_cannot_write_is_one_line(tmp_path, machine):
     (tmp_path / "user-state").write_text("a file, not a folder")
-    with pytest.raises(StackError, match=r"cannot keep the list of stacks in .*user-state/stacks .*STACK_USER_STATE"):
+    with pytest.raises(StackError, match=r"user-state is not a folder \(a link or a file is there\); "
+                                         r".*STACK_USER_STATE"):
         checkouts.claim(checkout(tmp_path, "x"), machine, held())
 
 

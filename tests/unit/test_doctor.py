@@ -137,3 +137,69 @@ def test_encryption_warns_of_each_plain_text_listener_beyond_loopback(settings, 
     monkeypatch.setattr(doctor.psycopg, "connect", refused)
     quiet = doctor.check_encryption(settings)
     assert (quiet.level, quiet.detail) == ("pass", "nothing of ours listens beyond loopback")
+
+
+def test_the_login_limit_check_proves_the_api_logins_are_counted_too(settings, monkeypatch):
+    """A probe login on the form, then a wrong password on the API, from the probe address: the second must
+    move the same counter (or be refused once its budget is spent)."""
+    from airflow_stack.ops import doctor_security
+
+    key = f"LIMITS:LIMITER/{doctor_security.PROBE_ADDRESS}/AuthDBView.login/5/40/second".encode()
+    counts: dict[bytes, int] = {}
+    redis_db = SimpleNamespace(keys=lambda pattern: list(counts), mget=lambda keys: [counts[k] for k in keys])
+    monkeypatch.setattr(doctor_security.redis_server, "client", lambda s, db=0: redis_db)
+    monkeypatch.setattr(doctor_security, "_probe_login", lambda s, path: counts.update({key: counts.get(key, 0) + 1}))
+    uri = {airflow_config.LIMITER_VAR: "redis://hmac:x@127.0.0.1:6380/1"}
+    monkeypatch.setattr(doctor_security.supervisor, "fingerprint", lambda s, env: uri)
+
+    def check(line: str, answer: int, counted: bool):
+        def api_probe(s, rest):
+            if counted:
+                counts[key] += 1
+            return answer
+
+        counts.clear()
+        monkeypatch.setattr(doctor_security, "_probe_api_login", api_probe)
+        return doctor_security.check_limiter(settings.replace(airflow_line=line), {"api-server": uri, "webserver": uri})
+
+    passed = check("3.3", 401, counted=True)
+    assert passed.ok and passed.detail.endswith("a wrong password on POST /auth/token too"), passed
+    assert check("3.3", 429, counted=False).ok  # the probe address's budget was spent already: refused
+    failed = check("3.3", 401, counted=False)
+    assert not failed.ok and "a wrong password on POST /auth/token was not counted" in failed.detail
+    assert failed.fix == "invoke setup.airflow && invoke stop -c api-server && invoke up"
+    assert "the API's basic auth (/api/v1) was not counted" in check("2.11", 403, counted=False).detail
+
+
+def test_doctor_is_red_when_the_role_gets_in_on_loopback_with_no_password(settings, monkeypatch):
+    """A trust rule (Homebrew's initdb writes them) lets anyone on this machine in as Airflow's role."""
+    import contextlib
+
+    import psycopg
+
+    from airflow_stack.ops import doctor_security
+    from airflow_stack.services import host
+
+    tried, trusting = [], {"127.0.0.1"}
+
+    def connect(**kw):
+        tried.append(kw)
+        if kw["host"] in trusting:
+            return contextlib.nullcontext()
+        raise psycopg.OperationalError("connection failed: fe_sendauth: no password supplied")
+
+    monkeypatch.setattr(doctor_security.psycopg, "connect", connect)
+    monkeypatch.setattr(doctor_security.host, "detect", lambda: host.Homebrew())
+    check = doctor_security.check_loopback_password(settings)
+    assert not check.ok and check.detail.startswith("PostgreSQL lets airflow in on 127.0.0.1 with no password")
+    assert check.fix.startswith("invoke setup.postgres")
+    # the probe offers no password at all: not the role's, not one from the environment or ~/.pgpass
+    assert [kw["host"] for kw in tried] == ["127.0.0.1", "::1"]
+    assert all(kw["password"] == "" and kw["passfile"] == doctor_security.NO_PASSFILE for kw in tried)
+    assert not any(secret in str(tried) + check.detail for secret in SECRETS)
+    monkeypatch.setattr(doctor_security.host, "detect", lambda: host.AptPgCtlcluster(""))
+    assert "pg_hba.conf" in doctor_security.check_loopback_password(settings).fix  # a server we do not amend
+    trusting.clear()
+    assert doctor_security.check_loopback_password(settings).ok
+    managed = settings.replace(pg_host="db.example.com")
+    assert doctor_security.check_loopback_password(managed).detail.startswith("not probed")

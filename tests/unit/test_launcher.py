@@ -1,5 +1,7 @@
 """launcher.py with real processes and a stand-in ``airflow`` package: preloaded forks run the CLI's
-main() in-process; anything unsafe to fork (a thread, a socket) falls back to exec."""
+main() in-process; anything unsafe to fork (a thread, a socket) falls back to exec. Off Linux (macOS, and the
+`darwin` session that forces its paths here) the launcher refuses to preload: every child execs, and says why
+in its log."""
 
 from __future__ import annotations
 
@@ -16,7 +18,15 @@ from invoke import Context
 from airflow_stack.netutil import wait_until
 from airflow_stack.runtime import supervisor
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the preload forks on Linux only")
+
+def forks() -> bool:
+    """The launcher forks Airflow's components from its preload on Linux only (read while a test runs: the
+    darwin session forces another platform)."""
+    return sys.platform.startswith("linux")
+
+
+def said_by_launcher(log_text: str) -> list[str]:
+    return [line for line in log_text.splitlines() if "airflow-stack launcher" in line]
 
 
 @pytest.fixture
@@ -69,7 +79,10 @@ def test_preloaded_children_run_the_cli_in_their_own_sessions(settings, fake_air
             report = reports[name]
             assert report["pid"] == pid and os.getpgid(pid) == pid  # supervised by PID = process group
             assert report["argv"][1:] == [name, "--flag"]
-            assert report["preloaded"], "the child did not inherit the preloaded module"
+            assert report["preloaded"] == forks(), "a preloaded child runs the module it inherited; else it execs"
+            said = said_by_launcher(settings.paths.log_file(name).read_text())
+            assert said == [] if forks() else [f"airflow-stack launcher: {name} starts on its own "
+                                               f"(no preload on {sys.platform})"]
             # the launcher runs as a script beside our platform.py and secrets.py: never shadowing the stdlib's
             assert not any("airflow_stack" in path for path in report["stdlib"]), report["stdlib"]
             info = supervisor.running(settings, name)
@@ -103,13 +116,37 @@ def test_a_module_that_fails_to_import_costs_only_its_component_a_fork(settings,
             log = settings.paths.log_file(name)
             assert wait_until(lambda log=log: '"argv"' in log.read_text(), 15), log.read_text()
             reports[name] = log.read_text()
-        said = [line for line in reports["dag-processor"].splitlines() if "airflow-stack launcher" in line]
+        if not forks():  # nothing is preloaded, so nothing fails to import: each execs, and says why
+            for name, text in reports.items():
+                assert said_by_launcher(text) == [f"airflow-stack launcher: {name} starts on its own (no preload "
+                                                  f"on {sys.platform})"] and '"preloaded": false' in text
+            return
+        said = said_by_launcher(reports["dag-processor"])
         assert len(said) == 1 and "cannot preload renamed_module (ImportError: renamed in this release)" in said[0]
         assert '"preloaded": false' in reports["dag-processor"]
         assert '"preloaded": true' in reports["triggerer"] and "airflow-stack launcher" not in reports["triggerer"]
     finally:
         for name in pids:
             supervisor.stop(settings, name, timeout=5)
+
+
+def test_a_killed_component_is_started_again_the_way_it_was_started(settings, fake_airflow):
+    """kill -9 of a component: its resident supervisor starts it again, forked from the preload it kept (Linux)
+    or by exec (macOS), with no command run."""
+    pids, _ = launch(settings, fake_airflow, ["scheduler"], ("preloaded_marker",))
+    log = settings.paths.log_file("scheduler")
+    try:
+        os.kill(pids["scheduler"], 9)
+        assert wait_until(lambda: (proc := supervisor.running(settings, "scheduler")) is not None
+                          and proc.pid != pids["scheduler"], 15), log.read_text()
+        assert wait_until(lambda: log.read_text().count('"argv"') == 2, 15), log.read_text()
+        again = json.loads([line for line in log.read_text().splitlines() if '"argv"' in line][-1])
+        proc = supervisor.running(settings, "scheduler")
+        assert again["pid"] == proc.pid and (proc.restarts, proc.last_exit) == (1, -9)
+        assert again["preloaded"] == forks() and again["argv"][1:] == ["scheduler", "--flag"]
+        assert "after exit -9 (restart 1)" in log.read_text()
+    finally:
+        supervisor.stop(settings, "scheduler", timeout=5)
 
 
 def test_the_pid_file_holds_the_pid_alone(settings, fake_airflow):

@@ -216,18 +216,47 @@ def test_a_port_held_by_something_that_is_not_postgresql_is_refused(settings, mo
     assert not any("start" in cmd for cmd in commands(c))
 
 
-def test_starting_the_shared_server_is_one_checkout_at_a_time(tmp_path, monkeypatch, capsys):
+def test_starting_the_shared_server_is_one_checkout_at_a_time(settings, tmp_path, capsys):
     from airflow_stack import locks
 
-    monkeypatch.setattr(locks.tempfile, "tempdir", str(tmp_path))
+    mine = settings.replace(user_state_dir=tmp_path / "user state")
     # a second holder (another checkout's invoke) waits, then gives up in one line
-    with locks.machine_wide("postgresql-5432", "starting PostgreSQL"), \
+    with locks.machine_wide(mine, "postgresql-5432", "starting PostgreSQL"), \
             pytest.raises(StackError, match=r"starting PostgreSQL \(pid \d+\) still runs on this machine"), \
-            locks.machine_wide("postgresql-5432", "starting PostgreSQL", wait=0.5):
+            locks.machine_wide(mine, "postgresql-5432", "starting PostgreSQL", wait=0.5):
         pass
     assert "waiting for starting PostgreSQL" in capsys.readouterr().err
-    with locks.machine_wide("postgresql-5432", "starting PostgreSQL", wait=0.5):
+    with locks.machine_wide(mine, "postgresql-5432", "starting PostgreSQL", wait=0.5):
         pass  # released when its holder ended
+    assert oct((tmp_path / "user state" / "locks").stat().st_mode & 0o777) == "0o700"
+
+
+def test_a_planted_lock_folder_or_link_is_refused_and_nothing_it_points_to_is_touched(settings, tmp_path):
+    """Another local user may create the lock folder first (open to all, or theirs), or put a link where the
+    lock file goes: the lock refuses in one line, and the file the link points to keeps its content."""
+    import os
+
+    from airflow_stack import locks
+
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me")
+    planted = tmp_path / "planted"
+    (planted / "locks").mkdir(parents=True)
+    (planted / "locks" / "postgresql-5432.lock").symlink_to(target)
+    with pytest.raises(StackError, match=r"postgresql-5432\.lock cannot be opened as a lock file of ours"), \
+            locks.machine_wide(settings.replace(user_state_dir=planted), "postgresql-5432", "starting"):
+        pass
+    assert target.read_text() == "keep me"
+    os.chown(planted, 65534, 65534)  # now the folder is another user's (nobody's)
+    with pytest.raises(StackError, match=r"planted belongs to another user \(uid 65534\), so nothing was written"), \
+            locks.machine_wide(settings.replace(user_state_dir=planted), "postgresql-5432", "starting"):
+        pass
+    link = tmp_path / "linked"
+    link.symlink_to(planted)
+    with pytest.raises(StackError, match=r"linked is not a folder \(a link or a file is there\)"), \
+            locks.machine_wide(settings.replace(user_state_dir=link), "postgresql-5432", "starting"):
+        pass
+    assert target.read_text() == "keep me" and os.stat(planted).st_uid == 65534
 
 
 # ---- detection -----------------------------------------------------------------------------

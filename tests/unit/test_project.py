@@ -203,9 +203,12 @@ def test_the_report_names_objects_never_values():
 def test_every_process_gets_the_projects_plugins_and_its_root_on_pythonpath(settings):
     env = airflow_config.environment(settings)
     assert env["AIRFLOW__CORE__PLUGINS_FOLDER"] == str(settings.project_dir / "plugins")
-    assert env["PYTHONPATH"] == str(settings.project_dir)
+    # the project's root first, then the stack's modules Airflow imports by name (its auth manager ...)
+    ours = airflow_config.AIRFLOW_MODULES
+    assert env["PYTHONPATH"].split(":") == [str(settings.project_dir), str(ours)]
+    assert (ours / "airflow_stack_auth_manager.py").is_file() and (ours / "airflow_stack_basic_auth.py").is_file()
     proc_env = airflow_config.process_environment(settings, env, {"PYTHONPATH": "/opt/mine", "PATH": "/bin"})
-    assert proc_env["PYTHONPATH"].split(":") == [str(settings.project_dir), "/opt/mine"]
+    assert proc_env["PYTHONPATH"].split(":") == [str(settings.project_dir), str(ours), "/opt/mine"]
     cfg = airflow_config.render_airflow_cfg(env, settings)
     assert f"plugins_folder = {settings.project_dir / 'plugins'}" in cfg and "PYTHONPATH" not in cfg
 

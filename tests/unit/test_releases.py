@@ -123,3 +123,16 @@ def test_a_release_this_python_cannot_run_names_the_python_it_needs(settings, mo
     with pytest.raises(StackError, match=r"Airflow 2\.11\.2 needs Python 3\.10-3\.12, this is 3\.13; "
                                          r".*STACK_AIRFLOW_PYTHON"):
         install.interpreter(c, settings.replace(airflow_line="2.11", airflow_python="/opt/py"))
+
+
+@pytest.mark.parametrize(("release", "lowest"), [("2.10.5", "3.8.1"), ("2.11.2", "3.10"), ("3.3.2", "3.10")])
+def test_constraints_are_resolved_for_every_python_the_release_supports_from_its_own_floor(
+        tmp_path, monkeypatch, release, lowest):
+    """2.10 requires Python >= 3.8.1: a universal resolution from 3.8.0 found no solution (tried)."""
+    monkeypatch.setattr(releases, "resolve_as_of", lambda version: "2025-02-11")
+    out = tmp_path / "constraints.txt"
+    out.write_text("apache-airflow==x\n")  # what uv would write
+    c = MockContext(run=Result(""), repeat=True)
+    install.regenerate_constraints(c, release, out)
+    cmd = c.run.call_args.args[0]
+    assert f"--universal --generate-hashes --python-version {lowest} --exclude-newer 2025-02-11 " in cmd

@@ -176,6 +176,30 @@ def test_a_killed_process_is_started_again_by_its_supervisor(settings, started):
     assert "restarting crasher" in log and "after exit -9 (restart 1)" in log
 
 
+# as the scheduler's LocalExecutor workers are: a grandchild that ignores SIGTERM
+CHILD_AND_STUBBORN_GRANDCHILD = (
+    "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import signal, time; "
+    "signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)']); print('up', flush=True); time.sleep(60)")
+
+
+def test_a_start_while_the_supervisor_restarts_a_killed_process_waits_for_it(settings, started):
+    """`invoke up` right after a kill -9 (its supervisor still reaping what the process left): the start waits
+    for the supervisor's restart instead of starting a second one, which found the port taken and left the
+    restarted process unwanted (untracked) when tried by hand."""
+    pid = started("stubborn", [sys.executable, "-c", CHILD_AND_STUBBORN_GRANDCHILD])
+    assert wait_until(lambda: len(procgroup.members(pid)) == 2, 10)
+    boss = supervisor.running(settings, "stubborn").supervisor
+    began = time.monotonic()
+    os.kill(pid, 9)
+    assert wait_until(lambda: supervisor.restarting(settings, "stubborn") is not None, 5)
+    assert supervisor.await_restarts(settings, ["stubborn"]) == ["stubborn"]
+    again = supervisor.running(settings, "stubborn")
+    assert again is not None and again.pid != pid and (again.supervisor, again.restarts) == (boss, 1)
+    assert procgroup.members(pid) == []  # the grandchild that ignored SIGTERM was killed
+    assert supervisor.await_restarts(settings, ["stubborn"]) == []  # running: nothing to wait for
+    print(f"\n[figure] kill -9 to running again, a grandchild ignoring SIGTERM: {time.monotonic() - began:.1f} s")
+
+
 def test_a_stopped_process_stays_stopped_and_its_supervisor_exits(settings, started):
     pid = started("quitter", [sys.executable, "-c", "import time; time.sleep(60)"])
     boss = supervisor.running(settings, "quitter").supervisor

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from invoke import MockContext
 
+from airflow_stack import statedir
 from airflow_stack.errors import StackError
 from airflow_stack.runtime import preflight
 from airflow_stack.services import limiter, redis_server
@@ -37,7 +38,8 @@ def test_a_worker_machine_without_secrets_names_what_to_copy(settings):
 
 def test_a_worker_machine_that_cannot_reach_redis_is_told_so(settings, monkeypatch):
     monkeypatch.setattr(preflight.postgres, "ping", lambda s: (True, ""))
-    monkeypatch.setattr(preflight.redis_server, "ping", lambda s: (False, "Redis at 10.0.0.5:6380 is not answering"))
+    monkeypatch.setattr(preflight.redis_server, "ping",
+                        lambda s, as_airflow=False: (False, "Redis at 10.0.0.5:6380 is not answering"))
     with pytest.raises(StackError, match=r"invoke setup\.redis \(with --bind"):
         preflight.check_worker_machine(settings)
 
@@ -47,6 +49,7 @@ def test_numeric_flags_are_text_to_invoke_and_numbers_to_us():
     from airflow_stack.tasks import ops
 
     for task_, flags in ((ops.up, ["timeout"]), (ops.stop, ["timeout"]), (ops.logs, ["lines"]),
+                         (ops.restart, ["timeout", "stop_timeout"]),
                          (run.local, ["timeout"]), (run.celery, ["timeout"]),
                          (run.worker, ["timeout", "concurrency"])):
         args = {arg.name: arg for arg in task_.get_arguments()}
@@ -144,3 +147,34 @@ def test_an_upgrade_lists_the_packages_whose_major_or_minor_version_changes():
     after = {"apache-airflow": "3.3.2", "sqlalchemy": "2.1.0", "flask": "2.2.6", "new": "0.1"}
     assert upgrade.changed_packages(before, after) == [
         "gone 1.0 -> (none)", "new (none) -> 0.1", "sqlalchemy 2.0.40 -> 2.1.0"]
+
+
+def test_worker_env_holds_what_a_worker_needs_and_none_of_the_four_admin_secrets(settings, tmp_path):
+    from airflow_stack.ops import worker_env
+
+    settings = settings.replace(pg_admin_dsn="postgresql://postgres:superuser-secret@db/postgres",
+                                flower_password="flower-secret-value-8")
+    path = worker_env.write(settings, tmp_path / "worker.env", "10.0.0.5")
+    text = path.read_text()
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    values = statedir.read_env_file(path)
+    for needed in ("AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__API__SECRET_KEY",
+                   "STACK_REDIS_AIRFLOW_PASSWORD", "STACK_PG_PASSWORD", "STACK_PG_USER", "STACK_PG_DATABASE"):
+        assert values[needed], needed
+    assert values["STACK_PG_HOST"] == values["STACK_REDIS_HOST"] == values["STACK_API_HOST"] == "10.0.0.5"
+    assert values["STACK_EXECUTOR"] == "celery" and values["STACK_AIRFLOW_VERSION"] == "3.3.2"
+    for kept_home in ("redis-secret-value-2", "admin-secret-value-3", "superuser-secret", "flower-secret-value-8"):
+        assert kept_home not in text  # the Redis default user's, the admin's, a superuser DSN, Flower's
+    assert not {"STACK_REDIS_PASSWORD", "_AIRFLOW_WWW_USER_PASSWORD", "STACK_PG_ADMIN_DSN",
+                "STACK_FLOWER_PASSWORD"} & set(values)
+
+
+def test_worker_env_is_never_written_into_a_folder_others_can_write(settings, tmp_path):
+    from airflow_stack.ops import worker_env
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)  # like /tmp
+    with pytest.raises(StackError, match=r"shared is writable by other users \(mode 1777\); nothing was written"):
+        worker_env.write(settings, shared / "worker.env", "10.0.0.5")
+    assert not (shared / "worker.env").exists()

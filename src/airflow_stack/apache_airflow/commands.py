@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 from pathlib import Path
 from typing import Any
@@ -44,12 +45,27 @@ def run_cli(c: Context, settings: Settings, env: dict[str, str], args: str, log_
     else:
         program = f"{shlex.quote(str(install.airflow_bin(settings)))} {args}"
     cmd = f"{program} >> {shlex.quote(str(log))} 2>&1"
+    began = log.stat().st_size if log.exists() else 0
     with progress.step(f"airflow {' '.join(args.split()[:2])}", progress.last_line(log)):
         result = c.run(cmd, env=env, hide=True, warn=True)
     if result.failed:
-        last = redact(progress.tail(log, 1), settings)
+        reason = redact(failure_reason(log, began), settings)
         raise StackError(f"airflow {args.split()[0]} {args.split()[1] if len(args.split()) > 1 else ''} failed "
-                         f"(exit {result.exited}): {last.strip()} — full log: {log}")
+                         f"(exit {result.exited}): {reason} — full log: {log}")
+
+
+# the line a Python traceback ends with: "sqlalchemy.exc.ProgrammingError: (...) could not ..."
+EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Failure)\b.*")
+
+
+def failure_reason(log: Path, offset: int) -> str:
+    """What a failed command wrote that says why: the last exception line of its traceback (SQLAlchemy's
+    "Background on this error" link and other trailers come after it), else its last line."""
+    with log.open("rb") as fh:
+        fh.seek(max(offset, log.stat().st_size - 256 * 1024))  # its own output, at most the last 256 KiB
+        lines = [line.strip() for line in fh.read().decode(errors="replace").splitlines() if line.strip()]
+    found = [line for line in lines if EXCEPTION_LINE.match(line)]
+    return (found or lines or ["no output"])[-1][:500]
 
 
 def run_helper(c: Context, settings: Settings, *args: str, payload: Any = None, what: str) -> Any:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
+from pathlib import Path
 from typing import Any
 
 from .. import settings as settings_mod
@@ -24,6 +26,10 @@ EXECUTOR_CLASSES = {"local": "LocalExecutor", "celery": "CeleryExecutor"}
 # where webserver_config.py (config/webserver_config.py.tmpl) finds the login limiter's storage
 LIMITER_VAR = "STACK_RATELIMIT_STORAGE_URI"
 WEBSERVER_CONFIG_TEMPLATE = PROJECT_DIR / "config" / "webserver_config.py.tmpl"
+# the stack's modules that Airflow imports by name (the line profiles name them: the auth manager, the API's
+# auth backend), on every Airflow process's PYTHONPATH after the project's root
+AIRFLOW_MODULES = Path(__file__).resolve().parent / "airflow_side" / "on_path"
+OBJC_FORK_SAFETY_VAR = "OBJC_DISABLE_INITIALIZE_FORK_SAFETY"  # macOS, for releases that fork without exec
 
 
 def secret_keys(env: dict[str, str], settings: Settings) -> set[str]:
@@ -32,9 +38,14 @@ def secret_keys(env: dict[str, str], settings: Settings) -> set[str]:
     return {key for key, value in env.items() if settings_mod.is_secret(settings, key, value)}
 
 
-def sql_alchemy_conn(settings: Settings) -> str:
-    """``AIRFLOW__DATABASE__SQL_ALCHEMY_CONN``, with the line's driver."""
-    return settings.pg_url(f"postgresql+{profiles.of(settings).sql_driver}")
+SQL_CONN_VAR = "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"
+
+
+def sql_alchemy_conn(settings: Settings, migrating: bool = False) -> str:
+    """``AIRFLOW__DATABASE__SQL_ALCHEMY_CONN``, with the line's driver (``migrating``: the one its
+    migrations need)."""
+    profile = profiles.of(settings)
+    return settings.pg_url(f"postgresql+{(migrating and profile.migrate_sql_driver) or profile.sql_driver}")
 
 
 def result_backend(settings: Settings) -> str:
@@ -68,13 +79,14 @@ def environment(settings: Settings, executor: str | None = None) -> dict[str, st
     executor = executor or settings.executor
     env = from_settings(settings) | {
         "AIRFLOW_HOME": str(settings.paths.airflow_home),
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": sql_alchemy_conn(settings),
+        SQL_CONN_VAR: sql_alchemy_conn(settings),
         "AIRFLOW__CORE__EXECUTOR": EXECUTOR_CLASSES[executor],
         # the user's project (astro layout): its dags/ and plugins/, and its root on PYTHONPATH, so that DAG
-        # code imports `include.*` (and anything else the project holds) in every process, workers included
+        # code imports `include.*` (and anything else the project holds) in every process, workers included;
+        # then the stack's own modules for Airflow (AIRFLOW_MODULES)
         "AIRFLOW__CORE__DAGS_FOLDER": str(settings.dags_folder),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(settings.plugins_folder),
-        "PYTHONPATH": str(settings.project_dir),
+        "PYTHONPATH": os.pathsep.join([str(settings.project_dir), str(AIRFLOW_MODULES)]),
         # every component would load Alembic's ~150 migration scripts at start to compare heads:
         # CPU and memory on each; `invoke run.*` checks the schema once before starting any
         # (schema.needs_migration) and refuses to start on an old one
@@ -95,6 +107,10 @@ def environment(settings: Settings, executor: str | None = None) -> dict[str, st
     }
     profile = profiles.of(settings)
     env |= profile.environment(settings, profile)
+    if sys.platform == "darwin" and profile.needs_objc_fork_workaround(profile.release):
+        # the release forks without exec (profiles: darwin_fork_exec_from): macOS's Objective-C runtime would
+        # kill a forked child that touches Apple's frameworks
+        env[OBJC_FORK_SAFETY_VAR] = "YES"
     # a proxy the user's shell sets (http_proxy, usual on company machines) must not carry the stack's
     # own traffic: Airflow 3's task supervisor calls the execution API with httpx, which honours it
     bypass = no_proxy(settings)
@@ -151,7 +167,7 @@ def process_environment(settings: Settings, airflow_env: dict[str, str], environ
     if project:
         base |= project_environment(settings, airflow_env)
     merged = base | airflow_env
-    if base.get("PYTHONPATH") and "PYTHONPATH" in airflow_env:  # the project first, then the user's own
+    if base.get("PYTHONPATH") and "PYTHONPATH" in airflow_env:  # the project and ours first, then the user's own
         merged["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(
             [*airflow_env["PYTHONPATH"].split(os.pathsep), *base["PYTHONPATH"].split(os.pathsep)]))
     return merged

@@ -319,8 +319,9 @@ def regenerate_constraints(c: Context, version: str, out: Path) -> Path:
     reqs = out.parent / f".requirements-{version}.in"
     reqs.write_text("\n".join((f"apache-airflow[{EXTRAS}]=={version}", *EXTRA_PINS)) + "\n")
     try:
+        lowest = releases.SERIES[profile.name].resolve_from or _dotted(profile.python[0])
         _run(c, f"{shlex.quote(uv_bin())} pip compile -q --universal --generate-hashes --python-version "
-                f"{_dotted(profile.python[0])} --exclude-newer {as_of} --no-header "
+                f"{lowest} --exclude-newer {as_of} --no-header "
                 f"--output-file {shlex.quote(str(out))} {shlex.quote(str(reqs))}",
              f"resolving Airflow {version} as of {as_of}")
     finally:

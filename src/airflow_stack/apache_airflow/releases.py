@@ -34,6 +34,9 @@ class Series:
 
     newest: str  # the newest patch the stack knows
     python: tuple[tuple[int, int], tuple[int, int]]  # lowest and highest Python it supports (its classifiers)
+    # the lowest Python its constraints are resolved for, where the release's own floor is a patch release
+    # (2.10 requires Python >= 3.8.1: a resolution from 3.8.0 finds no solution)
+    resolve_from: str = ""
 
 
 SERIES: dict[str, Series] = {
@@ -42,7 +45,7 @@ SERIES: dict[str, Series] = {
     "3.1": Series("3.1.8", ((3, 10), (3, 13))),
     "3.0": Series("3.0.6", ((3, 9), (3, 12))),
     "2.11": Series("2.11.2", ((3, 10), (3, 12))),
-    "2.10": Series("2.10.5", ((3, 8), (3, 12))),
+    "2.10": Series("2.10.5", ((3, 8), (3, 12)), resolve_from="3.8.1"),
 }
 # the first day after each release on which its whole set resolves (core and the task SDK were uploaded
 # seconds after the apache-airflow wheel: its exact upload time finds no solution)

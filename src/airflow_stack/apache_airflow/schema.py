@@ -23,7 +23,7 @@ from psycopg import sql
 from ..errors import StackError
 from ..settings import Settings, redact
 from ..statedir import write_private
-from . import commands, install, profiles
+from . import commands, config, install, profiles
 
 
 def _stamp_path(settings: Settings) -> Path:
@@ -152,6 +152,7 @@ def migrate(c: Context, settings: Settings, env: dict[str, str]) -> list[str]:
             _mark_schema(settings, version)  # a schema migrated before the mark existed
         return []
     started = time.monotonic()
+    env = env | {config.SQL_CONN_VAR: config.sql_alchemy_conn(settings, migrating=True)}
     commands.run_cli(c, settings, env, "db migrate", "setup-airflow")
     _stamp_path(settings).write_text(json.dumps({
         "airflow": version, "db": _db_identity(settings), "revision": schema_revision(settings)}))

@@ -90,15 +90,54 @@ def check_readable(c: Context, platform: Platform | None, settings: Settings, pa
                          f"give a file made by invoke db.backup")
 
 
+# Everything the role owns in the schema public, dropped before the archive is loaded: what a newer release's
+# migration added too (pg_restore --clean drops only what the archive names, and cannot drop a constraint that a
+# newer table's foreign key depends on). The statements are collected first: a CASCADE may remove later ones.
+RESET_SCHEMA = """DO $reset$
+DECLARE
+  stmts text[];
+  stmt text;
+BEGIN
+  SELECT coalesce(array_agg(s), '{}') INTO stmts FROM (
+    SELECT format('DROP %s IF EXISTS public.%I CASCADE',
+                  CASE c.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW' WHEN 'S' THEN 'SEQUENCE'
+                                 WHEN 'f' THEN 'FOREIGN TABLE' ELSE 'TABLE' END, c.relname) AS s
+      FROM pg_class c
+     WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
+       AND NOT c.relispartition AND pg_get_userbyid(c.relowner) = current_user
+    UNION ALL
+    SELECT format('DROP FUNCTION IF EXISTS %s CASCADE', p.oid::regprocedure)
+      FROM pg_proc p WHERE p.pronamespace = 'public'::regnamespace AND pg_get_userbyid(p.proowner) = current_user
+    UNION ALL
+    SELECT format('DROP TYPE IF EXISTS public.%I CASCADE', t.typname)
+      FROM pg_type t WHERE t.typnamespace = 'public'::regnamespace AND t.typtype IN ('e', 'd', 'r', 'm')
+       AND pg_get_userbyid(t.typowner) = current_user) AS drops;
+  FOREACH stmt IN ARRAY stmts LOOP
+    EXECUTE stmt;
+  END LOOP;
+END
+$reset$;
+"""
+
+
 def restore(c: Context, platform: Platform | None, settings: Settings, path: Path) -> None:
-    """Replace the database's content with the archive's (objects dropped first, if they exist)."""
+    """Replace the database's content with the archive's, in one transaction: what the role owns in it is
+    dropped (RESET_SCHEMA), the archive loaded, and only then committed; any error leaves it as it was.
+
+    COMMIT is sent only when pg_restore read the whole archive: a restore cut short ends the session
+    without it, which rolls everything back."""
     check_archive(path)
-    cmd = (f"{_tool(c, platform, settings, 'pg_restore')} --clean --if-exists --no-owner --single-transaction "
-           f"{_target(settings)} {shlex.quote(str(path))}")
-    result = c.run(cmd, env=_libpq_env(settings), hide=True, warn=True, in_stream=False)
+    archive = shlex.quote(str(path))
+    begin = shlex.quote("BEGIN;\n" + RESET_SCHEMA)
+    cmd = (f"set -o pipefail; {{ printf '%s' {begin}; "
+           f"{_tool(c, platform, settings, 'pg_restore')} --no-owner -f - {archive} && printf 'COMMIT;\\n'; }} | "
+           f"{_tool(c, platform, settings, 'psql')} -X -q -v ON_ERROR_STOP=1 {_target(settings)}")
+    # the reset's NOTICEs ("does not exist, skipping") are not what a failure should be told by
+    quiet = {"PGOPTIONS": "-c client_min_messages=warning"}
+    result = c.run(cmd, env=_libpq_env(settings) | quiet, hide=True, warn=True, in_stream=False)
     if result.failed:
-        _missing_tool(result.exited, "pg_restore")
-        raise StackError(f"pg_restore failed, nothing was changed (one transaction): "
+        _missing_tool(result.exited, "pg_restore or psql")
+        raise StackError(f"the restore failed, nothing was changed (one transaction): "
                          f"{_last_line(result.stderr, settings)}")
 
 

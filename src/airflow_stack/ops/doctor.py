@@ -27,6 +27,7 @@ from .doctor_security import (
     check_encryption,
     check_files,
     check_limiter,
+    check_loopback_password,
     check_redis,
     check_shared_secrets,
     password_refused,
@@ -179,7 +180,8 @@ def run_all(settings: Settings) -> list[Check]:
     # /proc/PID/environ fails for processes that set their title (setproctitle overwrites it)
     envs = {name: proc.env for name, proc in running.items()}
     refused = password_refused(settings)
-    checks: list[Check] = [check_database(settings, envs), check_executor(settings, envs), check_role(settings)]
+    checks: list[Check] = [check_database(settings, envs), check_executor(settings, envs), check_role(settings),
+                           check_loopback_password(settings)]
     checks += check_redis(settings, refused)
     checks.append(check_encryption(settings))
     checks += [check_limiter(settings, envs, refused), check_files(settings), check_shared_secrets(settings, envs)]

@@ -1,11 +1,15 @@
 """doctor's security checks: our Redis refuses strangers and lets Airflow's user do only what it needs,
-nothing of ours speaks plain text beyond loopback, the login limiter counts in shared storage (a probe
-login proves it), secret files are private, and every Airflow process runs with the secrets in .env."""
+Airflow's database role needs its password on loopback, nothing of ours speaks plain text beyond loopback,
+the login limiter counts in shared storage (a probe login proves it, and a wrong password on the API counts
+there too), secret files are private, and every
+Airflow process runs with the secrets in .env."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import http.client
+import json
 import re
 import ssl
 import stat
@@ -17,13 +21,16 @@ import redis
 
 from .. import settings as settings_mod
 from ..apache_airflow import config
+from ..apache_airflow.profiles import RestAPI
+from ..errors import StackError
 from ..runtime import registry, supervisor
-from ..services import limiter, memcached_server, redis_server
+from ..services import host, limiter, memcached_server, redis_server
 from ..settings import Settings
 from .checks import Check, warning
 
-# a client address of its own, so the doctor's one login attempt never uses up a user's budget
+# a client address of its own, so the doctor's login attempts (the form, the API) never use up a user's budget
 PROBE_ADDRESS = "127.0.0.9"
+PROBE_USER = "airflow-stack-doctor"
 
 
 def password_refused(settings: Settings) -> bool:
@@ -173,6 +180,35 @@ def check_encryption(settings: Settings) -> Check:
     return Check(name, True, "nothing of ours listens beyond loopback")
 
 
+# a pgpass path that cannot exist (a file below /dev/null): the probe must send no password, not one from ~/.pgpass
+NO_PASSFILE = "/dev/null/airflow-stack-no-pgpass"
+
+
+def check_loopback_password(settings: Settings) -> Check:
+    """Airflow's role must give its password on loopback: a `trust` rule (Homebrew's initdb writes them for
+    127.0.0.1 and ::1) lets anyone on this machine in as it. Probed: a login with no password must be refused
+    (a client that offers none is not logged by the server; a wrong password would be)."""
+    name = "database password"
+    if not settings.pg_is_local:
+        return Check(name, True, f"not probed: PostgreSQL at {settings.pg_host} is not this machine's")
+    open_on = []
+    for address in ("127.0.0.1", "::1"):
+        with contextlib.suppress(psycopg.Error), psycopg.connect(**settings.pg_conninfo(
+                host=address, password="", passfile=NO_PASSFILE, sslmode="prefer", connect_timeout=3)):
+            open_on.append(address)
+    if not open_on:
+        return Check(name, True, f"{settings.pg_user} must give its password on loopback")
+    try:
+        ours = host.detect().trusts_loopback  # the server's pg_hba is one the stack amends (Homebrew)
+    except StackError:
+        ours = False
+    fix = ("invoke setup.postgres (it puts scram-sha-256 lines for the role above the trust rules)" if ours else
+           "change the trust rules for 127.0.0.1/32 and ::1/128 in pg_hba.conf (SHOW hba_file) to scram-sha-256, "
+           "then SELECT pg_reload_conf()")
+    return Check(name, False, f"PostgreSQL lets {settings.pg_user} in on {' and '.join(open_on)} with no password "
+                              f"(a trust rule in pg_hba.conf): anyone on this machine can be Airflow", fix)
+
+
 def check_limiter(settings: Settings, envs: dict[str, dict[str, str]], refused: bool = False) -> Check:
     line = registry.line(settings)
     web = line.web.name
@@ -195,58 +231,89 @@ def check_limiter(settings: Settings, envs: dict[str, dict[str, str]], refused: 
         return Check("login rate limits", False, f"{web} runs with another limiter storage than configured",
                      f"invoke stop -c {web} && invoke up")
     if ours_memcached:
-        try:
-            _probe_login(settings, line.rest.login_path)
-            counted = [key for key in memcached_server.keys(settings) if PROBE_ADDRESS in key]
-        except (OSError, http.client.HTTPException) as exc:
-            return Check("login rate limits", False, f"probe failed ({exc.__class__.__name__})",
-                         "invoke setup.memcached && invoke up")
-        if not counted:
-            return Check("login rate limits", False, "a login attempt left no counter in our memcached",
-                         f"invoke setup.airflow && invoke stop -c {web} && invoke up")
-        return Check("login rate limits", True, f"kept in our memcached ({settings.limiter_storage_uri}); a probe "
-                                                f"login counted there")
-    limiter_db = limiter.redis_db(settings)
+        where, fix = f"our memcached ({settings.limiter_storage_uri})", "invoke setup.memcached && invoke up"
+
+        def count() -> int:
+            return sum(memcached_server.counter(settings, key) for key in memcached_server.keys(settings)
+                       if _is_probe_counter(key))
+    else:
+        limiter_db = limiter.redis_db(settings)
+        client = redis_server.client(settings, db=limiter_db)
+        where, fix = f"our Redis (DB {limiter_db})", "invoke up"
+
+        def count() -> int:
+            keys = [key for key in client.keys(f"LIMITS*/{PROBE_ADDRESS}/*") if _is_probe_counter(key.decode())]
+            return sum(int(value) for value in client.mget(keys) if value) if keys else 0
+    api = _api_login(line.rest)
     try:
-        answer = _probe_login(settings, line.rest.login_path)
-        keys = redis_server.client(settings, db=limiter_db).keys(f"LIMITS*{PROBE_ADDRESS}*")
+        form = _probe_login(settings, line.rest.login_path)
+        before = count()
+        status = _probe_api_login(settings, line.rest)
+        after = count()
     except (OSError, http.client.HTTPException, redis.RedisError) as exc:
-        return Check("login rate limits", False, f"probe failed ({exc.__class__.__name__})", "invoke up")
-    if not keys:
-        return Check("login rate limits", False, f"a login attempt (HTTP {answer}) left no LIMITS key in our Redis",
+        return Check("login rate limits", False, f"probe failed ({exc.__class__.__name__})", fix)
+    if not before:
+        return Check("login rate limits", False, f"a login attempt (HTTP {form}) left no counter in {where}",
                      f"invoke setup.airflow && invoke stop -c {web} && invoke up")
-    return Check("login rate limits", True, f"kept in our Redis (DB {limiter_db}); a probe login counted there")
+    # counted once more, or refused since the probe address's budget is spent (a window that ended between the
+    # two reads starts again at 1)
+    if status != 429 and not (after and after != before):
+        return Check("login rate limits", False, f"a wrong password on {api} was not counted with the login form's "
+                     f"(answered {status})", f"invoke setup.airflow && invoke stop -c {web} && invoke up")
+    return Check("login rate limits", True, f"kept in {where}; a probe login counted there, and a wrong password "
+                                            f"on {api} too")
+
+
+def _is_probe_counter(key: str) -> bool:
+    # memcached keeps each counter's expiry time under the counter's key + "/expires"
+    return f"/{PROBE_ADDRESS}/" in key and not key.endswith("/expires")
+
+
+def _api_login(rest: RestAPI) -> str:
+    """The API's way to try a password: its token route, or basic auth on every request."""
+    return f"POST {rest.token_path}" if rest.token_path else f"the API's basic auth ({rest.prefix})"
+
+
+def _request(settings: Settings, method: str, path: str, body: str = "",
+             headers: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """One HTTP request to the web component from PROBE_ADDRESS: (status, Set-Cookie, body); HTTPS, the server
+    verified with the stack's CA, when it serves TLS."""
+    where = {"host": "127.0.0.1", "port": settings.api_port, "timeout": 10, "source_address": (PROBE_ADDRESS, 0)}
+    if settings.api_tls:
+        context = ssl.create_default_context(cafile=str(settings.tls_ca_file))
+        conn: http.client.HTTPConnection = http.client.HTTPSConnection(**where, context=context)
+    else:
+        conn = http.client.HTTPConnection(**where)
+    try:
+        conn.request(method, path, body or None, headers or {})
+        resp = conn.getresponse()
+        return resp.status, resp.getheader("Set-Cookie") or "", resp.read().decode(errors="replace")
+    finally:
+        conn.close()
 
 
 def _probe_login(settings: Settings, path: str) -> int:
     """One failed login from PROBE_ADDRESS, as a browser sends it (session cookie + CSRF token):
     without them CSRF protection answers 400 before Flask-Limiter counts anything."""
-
-    def connect() -> http.client.HTTPConnection:
-        if settings.api_tls:  # HTTPS, the server verified with the stack's CA
-            context = ssl.create_default_context(cafile=str(settings.tls_ca_file))
-            return http.client.HTTPSConnection("127.0.0.1", settings.api_port, timeout=10,
-                                               source_address=(PROBE_ADDRESS, 0), context=context)
-        return http.client.HTTPConnection("127.0.0.1", settings.api_port, timeout=10, source_address=(PROBE_ADDRESS, 0))
-
-    def request(method: str, body: str = "", headers: dict[str, str] | None = None):
-        conn = connect()
-        try:
-            conn.request(method, path, body or None, headers or {})
-            resp = conn.getresponse()
-            return resp.status, resp.getheader("Set-Cookie") or "", resp.read().decode(errors="replace")
-        finally:
-            conn.close()
-
-    _, cookie, page = request("GET")
+    _, cookie, page = _request(settings, "GET", path)
     token = re.search(r'name="csrf_token"[^>]*value="([^"]+)"', page)
-    body = urllib.parse.urlencode({"username": "airflow-stack-doctor", "password": "-",
+    body = urllib.parse.urlencode({"username": PROBE_USER, "password": "-",
                                    "csrf_token": token.group(1) if token else ""})
     # the Referer a browser sends: over HTTPS Flask-WTF refuses a form POST without one (WTF_CSRF_SSL_STRICT)
     referer = f"{'https' if settings.api_tls else 'http'}://127.0.0.1:{settings.api_port}{path}"
-    status, _, _ = request("POST", body, {"Content-Type": "application/x-www-form-urlencoded",
-                                          "Cookie": cookie.split(";", 1)[0], "Referer": referer})
+    status, _, _ = _request(settings, "POST", path, body, {"Content-Type": "application/x-www-form-urlencoded",
+                                                           "Cookie": cookie.split(";", 1)[0], "Referer": referer})
     return status
+
+
+def _probe_api_login(settings: Settings, rest: RestAPI) -> int:
+    """One wrong password on the line's API from PROBE_ADDRESS; its status (401/403, or 429 once the budget is
+    spent)."""
+    if rest.token_path:
+        body = json.dumps({"username": PROBE_USER, "password": "-"})
+        return _request(settings, "POST", rest.token_path, body, {"Content-Type": "application/json"})[0]
+    basic = base64.b64encode(f"{PROBE_USER}:-".encode()).decode()
+    return _request(settings, "GET", f"{rest.prefix}/dags", headers={"Authorization": f"Basic {basic}"})[0]
 
 
 def check_files(settings: Settings) -> Check:

@@ -117,7 +117,13 @@ def switch(c: Context, plan: Plan, timeout: float) -> list[str]:
         reason = str(err).split(";")[0]
         lifecycle.stop(target)
         write_private(current.env_file, old_env_file.decode())
-        backup.restore(c, plat, current, plan.backup)
+        try:
+            backup.restore(c, plat, current, plan.backup)
+        except StackError as failed:  # say both: why the upgrade failed, and what is left to do by hand
+            raise StackError(f"the upgrade to Airflow {new_release} failed ({reason}), and restoring "
+                             f"{plan.backup.name} failed too ({failed}); .env names Airflow {old_release} "
+                             f"again: restore by hand with invoke db.restore {shlex.quote(str(plan.backup))} "
+                             f"--yes, then invoke up") from None
         current.paths.schema_stamp.unlink(missing_ok=True)
         env = config.environment(current, executor)
         config.write_config(current, env)

@@ -121,7 +121,9 @@ def test(c: Context, settings: Settings, dag_id: str, conf: str | None = None, e
                         else f"DAGs: {', '.join(parsed.dags[:10]) or 'none'}")
                 raise StackError(f"dags.test: no DAG {dag_id!r} in {settings.dags_folder}{broken}; {hint}")
         env = config.process_environment(settings, config.environment(settings, executor or None))
-        cmd = f"{shlex.quote(str(install.airflow_bin(settings)))} dags test {shlex.quote(dag_id)}"
+        # Airflow's `dags test`, through the helper: it builds the in-process execution API once per run
+        cmd = (f"{shlex.quote(str(install.airflow_python(settings)))} {shlex.quote(str(commands.HELPER))} "
+               f"dags-test {shlex.quote(dag_id)}")
         if dag_file is not None and dag_file.exists():  # parse that file alone, not the whole folder
             cmd += f" {profiles.of(settings).dag_file_option} {shlex.quote(str(dag_file))}"
         if conf is not None:

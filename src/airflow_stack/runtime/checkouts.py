@@ -195,7 +195,7 @@ def claim(settings: Settings, admin: Admin | None,
     registered. The settings with them, and a line for each choice made. ``free(setting, port)``: whether
     nothing holds that port where its component listens (default: asked of this machine)."""
     free = free or (lambda name, port: netutil.port_free(port, listen_hosts(settings, name)))
-    with locks.machine_wide("checkouts", "choosing this checkout's names and ports"):
+    with locks.machine_wide(settings, "checkouts", "choosing this checkout's names and ports"):
         known = entries(settings)
         said: list[str] = []
         if not any(entry.checkout_id == settings.checkout_id for entry in known):

@@ -44,9 +44,12 @@ def start(c: Context, settings: Settings, executor: str, live: dict[str, supervi
     preflight.check_start(settings)
     profile = profiles.of(settings)
     wanted = list(profile.for_executor(executor, extras))
-    version = install.installed_version(settings)
-    # what the processes run: the venv's packages and the project's .env (a change to either restarts them)
-    build = f"{install.installed_build(settings)}/{config.project_digest(settings, env)}"
+    missing = [comp.name for comp in wanted if comp.name not in live]
+    if any(supervisor.restarting(settings, name) is not None for name in missing):  # killed, crashed
+        with progress.step(f"waiting for the supervisor to start {', '.join(missing)} again"):
+            supervisor.await_restarts(settings, missing)
+        live = registry.running(settings)
+    version, build = install.installed_version(settings), running_build(settings, env)
     # a component started before the venv changed (another pin, a new patch, a requirements.txt change)
     # runs code that is no longer installed: it is started again, so that no process runs other packages
     # than the venv holds
@@ -69,26 +72,37 @@ def start(c: Context, settings: Settings, executor: str, live: dict[str, supervi
         if settings.api_tls and profile.web in to_start:  # its certificate: made once, issued again for a new name
             report.notes += tls.ensure(settings)
         registry.record(settings, executor, profile.release)
-        airflow = str(install.airflow_bin(settings))
-
-        def launch(comp: Component) -> supervisor.Launch:
-            return supervisor.Launch(comp.name, comp.command(airflow, settings), profile.preload_for(comp),
-                                     comp.reap_session, version, build, comp.probe.liveness_url(settings),
-                                     comp.probe.ca_file(settings))
-
-        launch_airflow(c, settings, [launch(comp) for comp in to_start if comp.own_env is None], env)
-        for comp in to_start:  # one with secrets of its own gets a launcher of its own: no other process sees them
-            if comp.own_env is not None:
-                launch_airflow(c, settings, [launch(comp)], env | comp.own_env(settings))
         report.started += [comp.name for comp in to_start]
-    if stale_workers:
-        launch_airflow(c, settings, [supervisor.Launch(name, list(argv), profile.preload_for(WORKER),
-                                                       version=version, build=build)
-                                     for name, argv in stale_workers.items()], env)
+    _launch(c, settings, [(comp.name, comp, None) for comp in to_start]
+            + [(name, WORKER, list(argv)) for name, argv in stale_workers.items()], env)
     wait_healthy(settings, [(comp.name, comp) for comp in wanted] + [(name, WORKER) for name in stale_workers],
                  timeout)
     report.seconds = time.monotonic() - began
     return report
+
+
+def running_build(settings: Settings, env: dict[str, str]) -> str:
+    """What the processes run: the venv's packages and the project's .env (a change to either restarts them)."""
+    return f"{install.installed_build(settings)}/{config.project_digest(settings, env)}"
+
+
+def _launch(c: Context, settings: Settings, named: list[tuple[str, Component, list[str] | None]],
+            env: dict[str, str]) -> None:
+    """Start Airflow instances (name, component, argv: None for the line's command, else as recorded: an extra
+    worker's queues and slots), with what the venv holds now; one launcher for all but those with secrets of
+    their own (Flower), which get one each: no other process sees them."""
+    profile, airflow = profiles.of(settings), str(install.airflow_bin(settings))
+    version, build = install.installed_version(settings), running_build(settings, env)
+
+    def launch(name: str, comp: Component, argv: list[str] | None) -> supervisor.Launch:
+        return supervisor.Launch(name, argv or comp.command(airflow, settings), profile.preload_for(comp),
+                                 comp.reap_session, version, build, comp.probe.liveness_url(settings),
+                                 comp.probe.ca_file(settings))
+
+    launch_airflow(c, settings, [launch(*item) for item in named if item[1].own_env is None], env)
+    for name, comp, argv in named:
+        if comp.own_env is not None:
+            launch_airflow(c, settings, [launch(name, comp, argv)], env | comp.own_env(settings))
 
 
 def launch_airflow(c: Context, settings: Settings, launches: list[supervisor.Launch], env: dict[str, str]) -> None:
@@ -171,8 +185,7 @@ def start_worker(c: Context, settings: Settings, name: str, queues: str, concurr
     argv = worker_command(str(install.airflow_bin(settings)), name, queues, concurrency, serve_logs)
     launch_airflow(c, settings, [supervisor.Launch(instance, argv, profiles.of(settings).preload_for(WORKER),
                                                    version=install.installed_version(settings),
-                                                   build=f"{install.installed_build(settings)}/"
-                                                         f"{config.project_digest(settings, env)}")], env)
+                                                   build=running_build(settings, env))], env)
     wait_healthy(settings, [(instance, WORKER)], timeout)
     return instance, False
 
@@ -193,6 +206,50 @@ def run_service(c: Context, settings: Settings, comp: Component, argv: list[str]
                           config.process_environment(settings, {}, project=False))
     wait_healthy(settings, [(comp.name, comp)], timeout)
     return [*done, f"started {label}"]
+
+
+def restart(c: Context, settings: Settings, executor: str, env: dict[str, str], names: list[str] | None = None,
+            timeout: float = HEALTH_TIMEOUT, stop_timeout: float = supervisor.STOP_TIMEOUT) -> list[str]:
+    """Stop what runs (everything of the stack's, or ``names``) and start it again as it was started: our Redis
+    and memcached with their argv, the line's components for ``executor`` (Flower too, when it ran), the extra
+    Celery workers with their queues and slots; then wait until each is healthy. What was not running stays
+    so; a component named that does not run is refused before anything stops."""
+    selected = [registry.find(settings, name) for name in names] if names else registry.instances(settings)
+    procs = {inst.name: proc for inst in selected if (proc := supervisor.running(settings, inst.name))}
+    idle = [inst for inst in selected if inst.name not in procs]
+    if names and idle:
+        raise StackError(f"{idle[0].name} is not running; {_how_to_start(idle[0], executor)}")
+    if not procs:
+        raise StackError("nothing of this stack runs; start it: invoke up")
+    selected = [inst for inst in selected if inst.name in procs]
+    services = [inst for inst in selected if not inst.component.airflow]
+    airflow = [inst for inst in selected if inst.component.airflow]
+    if airflow:
+        preflight.check_start(settings)  # what the start needs, before anything stops
+    said = stop(settings, [inst.name for inst in selected], stop_timeout)
+    began = time.monotonic()
+    for inst in services:
+        supervisor.start_many(c, settings, [supervisor.Launch(inst.name, list(procs[inst.name].argv))],
+                              config.process_environment(settings, {}))
+        wait_healthy(settings, [(inst.name, inst.component)], timeout)
+    if airflow:
+        preflight.check_ports(settings, [inst.component for inst in airflow if not inst.extra_worker], executor)
+        registry.record(settings, executor, profiles.of(settings).release)
+        _launch(c, settings, [(inst.name, inst.component, list(procs[inst.name].argv) if inst.extra_worker else None)
+                              for inst in airflow], env)
+        wait_healthy(settings, [(inst.name, inst.component) for inst in airflow], timeout)
+    if services and names:  # Celery workers that kept running lost the broker: done once they are back
+        said += wait_workers_reconnected(settings)
+    return [*said, f"started {', '.join(inst.name for inst in selected)} again; all healthy in "
+                   f"{time.monotonic() - began:.1f} s"]
+
+
+def _how_to_start(inst: registry.Instance, executor: str) -> str:
+    if inst.extra_worker:
+        return f"start it: invoke run.worker --name {inst.name.removeprefix(WORKER_PREFIX)} --queues ..."
+    if executor not in inst.component.executors:
+        return f"the {executor} executor does not run it"
+    return "start it: invoke run.celery --flower" if inst.component.optional else "start it: invoke up"
 
 
 def stop(settings: Settings, names: list[str] | None = None, timeout: float = supervisor.STOP_TIMEOUT) -> list[str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import statistics
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,9 +45,9 @@ def pss_kib(pid: int, proc: Path = PROC) -> int | None:
 def pss_mib(pids: Iterable[int], proc: Path = PROC) -> float:
     """The summed PSS of ``pids`` in MiB (processes that are gone count 0).
 
-    Where there is no /proc (macOS), RSS stands in: it counts shared pages once per process.
+    Off Linux (macOS has no /proc), RSS stands in: it counts shared pages once per process.
     """
-    if not proc.is_dir():
+    if not sys.platform.startswith("linux") or not proc.is_dir():
         return sum(_rss(pid) for pid in set(pids)) / (1 << 20)
     return sum(pss_kib(pid, proc) or 0 for pid in set(pids)) / 1024
 

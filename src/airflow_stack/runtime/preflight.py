@@ -17,13 +17,15 @@ REDIS_PASSWORD_FIX = ("use the password our Redis runs with (requirepass in its 
                       "invoke setup.redis && invoke stop && invoke up")
 
 
-def require_services(settings: Settings, pg_fix: str, redis_fix: str, password_fix: str = "") -> None:
-    """PostgreSQL (as Airflow's role) and our Redis must answer; else say what fixes it."""
+def require_services(settings: Settings, pg_fix: str, redis_fix: str, password_fix: str = "",
+                     as_airflow: bool = False) -> None:
+    """PostgreSQL (as Airflow's role) and our Redis (as its default user, or as Airflow's: ``as_airflow``) must
+    answer; else say what fixes it."""
     ok, reason = postgres.ping(settings)
     if not ok:
         raise StackError(f"cannot reach PostgreSQL at {settings.pg_host}:{settings.pg_port} as {settings.pg_user} "
                          f"({reason}); {pg_fix}")
-    ok, reason = redis_server.ping(settings)
+    ok, reason = redis_server.ping(settings, as_airflow)
     if not ok:
         refused = "refused the password" in reason
         raise StackError(f"{reason}; {password_fix if refused and password_fix else redis_fix}")
@@ -47,13 +49,13 @@ def check_worker_machine(settings: Settings) -> None:
     """What a worker needs from the stack's machine, each gap named with what to copy or run."""
     missing = settings_mod.missing_shared_secrets(settings)
     if missing:
-        raise StackError(f"this machine lacks {', '.join(missing)}: copy the stack machine's .env here "
-                         f"(every Airflow process must share them), then set STACK_PG_HOST, STACK_REDIS_HOST "
-                         f"and STACK_API_HOST to that machine's address")
+        raise StackError(f"this machine lacks {', '.join(missing)}: on the stack's machine run invoke worker.env "
+                         f"--host ADDRESS and copy the file it writes here as .env (every Airflow process must "
+                         f"share them)")
     require_services(settings,
                      "allow this machine there: invoke setup.postgres --listen ... --allow-from ...",
                      "on the stack's machine run invoke setup.redis (with --bind for other machines), "
-                     "and check STACK_REDIS_HOST / STACK_REDIS_PASSWORD here")
+                     "and check STACK_REDIS_HOST / STACK_REDIS_AIRFLOW_PASSWORD here", as_airflow=True)
 
 
 def check_ports(settings: Settings, to_start: list[Component], executor: str) -> None:

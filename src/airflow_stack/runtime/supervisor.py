@@ -122,7 +122,23 @@ def restarting(settings: Settings, name: str) -> int | None:
     return int(exit_code) if alive and isinstance(exit_code, int) else (-1 if alive else None)
 
 
-def collect(settings: Settings, name: str, timeout: float = 10.0, whole_session: bool = False) -> int:
+# the longest a supervisor takes to start a dead child again: its leftovers reaped, the back-off (at most
+# launcher.BACKOFF_MAX), the fork
+RESTART_WAIT = procgroup.REAP_GRACE + 30.0 + 10.0
+
+
+def await_restarts(settings: Settings, names: list[str]) -> list[str]:
+    """Of ``names``, those that died and whose supervisor is starting them again: waited for (up to
+    RESTART_WAIT) rather than started a second time, which would find their ports taken and leave the
+    supervisor's restart unwanted. Returns the names waited for."""
+    pending = [name for name in names if running(settings, name) is None and restarting(settings, name) is not None]
+    if pending:
+        wait_until(lambda: all(running(settings, name) is not None or restarting(settings, name) is None
+                               for name in pending), RESTART_WAIT)
+    return pending
+
+
+def collect(settings: Settings, name: str, timeout: float = procgroup.REAP_GRACE, whole_session: bool = False) -> int:
     """Forget a dead ``name`` and stop what it left behind; return how many processes that was.
 
     Its process group gets SIGTERM (its members may stop what they supervise), SIGKILL after

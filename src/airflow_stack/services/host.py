@@ -11,20 +11,29 @@ from .host_apt import Apt, AptPgCtlcluster, AptSystemd
 from .host_base import Cluster, Platform, WholeStdin, sudo_prefix
 from .host_brew import Homebrew
 
-__all__ = ["Apt", "AptPgCtlcluster", "AptSystemd", "Cluster", "Homebrew", "Platform", "WholeStdin", "detect",
-           "sudo_prefix"]
+__all__ = ["SYSTEMD_DIR", "Apt", "AptPgCtlcluster", "AptSystemd", "Cluster", "Homebrew", "Platform", "WholeStdin",
+           "detect", "sudo_prefix", "systemd_runs"]
 
 
-def detect(which=shutil.which, system: str = sys.platform, systemd_dir: Path = Path("/run/systemd/system"),
+# systemd is PID 1 exactly when this directory exists (sd_booted)
+SYSTEMD_DIR = Path("/run/systemd/system")
+
+
+def systemd_runs(systemd_dir: Path | None = None) -> bool:
+    """systemd is this machine's service manager (PID 1): its units start at boot."""
+    return (SYSTEMD_DIR if systemd_dir is None else systemd_dir).is_dir()
+
+
+def detect(which=shutil.which, system: str | None = None, systemd_dir: Path | None = None,
            sudo: str | None = None) -> Platform:
-    """Pick the strategy for this machine."""
+    """Pick the strategy for this machine (``system``: sys.platform, read now)."""
     sudo = sudo_prefix() if sudo is None else sudo
+    system = sys.platform if system is None else system
     if system == "darwin" or (which("brew") and not which("apt-get")):
         if not which("brew"):
             raise StackError("Homebrew is not installed; install it from brew.sh, then re-run")
         return Homebrew()
     if which("apt-get"):
-        # systemd is PID 1 exactly when this directory exists (sd_booted)
-        return AptSystemd(sudo) if systemd_dir.is_dir() else AptPgCtlcluster(sudo)
+        return AptSystemd(sudo) if systemd_runs(systemd_dir) else AptPgCtlcluster(sudo)
     raise StackError("neither Homebrew nor apt-get is on this machine; airflow-stack supports macOS with "
                      "Homebrew and Debian/Ubuntu: install PostgreSQL and Redis yourself and pass --host/--port")

@@ -90,6 +90,9 @@ class Platform:
 
     # the OS user PostgreSQL runs as, who must own its key file ("": whoever runs the stack, as on Homebrew)
     pg_os_user = ""
+    # its initdb admits every local user over TCP loopback without a password (pg_hba trust): the stack's role
+    # gets scram lines of its own above those (services/pg_access.ensure_loopback_scram)
+    trusts_loopback = False
 
     def write_private_file(self, c: Context, path: str, text: str) -> None:
         """Write a file only the server's OS user may read (PostgreSQL refuses a key file others can)."""

@@ -14,6 +14,7 @@ from .host_base import Platform
 
 class Homebrew(Platform):
     name = "brew"
+    trusts_loopback = True  # the formula's initdb: `host all all 127.0.0.1/32 trust` and ::1/128
 
     def __init__(self, sudo: str = "") -> None:
         super().__init__(sudo="")  # Homebrew refuses to run as root and never needs sudo

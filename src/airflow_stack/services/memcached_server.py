@@ -73,6 +73,15 @@ def keys(settings: Settings) -> list[str]:
     return found
 
 
+def counter(settings: Settings, key: str) -> int:
+    """The number memcached holds under ``key`` (a limiter's counter); 0 when it holds none."""
+    lines = _command(settings, f"get {key}\r\n".encode(), b"END\r\n").decode(errors="replace").split("\r\n")
+    try:
+        return int(lines[1]) if lines[0].startswith("VALUE ") else 0
+    except (IndexError, ValueError):
+        return 0
+
+
 def argv(server: str, settings: Settings) -> list[str]:
     host, port = address(settings) or ("127.0.0.1", DEFAULT_PORT)
     found = [server, "-l", host, "-p", str(port), "-U", "0", "-m", "64"]

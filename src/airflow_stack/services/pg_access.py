@@ -38,9 +38,9 @@ def _read_hba(admin: Admin) -> tuple[str, str]:
     return hba, admin.value(sql.SQL("SELECT pg_read_file({})").format(hba))
 
 
-def _hba_line(settings: Settings, network: str) -> str:
+def _hba_line(settings: Settings, network: str, kind: str = "") -> str:
     # with STACK_TLS only TLS connections match (hostssl): a plain-text client from there finds no entry
-    kind = "hostssl" if settings.tls else "host"
+    kind = kind or ("hostssl" if settings.tls else "host")
     return f"{kind} {settings.pg_database} {settings.pg_user} {network} scram-sha-256 {hba_marker(settings)}"
 
 
@@ -73,6 +73,36 @@ def allow_remote(c: Context, platform: Platform, admin: Admin, settings: Setting
                                  f"restart for listen_addresses; see its log")
             changes.append(f"PostgreSQL now listens on {merged} (restarted once to apply it)")
     return changes
+
+
+# ---- how the stack's own role authenticates ----------------------------------------------------------
+LOOPBACK_NETWORKS = ("127.0.0.1/32", "::1/128")
+
+
+def ensure_auth(c: Context, platform: Platform, admin: Admin, settings: Settings) -> list[str]:
+    """Before the role's first login: TLS with the stack's certificate (STACK_TLS), and scram on loopback where
+    the server's initdb trusts every local user there (Homebrew)."""
+    done = ensure_tls(c, platform, admin, settings) if settings.pg_tls_ours else []
+    return done + (ensure_loopback_scram(c, platform, admin, settings) if platform.trusts_loopback else [])
+
+
+def ensure_loopback_scram(c: Context, platform: Platform, admin: Admin, settings: Settings) -> list[str]:
+    """The role authenticates with scram-sha-256 on 127.0.0.1 and ::1: Homebrew's initdb writes ``host all all
+    127.0.0.1/32 trust`` (and ::1), and pg_hba.conf is first-match, so the stack's lines go above every rule
+    (plain ``host``: TLS or not, a loopback client of the role must give the password). Idempotent."""
+    hba, text = _read_hba(admin)
+    lines = text.splitlines()
+    ours = [_hba_line(settings, network, "host") for network in LOOPBACK_NETWORKS]
+    rest = [line for line in lines if line not in ours]
+    first_rule = next((i for i, line in enumerate(rest) if line.strip() and not line.lstrip().startswith("#")),
+                      len(rest))
+    wanted = rest[:first_rule] + ours + rest[first_rule:]
+    if wanted == lines:
+        return []
+    platform.write_file(c, hba, "\n".join(wanted) + "\n")
+    admin.execute([sql.SQL("SELECT pg_reload_conf()")])
+    return [f"{settings.pg_user} must give its password (scram-sha-256) on 127.0.0.1 and ::1: pg_hba lines above "
+            f"the server's trust rules"]
 
 
 # ---- TLS (STACK_TLS) ----------------------------------------------------------------------------
@@ -110,7 +140,7 @@ def ensure_tls(c: Context, platform: Platform, admin: Admin, settings: Settings)
     hba, text = _read_hba(admin)
     lines = text.splitlines()
     secured = [("hostssl " + line.removeprefix("host ")) if line.endswith(hba_marker(settings))
-               and line.startswith("host ") else line for line in lines]
+               and line.startswith("host ") and line.split()[3] not in LOOPBACK_NETWORKS else line for line in lines]
     if secured != lines:
         platform.write_file(c, hba, "\n".join(secured) + "\n")
         admin.execute([sql.SQL("SELECT pg_reload_conf()")])

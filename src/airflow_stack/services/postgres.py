@@ -53,7 +53,7 @@ def ensure_server(c: Context, platform: Platform, settings: Settings) -> list[st
         return done  # the usual case: nothing to do, so no other checkout to wait for
     # one checkout at a time installs or starts the server every checkout shares (and looks again
     # once it holds the lock: the one before it may have done it)
-    with locks.machine_wide(f"postgresql-{settings.pg_port}", "installing or starting PostgreSQL"):
+    with locks.machine_wide(settings, f"postgresql-{settings.pg_port}", "installing or starting PostgreSQL"):
         if not platform.pg_installed(c, settings.pg_version):
             platform.pg_install(c, settings.pg_version)
             done.append(f"installed PostgreSQL ({platform.name})")

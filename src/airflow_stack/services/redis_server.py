@@ -135,13 +135,17 @@ def airflow_client(settings: Settings, db: int = 0) -> redis.Redis:
     return client(settings, settings.redis_airflow_password, db, username=REDIS_AIRFLOW_USER)
 
 
-def ping(settings: Settings) -> tuple[bool, str]:
+def ping(settings: Settings, as_airflow: bool = False) -> tuple[bool, str]:
+    """Our Redis answers, as its default user (the stack's own operations) or, ``as_airflow``, as the ACL user
+    Airflow's processes log in as (all a worker machine has)."""
+    user = f"Airflow's Redis user ({REDIS_AIRFLOW_USER})" if as_airflow else "Redis"
+    secret = "STACK_REDIS_AIRFLOW_PASSWORD" if as_airflow else "STACK_REDIS_PASSWORD"
     where = settings.redis_address
     try:
-        client(settings).ping()
+        (airflow_client(settings) if as_airflow else client(settings)).ping()
         return True, ""
     except redis.AuthenticationError:
-        return False, f"Redis at {where} refused the password (STACK_REDIS_PASSWORD in {settings.env_file.name})"
+        return False, f"{user} at {where} refused the password ({secret} in {settings.env_file.name})"
     except redis.RedisError as exc:
         if settings.tls and not settings.redis_via_socket and not settings.tls_ca_file.exists():
             return False, f"STACK_TLS is on but {settings.tls_ca_file} is missing (the stack's CA, from its state dir)"

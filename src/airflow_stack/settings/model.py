@@ -11,14 +11,15 @@ Values that are derived (URLs, the sslmode in effect) are properties, never type
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
-import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from ..statedir import ENV_FILE_VAR, USER_STATE_DEFAULT, StateDir, UserStateDir
+from ..statedir import ENV_FILE_VAR, SUN_PATH_BYTES, USER_STATE_DEFAULT, StateDir, UserStateDir
 
 PROJECT_DIR = Path(__file__).resolve().parents[3]
 
@@ -32,8 +33,6 @@ REDIS_AIRFLOW_USER = "airflow"
 LIMITER_DB = 1  # our Redis's DB the login limiter counts in (Celery's broker: DB 0)
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
-# the longest path a Unix socket's address holds, with its closing NUL (sun_path): 104 bytes on macOS, 108 on Linux
-SUN_PATH_BYTES = 104 if sys.platform == "darwin" else 108
 # what STACK_PG_DSN fills in, libpq keyword -> setting
 DSN_FIELDS = {"host": "pg_host", "port": "pg_port", "dbname": "pg_database", "user": "pg_user",
               "password": "pg_password", "sslmode": "pg_sslmode", "sslrootcert": "pg_sslrootcert"}
@@ -41,6 +40,20 @@ DSN_FIELDS = {"host": "pg_host", "port": "pg_port", "dbname": "pg_database", "us
 
 def _cpu_count() -> int:
     return os.cpu_count() or 2
+
+
+def ip_networks(text: str) -> str:
+    """A comma-separated list of IP addresses and networks, written the way uvicorn and ipaddress read them."""
+    found = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        try:
+            found.append(str(ipaddress.ip_network(part, strict=False) if "/" in part else ipaddress.ip_address(part)))
+        except ValueError:
+            raise ValueError(f"{part!r} is not an IP address or network; name your proxies, "
+                             f"e.g. STACK_TRUSTED_PROXIES=127.0.0.2,10.0.0.0/24") from None
+    return ",".join(found)
 
 
 @dataclass(frozen=True)
@@ -56,11 +69,15 @@ class Spec:
     generate: str = ""
     # every Airflow process must have the same value, a Celery worker on another machine too
     shared: bool = False
+    # a worker on another machine needs it too (invoke worker.env writes it; the shared secrets always go)
+    worker: bool = False
     minimum: float = 1  # the smallest number a kind=int or kind=float setting takes
     help: str = ""
     # the name it reaches every Airflow process's environment under, on every line ("": it does not, or
     # only as part of a derived value; a line that reads it under another name says so in its profile)
     airflow: str = ""
+    # a text setting's check: its value as used, or ValueError saying what is wrong and what to write instead
+    parse: Callable[[str], str] | None = None
 
 
 def _spec(env: str, default: Any = None, **kw: Any) -> Any:
@@ -81,7 +98,7 @@ class Settings:
     user_state_dir: Path = _spec("STACK_USER_STATE_DIR", USER_STATE_DEFAULT, kind=Path,
                                  help="what every checkout of this user shares: the list of stacks on this machine "
                                       "(invoke stacks), defaults.env (your defaults for every checkout)")
-    checkout_id: str = _spec("STACK_CHECKOUT_ID", generate="id",
+    checkout_id: str = _spec("STACK_CHECKOUT_ID", generate="id", worker=True,
                              help="names this checkout's stack; the database it set up is marked with it, so another "
                                   "checkout never takes it over (a machine with a copy of this .env is the same stack)")
     project_dir: Path = _spec("STACK_PROJECT_DIR", ".", kind=Path,
@@ -93,7 +110,7 @@ class Settings:
     airflow_line: str = _spec("STACK_AIRFLOW_LINE", "", choices=("", *AIRFLOW_LINES),
                               help=f"{AIRFLOW_LINES_HELP}: its newest patch (default: what the project's "
                                    f"Dockerfile pins, else {AIRFLOW_LINES[0]})")
-    airflow_version: str = _spec("STACK_AIRFLOW_VERSION", "",
+    airflow_version: str = _spec("STACK_AIRFLOW_VERSION", "", worker=True,
                                  help="an Airflow release (X.Y.Z of a supported minor); wins over STACK_AIRFLOW_LINE "
                                       "and the project's Dockerfile; its constraints are resolved into the state dir "
                                       "as of its own date, no tracked file changes")
@@ -103,7 +120,8 @@ class Settings:
                                      "PATH that it supports")
     executor: str = _spec("STACK_EXECUTOR", "local", choices=EXECUTORS, help="local or celery")
     api_host: str = _spec("STACK_API_HOST", "127.0.0.1", help="interface the API server / webserver binds")
-    api_port: int = _spec("STACK_API_PORT", 8080, kind=int, help="port of the web component (API server / webserver)")
+    api_port: int = _spec("STACK_API_PORT", 8080, kind=int, worker=True,
+                          help="port of the web component (API server / webserver)")
     scheduler_health_port: int = _spec("STACK_SCHEDULER_HEALTH_PORT", 8974, kind=int,
                                        airflow="AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT",
                                        help="scheduler health-check server port")
@@ -162,21 +180,26 @@ class Settings:
                                 help="signs web sessions")
     ratelimit_storage_uri: str = _spec("STACK_RATELIMIT_STORAGE_URI", "", secret=True,
                                        help="Flask-Limiter storage; default: our Redis, DB 1")
+    trusted_proxies: str = _spec(
+        "STACK_TRUSTED_PROXIES", "", parse=ip_networks,
+        help="comma-separated addresses or networks of the reverse proxies in front of the UI and API: only "
+             "their X-Forwarded-For names the client whose logins are counted (empty: the peer's address is "
+             "the client's, whatever header it sends)")
 
     # PostgreSQL
     pg_host: str = _spec("STACK_PG_HOST", "127.0.0.1",
                          help="PostgreSQL host; another host than the local one is used as it is")
-    pg_port: int = _spec("STACK_PG_PORT", 5432, kind=int, help="PostgreSQL port")
-    pg_database: str = _spec("STACK_PG_DATABASE", "airflow", help="Airflow's metadata database")
-    pg_user: str = _spec("STACK_PG_USER", "airflow", help="the role that owns it")
+    pg_port: int = _spec("STACK_PG_PORT", 5432, kind=int, worker=True, help="PostgreSQL port")
+    pg_database: str = _spec("STACK_PG_DATABASE", "airflow", worker=True, help="Airflow's metadata database")
+    pg_user: str = _spec("STACK_PG_USER", "airflow", worker=True, help="the role that owns it")
     pg_password: str = _spec("STACK_PG_PASSWORD", secret=True, generate="password", shared=True,
                              help="that role's password")
-    pg_sslmode: str = _spec("STACK_PG_SSLMODE", "", choices=("", *SSLMODES),
+    pg_sslmode: str = _spec("STACK_PG_SSLMODE", "", worker=True, choices=("", *SSLMODES),
                             help="libpq sslmode (default: verify-full with STACK_TLS, else prefer)")
     pg_sslrootcert: str = _spec("STACK_PG_SSLROOTCERT", "",
                                 help="the CA file libpq verifies the server's certificate with (verify-ca, "
                                      "verify-full); default with STACK_TLS: the stack's CA (STATE/tls/ca.pem)")
-    pg_dsn: str = _spec("STACK_PG_DSN", "", secret=True,
+    pg_dsn: str = _spec("STACK_PG_DSN", "", secret=True, worker=True,
                         help="a PostgreSQL server this stack does not run (managed, e.g. RDS), as a libpq DSN for "
                              "Airflow's role and database, made there by its admin: "
                              "postgresql://USER:PASSWORD@HOST:PORT/DB?sslmode=verify-full&sslrootcert=CA. Nothing is "
@@ -187,31 +210,28 @@ class Settings:
     pg_version: str = _spec("STACK_PG_VERSION", "16", help="PostgreSQL major version to install with Homebrew")
 
     # TLS for workers on other machines
-    tls: bool = _spec("STACK_TLS", False, kind=bool,
-                      help="what other machines reach travels over TLS only, with certificates from a CA the stack "
-                           "makes in STATE/tls, and every client verifies them: our Redis's TCP port, PostgreSQL (when "
-                           "this machine runs it) and, with STACK_API_HOST beyond loopback, the API server / "
-                           "webserver (HTTPS). A worker machine needs .env and STATE/tls/ca.pem")
+    tls: bool = _spec("STACK_TLS", False, kind=bool, worker=True,
+                      help="TLS only, from a CA the stack makes in STATE/tls, verified by every client: Redis's TCP "
+                           "port, PostgreSQL (when this machine runs it), and the API server / webserver with "
+                           "STACK_API_HOST beyond loopback (HTTPS). A worker machine needs STATE/tls/ca.pem too")
     tls_names: str = _spec("STACK_TLS_NAMES", "",
                            help="more host names or IP addresses (comma-separated) the server certificate covers, as "
                                 "workers reach this machine; loopback, this machine's name, STACK_API_HOST and the "
                                 "addresses Redis and PostgreSQL listen on always are")
 
     # Redis
-    redis_port: int = _spec("STACK_REDIS_PORT", 6380, kind=int,
+    redis_port: int = _spec("STACK_REDIS_PORT", 6380, kind=int, worker=True,
                             help="port of the Redis this project runs (not a user's 6379)")
-    redis_password: str = _spec("STACK_REDIS_PASSWORD", secret=True, generate="password", shared=True,
+    redis_password: str = _spec("STACK_REDIS_PASSWORD", secret=True, generate="password",
                                 help="our Redis's requirepass")
     redis_airflow_password: str = _spec(
         "STACK_REDIS_AIRFLOW_PASSWORD", secret=True, generate="password", shared=True,
         help=f"password of the Redis ACL user {REDIS_AIRFLOW_USER!r} Airflow's processes log in as (Celery's broker, "
              f"the login limiter): no administrative or destructive commands")
     redis_host: str = _spec("STACK_REDIS_HOST", "127.0.0.1",
-                            help="where Airflow reaches our Redis (a worker machine: the stack's address, over TCP); "
-                                 "on loopback the stack's own processes use its Unix socket in the state dir")
+                            help="where Airflow reaches our Redis (loopback: its Unix socket; a worker: the stack's)")
     redis_bind: str = _spec("STACK_REDIS_BIND", "127.0.0.1 -::1",
-                            help="interfaces our Redis listens on over TCP once one is beyond loopback (workers "
-                                 "elsewhere); with only loopback here it has no TCP port, only its Unix socket")
+                            help="where our Redis listens on TCP, for workers elsewhere (loopback only: no TCP)")
 
     # Celery
     worker_concurrency: int = _airflow_spec("AIRFLOW__CELERY__WORKER_CONCURRENCY", max(8, 2 * _cpu_count()), kind=int,
@@ -275,17 +295,11 @@ class Settings:
         """The CA file libpq verifies the server with ("": libpq's default, ~/.postgresql/root.crt)."""
         return self.pg_sslrootcert or (str(self.tls_ca_file) if self.pg_tls_ours else "")
 
-    @property
-    def pg_require_auth(self) -> str:
-        """libpq 16+'s require_auth for the stack's TLS server over the network (a worker machine): SCRAM only, the
-        password never in clear. Not on loopback: verify-full stops strangers there, and a local server may admit
-        loopback with trust (Homebrew's initdb), which it refuses. psycopg's wheel has libpq 18, psycopg2's 17."""
-        return "scram-sha-256" if self.pg_tls_ours and self.pg_host not in LOOPBACK else ""
-
     def pg_ssl_params(self) -> dict[str, str]:
-        """libpq's TLS (and authentication) keywords for the Airflow role's connections."""
+        """libpq's TLS keywords for the Airflow role's connections; to the stack's TLS server over the network also
+        libpq 16+'s require_auth=scram-sha-256 (not on loopback: README, "A worker on another machine")."""
         params = {"sslmode": self.pg_ssl_mode} | ({"sslrootcert": self.pg_ssl_root} if self.pg_ssl_root else {})
-        return params | ({"require_auth": self.pg_require_auth} if self.pg_require_auth else {})
+        return params | ({"require_auth": "scram-sha-256"} if self.pg_tls_ours and self.pg_host not in LOOPBACK else {})
 
     def pg_conninfo(self, **extra: Any) -> dict[str, Any]:
         """Keyword arguments for psycopg.connect as the Airflow role."""
@@ -300,7 +314,6 @@ class Settings:
                 f"@{_url_host(self.pg_host)}:{self.pg_port}/{quote(self.pg_database, safe='')}"
                 f"?{urlencode(self.pg_ssl_params(), quote_via=quote)}")
 
-    # ---- our Redis: its Unix socket on this machine, TCP for other machines ----------------------
     @property
     def redis_socket_fits(self) -> bool:
         """The socket's path fits in a Unix socket address (else our Redis listens on TCP loopback instead)."""
@@ -308,14 +321,12 @@ class Settings:
 
     @property
     def redis_tcp(self) -> bool:
-        """Our Redis listens on TCP: for other machines (STACK_REDIS_BIND beyond loopback), or when its socket's
-        path is too long. Otherwise it has no port at all: a port freed by a restart gives a squatter nothing."""
+        """Our Redis has a TCP port: for other machines (a bind beyond loopback), or if its socket path is too long."""
         return any(a.removeprefix("-") not in LOOPBACK for a in self.redis_bind.split()) or not self.redis_socket_fits
 
     @property
     def redis_via_socket(self) -> bool:
-        """Clients here reach our Redis through its Unix socket (the state dir is 0700, the socket too): our
-        Redis is on this machine (STACK_REDIS_HOST on loopback). A worker machine dials its TCP port."""
+        """Clients here reach our Redis through its Unix socket (0700 in the 0700 state dir), a worker its TCP port."""
         return self.redis_host in LOOPBACK and self.redis_socket_fits
 
     @property
@@ -324,8 +335,7 @@ class Settings:
         return str(self.paths.redis_socket) if self.redis_via_socket else f"{self.redis_host}:{self.redis_port}"
 
     def _redis_url(self, user: str, password: str | None, db: int, socket_scheme: str) -> str:
-        """Our Redis as ``user``: through its socket (kombu's redis+socket takes the DB as virtual_host, limits'
-        redis+unix as db, and both the credentials in the userinfo), else over TCP (TLS with STACK_TLS)."""
+        """Through the socket (kombu's redis+socket, limits' redis+unix), else TCP (TLS with STACK_TLS)."""
         auth = f"{user}:{quote(password or '', safe='')}"
         if self.redis_via_socket:
             db_key = "virtual_host" if socket_scheme == "redis+socket" else "db"
@@ -345,11 +355,9 @@ class Settings:
         return self.ratelimit_storage_uri or self._redis_url(REDIS_AIRFLOW_USER, self.redis_airflow_password,
                                                              LIMITER_DB, "redis+unix")
 
-    # ---- the API server / webserver --------------------------------------------------------------
     @property
     def api_tls(self) -> bool:
-        """The web component serves HTTPS (the stack's certificate): STACK_TLS, and other machines reach it
-        (STACK_API_HOST beyond loopback)."""
+        """The web component serves HTTPS (the stack's certificate): STACK_TLS and STACK_API_HOST beyond loopback."""
         return self.tls and self.api_host not in LOOPBACK
 
     @property

@@ -38,6 +38,11 @@ def _convert(name: str, spec: Spec, raw: Any, source: str) -> Any:
     value = str(raw)
     if spec.choices and value not in spec.choices:
         raise StackError(f"{spec.env}={value!r} ({source}) is not supported; use one of: {', '.join(spec.choices)}")
+    if spec.parse:
+        try:
+            return spec.parse(value)
+        except ValueError as exc:
+            raise StackError(f"{spec.env}={value!r} ({source}): {exc}") from None
     return value
 
 

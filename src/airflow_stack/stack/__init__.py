@@ -9,11 +9,11 @@ command. One operation at a time per state dir: every method that changes the st
 
 from __future__ import annotations
 
-from .base import StackBase, print_lines
+from .base import StackBase
 from .running import Running
 from .setup import SetupSteps
 
-__all__ = ["Stack", "StackBase", "print_lines"]
+__all__ = ["Stack", "StackBase"]
 
 
 class Stack(SetupSteps, Running):

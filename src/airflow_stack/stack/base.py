@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 
 from invoke import Context
 
-from .. import locks
+from .. import locks, progress
 from .. import settings as settings_mod
 from ..apache_airflow import config, profiles
 from ..runtime import lifecycle, registry, supervisor
@@ -18,16 +18,11 @@ from ..services import host
 from ..settings import Settings
 
 
-def print_lines(*lines: str) -> None:
-    for line in lines:
-        print(line, flush=True)
-
-
 class StackBase:
     HEALTH_TIMEOUT = lifecycle.HEALTH_TIMEOUT  # seconds a start waits for health, unless told
     STOP_TIMEOUT = supervisor.STOP_TIMEOUT  # seconds a stop waits for a graceful end before killing
 
-    def __init__(self, c: Context, settings: Settings, say: Callable[..., None] = print_lines) -> None:
+    def __init__(self, c: Context, settings: Settings, say: Callable[..., None] = progress.say) -> None:
         self.c = c
         self.settings = settings
         self.say = say

@@ -122,6 +122,20 @@ class Running(StackBase):
                 self.host.pg_stop(self.c, s.pg_port, s.pg_version)
                 self.say("postgresql: stopped")
 
+    def restart(self, component: str = "", timeout: float = lifecycle.HEALTH_TIMEOUT,
+                stop_timeout: float = supervisor.STOP_TIMEOUT) -> None:
+        """Stop what runs (or ``component``) and start it again with the same choices: the executor and line it
+        runs, Flower and the extra Celery workers as they were started."""
+        with self._exclusive("invoke restart"):
+            recorded = registry.recorded(self.settings)
+            self._choose(None, registry.running(self.settings), recorded, True)
+            if recorded.get("release") and recorded["release"] != self.release:
+                # a restart changes nothing: the release that runs comes back (`invoke up` goes to the settings')
+                self.settings = self.settings.replace(airflow_version=recorded["release"])
+            self.say(*(f"restart: {line}" for line in lifecycle.restart(
+                self.c, self.settings, self.executor, self.write_config()[0], [component] if component else None,
+                timeout, stop_timeout)))
+
     def clean(self, confirmed: bool, drop_db: bool) -> None:
         """Remove runtime state (logs, pids, Redis data, AIRFLOW_HOME); the database only with ``drop_db``."""
         with self._exclusive("invoke clean"):

@@ -45,9 +45,8 @@ class SetupSteps(StackBase):
                     raise StackError("--listen/--allow-from configure a server this machine runs; for another "
                                      "server change its listen_addresses and pg_hba.conf there")
                 changes += pg_access.allow_remote(self.c, plat, admin, s, listen, allow_from)
-            if s.pg_tls_ours and admin is not None and plat is not None:
-                # before the role's first login: with STACK_TLS it verifies the server's certificate
-                changes += pg_access.ensure_tls(self.c, plat, admin, s)
+            if admin is not None and plat is not None:  # TLS (STACK_TLS), scram where the server trusts loopback
+                changes += pg_access.ensure_auth(self.c, plat, admin, s)
             if new_database:
                 schema.forget_migration(s)
             clusters = plat.clusters(self.c) if isinstance(plat, host.Apt) else []
@@ -122,8 +121,10 @@ class SetupSteps(StackBase):
             folder.get(s).check()
             config.project_environment(s, {})  # the project's .env: a broken line or a name of the stack's
             objects.load(s)  # a broken airflow_settings.yaml or a missing ${NAME}: before anything changes
-            # before anything is installed or written: never down onto a schema a newer release migrated
             chosen = releases.resolve(s)
+            if not install.constraints_for(s).exists():
+                releases.resolve_as_of(chosen.version)  # a release that does not exist: one line, before anything
+            # before anything is installed or written: never down onto a schema a newer release migrated
             schema.refuse_another_release(s, chosen.version, chosen.source)
             changes = self._secrets()
             notes = releases.project_note_once(s)

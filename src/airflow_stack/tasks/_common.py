@@ -13,6 +13,7 @@ from invoke import Context
 from .. import progress
 from .. import settings as settings_mod
 from ..errors import StackError
+from ..progress import say
 from ..settings import Settings
 from ..stack import Stack
 
@@ -47,11 +48,6 @@ def number(value: Any, flag: str, default: Any, kind: type = float, example: Any
     if result <= 0:
         raise StackError(f"{flag} {value!r} must be above 0; {hint}")
     return result
-
-
-def say(*lines: str) -> None:
-    for line in lines:
-        print(line, flush=True)
 
 
 def one_line_errors(func: Callable[..., Any]) -> Callable[..., Any]:

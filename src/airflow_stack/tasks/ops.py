@@ -1,4 +1,5 @@
-"""Top-level tasks: up, upgrade, stop, status, stacks, logs, doctor, clean, and the stack's own airflow CLI."""
+"""Top-level tasks: up, upgrade, stop, restart, status, stacks, logs, doctor, clean, and the stack's own airflow
+CLI."""
 
 from __future__ import annotations
 
@@ -64,6 +65,19 @@ def stop(c: Context, component: str = "", postgres: bool = False, timeout: str |
     """Stop the Airflow processes and our Redis (PostgreSQL only with --postgres)."""
     timeout = number(timeout, "--timeout", Stack.STOP_TIMEOUT)
     stack(c).stop(component, postgres, timeout)
+
+
+@task(help={
+    "component": "restart only this component, e.g. scheduler, redis or worker-w2 (default: everything that runs)",
+    "timeout": timeout_help("what was restarted to be healthy"),
+    "stop_timeout": f"seconds to wait for a graceful stop before killing (default {Stack.STOP_TIMEOUT:g})",
+})
+@one_line_errors
+def restart(c: Context, component: str = "", timeout: str | None = None, stop_timeout: str | None = None) -> None:
+    """Stop and start what runs (or one component), with the same executor, line, Flower and extra workers."""
+    timeout = number(timeout, "--timeout", Stack.HEALTH_TIMEOUT)
+    stop_timeout = number(stop_timeout, "--stop-timeout", Stack.STOP_TIMEOUT)
+    stack(c).restart(component, timeout, stop_timeout)
 
 
 @task(name="status", help={"json": "print JSON instead of a table"})

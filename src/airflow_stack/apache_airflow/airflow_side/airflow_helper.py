@@ -6,13 +6,15 @@ does). Standard library and Airflow only; both lines.
     python airflow_helper.py check-dags DAGS_FOLDER RESULT
     python airflow_helper.py apply-objects RESULT  < objects.json
     python airflow_helper.py export-objects RESULT
+    python airflow_helper.py dags-test DAG_ID [airflow dags test's options]
 
 RESULT is a JSON file written 0600 (an export holds passwords): Airflow may log to stdout, so stdout
-is never parsed.
+is never parsed. dags-test is `airflow dags test` itself, its output on the terminal.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -157,8 +159,27 @@ def export_objects() -> dict[str, list[dict[str, Any]]]:
     return out
 
 
+def dags_test(args: list[str]) -> int:
+    """`airflow dags test ARGS`, with the in-process execution API built once for the whole run, as 3.3 does
+    (its ``in_process_api_server`` is cached): 3.0 and 3.1 build it again for every task, 1.5 s each here
+    (measured: 31 s for a 13-task DAG on 3.1.8, of which 18 s rebuilding it). 2.x runs tasks otherwise."""
+    try:
+        from airflow.sdk.execution_time import supervisor
+    except ImportError:
+        supervisor = None
+    build = getattr(supervisor, "in_process_api_server", None)
+    if build is not None and not hasattr(build, "cache_info"):
+        supervisor.in_process_api_server = functools.lru_cache(maxsize=1)(build)
+    from airflow.__main__ import main as airflow_main
+
+    sys.argv = ["airflow", "dags", "test", *args]
+    return airflow_main() or 0
+
+
 def main(argv: list[str]) -> int:
     command, *args = argv
+    if command == "dags-test":
+        return dags_test(args)
     if command == "check-dags":
         folder, result = args
         write_result(result, check_dags(folder))

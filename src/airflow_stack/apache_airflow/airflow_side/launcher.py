@@ -148,8 +148,15 @@ def _run_airflow(argv: list[str]) -> None:
 
 
 def _write(path: str, text: str, mode: int) -> None:
-    tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    """A new file moved over ``path``: a reader never sees it half written, and a link planted at the
+    temporary name is neither followed nor written through (O_EXCL | O_NOFOLLOW)."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(tmp, flags, mode)
+    except FileExistsError:  # left by a process of this PID that died mid-write
+        os.unlink(tmp)
+        fd = os.open(tmp, flags, mode)
     with os.fdopen(fd, "w") as fh:
         fh.write(text)
     os.replace(tmp, path)

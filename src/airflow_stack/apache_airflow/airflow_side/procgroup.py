@@ -30,7 +30,14 @@ def members(ident: int, kind: str = "group") -> list[psutil.Process]:
     return found
 
 
-def reap(pgid: int, whole_session: bool = False, timeout: float = 10.0) -> int:
+# Seconds what a dead leader left gets between SIGTERM and SIGKILL. Short: the scheduler's LocalExecutor workers
+# ignore SIGTERM (they inherit a handler that acts only in the scheduler itself), so a long grace only delayed
+# the supervisor's restart of a killed scheduler (10 s, measured); a uvicorn or gunicorn worker ends in well
+# under it.
+REAP_GRACE = 3.0
+
+
+def reap(pgid: int, whole_session: bool = False, timeout: float = REAP_GRACE) -> int:
     """Stop what is left in process group ``pgid`` (its leader died): SIGTERM (its members may stop what they
     supervise), SIGKILL after ``timeout``. ``whole_session``: what is still in the leader's session, having
     left the group for one of its own (a task process whose supervisor was just stopped), is killed too.

@@ -43,6 +43,7 @@ class RestAPI:
     login_path: str  # the FAB login form (rate limited)
     auth: str  # "token": POST /auth/token for a JWT; "basic": user and password on every request
     trigger_body: Mapping[str, object] = field(default_factory=dict)
+    token_path: str = ""  # auth "token": where user and password (JSON) get a JWT (limited with the form)
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,13 @@ class AirflowLine:
     release: str = ""  # the release this profile is for ("": the line as a whole)
     # 2.x: its gunicorn takes --control-socket (gunicorn 24+); 2.10 resolves gunicorn 23, which refuses it
     gunicorn_control_socket: bool = False
+    # macOS: the first release of the line in which every process Airflow forks execs right after (tasks:
+    # apache/airflow#64874; the DAG processor's and triggerer's: #69008). Before it, a forked child that touches
+    # Apple's frameworks (DNS, HTTP proxies) dies with SIGSEGV/SIGABRT unless every Airflow process has
+    # OBJC_DISABLE_INITIALIZE_FORK_SAFETY=YES. "": no release of the line has both (yet).
+    darwin_fork_exec_from: str = ""
+    # the driver `airflow db migrate` runs with, when it is not sql_driver ("": the same)
+    migrate_sql_driver: str = ""
 
     @property
     def name(self) -> str:
@@ -104,6 +112,11 @@ class AirflowLine:
     def python(self) -> tuple[tuple[int, int], tuple[int, int]]:
         """The lowest and highest Python the minor supports."""
         return releases.SERIES[self.name].python
+
+    def needs_objc_fork_workaround(self, release: str) -> bool:
+        """On macOS, ``release`` forks without exec somewhere (see ``darwin_fork_exec_from``)."""
+        return not self.darwin_fork_exec_from or \
+            releases.as_tuple(release) < releases.as_tuple(self.darwin_fork_exec_from)
 
     def dag_refresh_env(self) -> dict[str, str]:
         return {self.dag_refresh_setting: str(DAG_DIR_REFRESH_SECONDS)}

@@ -15,9 +15,13 @@ from . import AirflowLine, RestAPI, WebUI
 if TYPE_CHECKING:
     from ...settings import Settings
 
-# the REST API with user/password (basic auth) as well as browser sessions
-API_AUTH_BACKENDS = ("airflow.providers.fab.auth_manager.api.auth.backend.basic_auth,"
-                     "airflow.providers.fab.auth_manager.api.auth.backend.session")
+# the REST API with user/password (basic auth) as well as browser sessions (a default install's, as
+# `airflow standalone` runs for the benchmark)
+FAB_API_AUTH_BACKENDS = ("airflow.providers.fab.auth_manager.api.auth.backend.basic_auth,"
+                         "airflow.providers.fab.auth_manager.api.auth.backend.session")
+# the stack's: FAB's basic auth with wrong passwords counted with the login form's (apache_airflow/airflow_side/
+# on_path/), then browser sessions
+API_AUTH_BACKENDS = "airflow_stack_basic_auth,airflow.providers.fab.auth_manager.api.auth.backend.session"
 
 
 # the settings only this line reads, under its names for them
@@ -25,6 +29,9 @@ READS = {
     "api_host": "AIRFLOW__WEBSERVER__WEB_SERVER_HOST",
     "api_port": "AIRFLOW__WEBSERVER__WEB_SERVER_PORT",
     "api_secret_key": "AIRFLOW__WEBSERVER__SECRET_KEY",
+    # read by webserver_config.py: gunicorn never rewrites the peer's address from X-Forwarded-For, and
+    # [webserver] enable_proxy_fix believes the header from any client; its RATELIMIT_KEY_FUNC believes these only
+    "trusted_proxies": "STACK_TRUSTED_PROXIES",
 }
 
 
@@ -48,7 +55,7 @@ def environment(settings: Settings, profile: AirflowLine) -> dict[str, str]:
 
 def web_listen_env(host: str, port: int, url: str) -> dict[str, str]:
     return {READS["api_host"]: host, READS["api_port"]: str(port),
-            "AIRFLOW__WEBSERVER__BASE_URL": url, "AIRFLOW__API__AUTH_BACKENDS": API_AUTH_BACKENDS}
+            "AIRFLOW__WEBSERVER__BASE_URL": url, "AIRFLOW__API__AUTH_BACKENDS": FAB_API_AUTH_BACKENDS}
 
 
 def standalone_password(home: Path) -> str:
@@ -101,4 +108,6 @@ PROFILE = AirflowLine(
              production_warnings=("Do not use SQLite as metadata DB in production",
                                   "Do not use the SequentialExecutor in production")),
     specialize=specialize,
+    # 2.x forks task runners and DAG-file processors without exec, on darwin too; the line is end of life
+    darwin_fork_exec_from="",
 )

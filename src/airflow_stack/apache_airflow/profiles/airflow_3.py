@@ -15,8 +15,10 @@ from . import AirflowLine, RestAPI, WebUI
 if TYPE_CHECKING:
     from ...settings import Settings
 
-# users, login and Flask-Limiter come with the FAB auth manager (the default SimpleAuthManager has none)
-FAB_AUTH_MANAGER = "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager"
+# users, login and Flask-Limiter come with the FAB auth manager (the default SimpleAuthManager has none); ours
+# (apache_airflow/airflow_side/on_path/) also counts wrong passwords on POST /auth/token and /auth/token/cli
+# with the login form's, which FAB's own leaves unlimited
+AUTH_MANAGER = "airflow_stack_auth_manager.RateLimitedFabAuthManager"
 
 
 # the settings only this line reads, under its names for them
@@ -26,12 +28,15 @@ READS = {
     "api_secret_key": "AIRFLOW__API__SECRET_KEY",
     "jwt_secret": "AIRFLOW__API_AUTH__JWT_SECRET",
     "task_heartbeat_seconds": "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL",
+    # uvicorn believes X-Forwarded-For from these peers only, and only with --proxy-headers (api_server_options);
+    # never [fab] enable_proxy_fix: it believes the header from any client
+    "trusted_proxies": "FORWARDED_ALLOW_IPS",
 }
 
 
 def environment(settings: Settings, profile: AirflowLine) -> dict[str, str]:
     env = profile.dag_refresh_env() | {
-        "AIRFLOW__CORE__AUTH_MANAGER": FAB_AUTH_MANAGER,
+        "AIRFLOW__CORE__AUTH_MANAGER": AUTH_MANAGER,
         # tasks report back over HTTP; without this they dial :8080 and fail with ConnectError
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{settings.api_url}/execution/",
         "AIRFLOW__FAB__CONFIG_FILE": str(settings.paths.webserver_config),
@@ -47,6 +52,12 @@ def environment(settings: Settings, profile: AirflowLine) -> dict[str, str]:
         # cookies Secure.
         env["AIRFLOW__API__SSL_CERT"] = str(settings.tls_ca_file)
     return env
+
+
+def api_server_options(settings: Settings) -> tuple[str, ...]:
+    # behind a reverse proxy the stack was told of: the client it names is the one the login limit counts;
+    # HTTPS with the stack's certificate where other machines connect (web_tls_options)
+    return (("--proxy-headers",) if settings.trusted_proxies else ()) + web_tls_options(settings)
 
 
 def web_listen_env(host: str, port: int, url: str) -> dict[str, str]:
@@ -71,6 +82,12 @@ def specialize(profile: AirflowLine, release: str) -> AirflowLine:
 PROFILE = AirflowLine(
     major="3",
     sql_driver="psycopg",  # psycopg 3 (3.3's postgres provider requires it)
+    # Migration 0094 (3.2.0: deadline callbacks into their own table) binds a parameter inside json_build_object,
+    # whose type psycopg 3's server-side binding cannot infer ("could not determine data type of parameter $8"):
+    # with psycopg 3 an upgrade from 3.0 or 3.1 to 3.3 stops there (a new database is created from the models,
+    # not migrated, so it never meets it). psycopg2 interpolates on the client; every 3.x venv has it (3.3's
+    # postgres provider brings psycopg2-binary too).
+    migrate_sql_driver="psycopg2",
     # The order is the start order: the web component first, since it has the longest way to healthy
     # (it builds the whole API app after its imports) and so starts on the second core while the
     # launcher loads the others' modules; stop goes in reverse, so the API server, which tasks report
@@ -82,7 +99,7 @@ PROFILE = AirflowLine(
         Component("api-server", ("api-server",),
                   Probe("http", port_setting="api_port", path="/api/v2/monitor/health", json_key="metadatabase",
                         warmup="/execution/health"),
-                  ports=("api_port",), options=web_tls_options),
+                  ports=("api_port",), options=api_server_options),
         # with the LocalExecutor the scheduler's task processes run here, so the scheduler serves their logs
         Component("scheduler", ("scheduler",), Probe("http", port_setting="scheduler_health_port", path="/health"),
                   ports=("scheduler_health_port",), local_ports=("worker_log_port",),
@@ -101,7 +118,7 @@ PROFILE = AirflowLine(
     environment=environment,
     reads=READS,
     rest=RestAPI(prefix="/api/v2", health_path="/api/v2/monitor/health", login_path="/auth/login/", auth="token",
-                 trigger_body={"logical_date": None}),
+                 trigger_body={"logical_date": None}, token_path="/auth/token"),
     admin_reset_password=True,
     # Task runner plus the process that supervises it (Local: the executor worker, forked when the
     # scheduler starts; Celery: the pool child): Pss of /proc/PID/smaps_rollup of both, while the 8
@@ -115,6 +132,11 @@ PROFILE = AirflowLine(
     dag_refresh_setting="AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL",
     dag_file_option="--dagfile-path",
     dag_parser="dag-processor",
+    # 3.0-3.2 fork task processes without exec; 3.3.0-3.3.2 exec only task processes on darwin (task SDK 1.3:
+    # `_FORK_EXEC_PLATFORMS`, used by ActivitySubprocess.start); its docstring leaves the DAG processor and
+    # triggerer to a follow-up (#65691), and both still start their children with a bare fork. #69008 (merged
+    # 2026-06-26) is in no 3.3 release yet: name the first one that carries it here.
+    darwin_fork_exec_from="",
     # no production banners in the React UI; the FAB api-server logs the in-memory limiter warning instead
     ui=WebUI(dag_list_path="/dags", dag_runs_path="/dags/{dag_id}/runs", trigger_dialog=True),
     specialize=specialize,
