@@ -13,7 +13,15 @@ nox.options.sessions = ["lint", "tests", "darwin", "integration", "releases"]
 
 # every supported minor but the default gets a session of its own (2.x is end of life: no full matrix)
 MINORS = [nox.param(name, id=name, tags=[f"line-{name}"]) for name in profiles.NAMES if name != profiles.DEFAULT]
-EXECUTORS = [nox.param(name, id=name, tags=[name]) for name in ("local", "celery")]
+# The LocalExecutor session holds the once-per-line tests too: about three times a Celery one, so it runs as two
+# halves (each with a stack of its own) that two lanes can run at once. "machine": the tests that bring up their
+# own servers, clones and stacks; "stack": every other file (a new test file lands there unless listed here).
+MACHINE_TESTS = ("test_services.py", "test_bad_input.py", "test_checkouts.py", "test_managed_pg.py",
+                 "test_pg_restart.py", "test_pg_trust.py", "test_reboot.py", "test_import_sqlite.py", "test_upgrade.py",
+                 "test_faults.py")
+SESSIONS = [nox.param("local", "machine", id="local-machine", tags=["local"]),
+            nox.param("local", "stack", id="local-stack", tags=["local"]),
+            nox.param("celery", "all", id="celery", tags=["celery"])]
 # the executor-independent tests (services, bad input, backups, carry-over) run once, with the LocalExecutor
 MARKERS = {"local": "integration and not celery and not minor",
            "celery": "integration and not once_per_line and not minor"}
@@ -54,14 +62,24 @@ def darwin(session: nox.Session) -> None:
     session.run("pytest", *DARWIN_TESTS, "--platform", "darwin", *session.posargs)
 
 
+def _part(part: str) -> list[str]:
+    """pytest's paths for one part of the LocalExecutor session ("all": every file)."""
+    machine = [f"tests/integration/{name}" for name in MACHINE_TESTS]
+    if part == "machine":
+        return machine
+    if part == "stack":
+        return ["tests/integration", *(f"--ignore={path}" for path in machine)]
+    return ["tests/integration"]
+
+
 @nox.session
-@nox.parametrize("executor", EXECUTORS)
-def integration(session: nox.Session, executor: str) -> None:
+@nox.parametrize(("executor", "part"), SESSIONS)
+def integration(session: nox.Session, executor: str, part: str) -> None:
     """Integration tests of the default release against real PostgreSQL, Redis and Airflow, in their own state dir
     and ports."""
     install(session, "test")
     # --durations: where a session's time goes (every setup, call and teardown of 10 s or more), in every CI log
-    session.run("pytest", "tests/integration", "-m", MARKERS[executor], "--line", profiles.DEFAULT,
+    session.run("pytest", *_part(part), "-m", MARKERS[executor], "--line", profiles.DEFAULT,
                 "--executor", executor, "--durations=0", "--durations-min=10", *session.posargs)
 
 

@@ -4,8 +4,8 @@ launcher's tests with macOS's paths forced), then the integration sessions in la
 Each integration session brings up its own stack (state dir, free ports, role and database; the Celery
 sessions a PostgreSQL cluster of their own), so two sessions never meet. A session spends most of its time
 waiting on Airflow (a load of about 0.9 on this 2-core machine), so two lanes finish in a little more than
-half the time of one. Sessions are dealt to lanes longest first (a LocalExecutor session holds the
-once-per-line tests: about twice a Celery one).
+half the time of one. Sessions are dealt to lanes longest first (the LocalExecutor session holds the
+once-per-line tests, so it runs as two halves).
 
 A lane is one ``nox -s A -s B`` process: its lines are printed as they arrive, prefixed with the lane; its
 whole output is also kept in .nox/lane-N.log. ``STACK_TEST_LANES`` sets the number of lanes (1: one after
@@ -42,8 +42,11 @@ def default_lanes() -> int:
     return max(1, min(2, fits))
 
 
-# minutes each kind of session took in CI (2026-12-07, two lanes): how the lanes are dealt
-WEIGHTS = {"local": 23, "celery": 10, "releases": 3}
+# minutes each session usually takes in CI (two lanes): how the lanes are dealt; the LocalExecutor session
+# runs as two halves (noxfile.py, MACHINE_TESTS)
+WEIGHTS = {"integration(local-machine)": 13, "integration(local-stack)": 13, "integration(celery)": 10}
+RELEASE_WEIGHT = 3  # each releases(X.Y)
+UNKNOWN_WEIGHT = 10  # a session not weighed yet
 
 
 def integration_sessions() -> list[tuple[str, int]]:
@@ -53,9 +56,9 @@ def integration_sessions() -> list[tuple[str, int]]:
     found = []
     for s in json.loads(listed):
         if s["name"] == "integration":
-            found.append((s["session"], WEIGHTS["local" if "local" in s["tags"] else "celery"]))
+            found.append((s["session"], WEIGHTS.get(s["session"], UNKNOWN_WEIGHT)))
         elif s["name"] == "releases":
-            found.append((s["session"], WEIGHTS["releases"]))
+            found.append((s["session"], RELEASE_WEIGHT))
     return found
 
 

@@ -87,7 +87,8 @@ def test_the_lanes_deal_every_integration_and_release_session_nox_lists():
     from tests.support import lanes
 
     dealt = dict(lanes.integration_sessions())
-    assert dealt["integration(local)"] > dealt["integration(celery)"] > dealt["releases(3.1)"]
+    assert dealt["integration(local-machine)"] > dealt["integration(celery)"] > dealt["releases(3.1)"]
+    assert dealt["integration(local-stack)"] > dealt["integration(celery)"]
     assert sorted(name for name in dealt if name.startswith("releases(")) == [
         "releases(2.10)", "releases(2.11)", "releases(3.0)", "releases(3.1)", "releases(3.2)"]
 
@@ -99,7 +100,7 @@ def test_a_lane_runs_every_session_dealt_to_it():
 
     from tests.support import lanes
 
-    sessions = ["integration(local)", "integration(celery)", "releases(3.1)"]
+    sessions = ["integration(local-machine)", "integration(celery)", "releases(3.1)"]
     argv = lanes.lane_command(sessions)
     listed = subprocess.run([*argv, "--list"], cwd=lanes.ROOT, capture_output=True, text=True, check=True).stdout
     selected = [line[2:].split(" -> ")[0].split(" [")[0] for line in listed.splitlines() if line.startswith("* ")]
