@@ -22,11 +22,12 @@ class Probe:
     """How to tell a component is healthy.
 
     kind ``http``: GET ``path`` on the port named by ``port_setting``; 200 and, when ``json_key``
-    is set, that key's ``status`` is "healthy".
+    is set, that key's ``status`` is "healthy" (HTTPS on the web component when it serves TLS, verified
+    with the stack's CA).
     kind ``job``: a ``job`` row of ``job_type`` in the metadata DB, running, started after the
     process, with a heartbeat fresher than the health threshold (read with psycopg: no CLI).
     kind ``celery``: the worker answers a ping through Celery's control API (over the broker).
-    kind ``redis``: our Redis answers PING with the configured password.
+    kind ``redis``: our Redis answers PING with the configured password (through its Unix socket here).
     kind ``memcached``: our memcached answers ``version``.
     kind ``backup``: the last backup's record (runtime/backup_schedule.py) says it was verified, its file is
     as it was then, and the next one is not overdue.
@@ -42,8 +43,14 @@ class Probe:
     warmup: str = ""
 
     def url(self, settings: Settings, path: str | None = None) -> str:
-        """An http probe's URL on loopback: its ``path``, or another path on the same port."""
-        return f"http://127.0.0.1:{getattr(settings, self.port_setting)}{self.path if path is None else path}"
+        """An http probe's URL on loopback: its ``path``, or another path on the same port (the web component's
+        is HTTPS when it serves TLS: settings.api_tls)."""
+        scheme = "https" if self.port_setting == "api_port" and settings.api_tls else "http"
+        return f"{scheme}://127.0.0.1:{getattr(settings, self.port_setting)}{self.path if path is None else path}"
+
+    def ca_file(self, settings: Settings) -> str:
+        """The CA an https probe verifies the server with ("": plain http)."""
+        return str(settings.tls_ca_file) if self.kind == "http" and self.url(settings).startswith("https:") else ""
 
     def liveness_url(self, settings: Settings) -> str:
         """What the resident launcher GETs to tell a hung process from a live one ("": nothing it can ask
@@ -56,7 +63,7 @@ class Probe:
         if self.kind == "celery":
             return "celery control ping over the broker"
         if self.kind == "redis":
-            return f"PING on 127.0.0.1:{settings.redis_port} with the password"
+            return f"PING on {settings.redis_address} with the password"
         if self.kind == "memcached":
             return f"version on {settings.limiter_storage_uri}"
         if self.kind == "backup":
@@ -99,7 +106,8 @@ class Component:
 
     def listen_ports(self, settings: Settings, executor: str = "local") -> list[tuple[str, int]]:
         names = self.ports + (self.local_ports if executor == "local" else ())
-        return [(p, getattr(settings, p)) for p in names if settings.serve_logs or p not in LOG_PORTS]
+        return [(p, getattr(settings, p)) for p in names
+                if (settings.serve_logs or p not in LOG_PORTS) and (settings.redis_tcp or p != "redis_port")]
 
 
 def listen_hosts(settings: Settings, port_setting: str) -> tuple[str, ...]:
@@ -111,6 +119,14 @@ def listen_hosts(settings: Settings, port_setting: str) -> tuple[str, ...]:
     if port_setting in LOG_PORTS:
         return ("0.0.0.0",)  # Airflow hard-codes every interface
     return ("127.0.0.1",)  # the scheduler's health server and Flower: apache_airflow/config.py keeps them on loopback
+
+
+def web_tls_options(settings: Settings) -> tuple[str, ...]:
+    """The web component's certificate (the server's, then the CA's) and key, when it serves HTTPS: on its
+    command line, so that no other process reads [api] ssl_cert as its own (see the line profiles)."""
+    if not settings.api_tls:
+        return ()
+    return "--ssl-cert", str(settings.paths.tls_server_chain), "--ssl-key", str(settings.paths.tls_server_key)
 
 
 # Airflow's log servers listen on every interface (serve_logs hard-codes the host): they
@@ -133,7 +149,8 @@ WORKER = Component("worker", ("celery", "worker"), Probe("celery"), ports=("work
 FLOWER = Component("flower", ("celery", "flower"), Probe("http", port_setting="flower_port", path="/healthcheck"),
                    ports=("flower_port",), executors=("celery",), optional=True,
                    own_env=lambda s: {"AIRFLOW__CELERY__FLOWER_BASIC_AUTH": f"{s.admin_user}:{s.flower_password}"})
-# our Redis: started by setup.redis (services/redis_server.py gives its argv), stopped last
+# our Redis: started by setup.redis (services/redis_server.py gives its argv), stopped last; its port only when
+# it listens on TCP (settings.redis_tcp), else only its Unix socket
 REDIS = Component("redis", (), Probe("redis"), ports=("redis_port",), airflow=False)
 # our memcached, when the login limiter's storage is one on this machine (services/memcached_server.py)
 MEMCACHED = Component("memcached", (), Probe("memcached"), airflow=False)

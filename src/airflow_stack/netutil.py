@@ -1,4 +1,4 @@
-"""Ports: is something listening, and who."""
+"""Ports (and Unix sockets): is something listening, and who."""
 
 from __future__ import annotations
 
@@ -17,6 +17,17 @@ def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> bool:
     """True when something accepts TCP connections on host:port."""
     try:
         with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def unix_socket_open(path: str, timeout: float = 0.5) -> bool:
+    """True when something accepts connections on the Unix socket ``path``."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(path)
             return True
     except OSError:
         return False

@@ -17,9 +17,11 @@ The state dir is 0700: logs, Redis data and records are the user's alone.
     logs/airflow/                Airflow's task logs
     logs/setup-airflow.log ...   what the Airflow CLI printed for setup steps; apache_airflow.commands
     logs/service.log             macOS: what the launchd agent's `invoke up` printed at login; ops.service_units
-    redis/                       redis.conf (0600) and its data; services.redis_server
+    redis/ (0700)                redis.conf (0600), its data, and redis.sock (0700), the Unix socket the stack's
+                                 own processes reach it through; services.redis_server
     tls/                         with STACK_TLS: ca.pem (what workers copy), ca-key.pem, server.pem,
-                                 server-key.pem (keys 0600); services.tls
+                                 server-key.pem (keys 0600), server-chain.pem (server.pem then ca.pem: what the
+                                 API server presents); services.tls
     airflow/                     AIRFLOW_HOME: airflow.cfg, webserver_config.py, the schema and admin stamps
     venv-airflow-RELEASE/        Airflow's own venv, one per release, with its install stamp and its lock (the
                                  exact packages and their hashes); apache_airflow.install
@@ -54,6 +56,7 @@ import contextlib
 import io
 import os
 import stat
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +67,7 @@ from dotenv.parser import parse_stream
 from .errors import StackError
 
 ENV_FILE_VAR = "STACK_ENV_FILE"
+SUN_PATH_BYTES = 104 if sys.platform == "darwin" else 108  # a Unix socket's path, with its NUL, at most (sun_path)
 USER_STATE_DEFAULT = Path(platformdirs.user_state_dir("airflow-stack", appauthor=False))
 ENV_HEADER = ("# airflow-stack settings and secrets: written by `invoke setup`, kept out of git (mode 0600).\n"
               "# Values you set here win; missing secrets are generated once. Copy the whole file to a\n"
@@ -99,11 +103,13 @@ class StateDir:
     service_log = Under("logs", "service.log")  # the launchd agent's output (systemd keeps it in the journal)
     redis = Under("redis")
     redis_conf = Under("redis", "redis.conf")
+    redis_socket = Under("redis", "redis.sock")
     tls = Under("tls")
     tls_ca = Under("tls", "ca.pem")  # the stack's CA: every client verifies our Redis and PostgreSQL with it
     tls_ca_key = Under("tls", "ca-key.pem")
     tls_server_cert = Under("tls", "server.pem")
     tls_server_key = Under("tls", "server-key.pem")
+    tls_server_chain = Under("tls", "server-chain.pem")  # the server certificate followed by the CA's
     airflow_home = Under("airflow")
     webserver_config = Under("airflow", "webserver_config.py")
     schema_stamp = Under("airflow", ".airflow-stack-migrated.json")

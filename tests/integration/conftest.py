@@ -298,7 +298,7 @@ def airflow_up(stack: Stack, services: dict) -> dict[str, float | str]:
 def airflow_api(settings: settings_mod.Settings) -> api_client.AirflowAPI:
     """The stack's REST API, logged in as the admin with the password .env holds now."""
     return api_client.AirflowAPI(settings.api_url, profiles.of(settings).name, settings.admin_user,
-                                 settings.admin_password)
+                                 settings.admin_password, verify=api_client.verify_for(settings))
 
 
 @pytest.fixture

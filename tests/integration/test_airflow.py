@@ -26,6 +26,7 @@ from airflow_stack.apache_airflow import config as airflow_config
 from airflow_stack.apache_airflow import install, profiles
 from airflow_stack.runtime import registry, supervisor
 from airflow_stack.services import redis_server
+from tests.support.api_client import verify_for
 
 from .conftest import EXECUTOR, REPO, airflow_api, free_ports
 from .test_bad_input import assert_one_line_error
@@ -126,7 +127,8 @@ def test_no_sqlite_anywhere_and_the_executor_is_ours(stack, airflow_up):
 @pytest.mark.once_per_line
 def test_only_loopback_listeners_by_default(stack, airflow_up):
     """Nothing is opted in for other machines: every socket the stack listens on is on loopback
-    (Airflow's log servers, which bind all interfaces, are not started at all)."""
+    (Airflow's log servers, which bind all interfaces, are not started at all), and our Redis has no TCP
+    port at all (its Unix socket only)."""
     settings = stack.settings()
     procs = [*registry.running(settings).values(), supervisor.running(settings, "redis")]
     sessions = {proc.pid for proc in procs} | {proc.supervisor for proc in procs}
@@ -136,7 +138,8 @@ def test_only_loopback_listeners_by_default(stack, airflow_up):
             with contextlib.suppress(OSError):
                 if os.getsid(conn.pid) in sessions:
                     listening.add((conn.laddr.ip, conn.laddr.port))
-    assert {settings.api_port, settings.redis_port} <= {port for _, port in listening}, listening
+    assert settings.api_port in {port for _, port in listening}, listening
+    assert settings.redis_port not in {port for _, port in listening}, listening
     assert [(ip, port) for ip, port in listening if not ipaddress.ip_address(ip).is_loopback] == []
     assert settings.worker_log_port not in {port for _, port in listening}
 
@@ -231,7 +234,8 @@ def test_run_refuses_missing_services_and_folders(stack, airflow_up, tmp_path):
         ({"STACK_PROJECT_DIR": str(tmp_path / "no-such-folder")}, "STACK_PROJECT_DIR"),
         ({"STACK_PROJECT_DIR": str(tmp_path)}, "has no dags/ folder"),
         ({"STACK_PG_PORT": "1"}, "invoke setup.postgres"),
-        ({"STACK_REDIS_PORT": "1"}, "invoke setup.redis"),
+        # our Redis is where nothing answers (here it is on its socket: a host elsewhere, as a worker's would be)
+        ({"STACK_REDIS_HOST": "127.0.0.3", "STACK_REDIS_PORT": "1"}, "invoke setup.redis"),
     ]
     for env, needle in cases:
         proc = stack.inv(f"run.{EXECUTOR}", check=False, env=env)
@@ -257,6 +261,7 @@ def _login_page(client: httpx.Client, line: str) -> tuple[str, str]:
     path = "/login/" if line == "2.11" else "/auth/login/"
     page = client.get(path)
     assert page.status_code == 200, page.status_code
+    client.headers["Referer"] = str(page.url)  # as a browser: over HTTPS the form's CSRF check wants it
     token = re.search(r'name="csrf_token"[^>]*value="([^"]+)"', page.text)
     assert token, "no CSRF token on the login page"
     return path, token.group(1)
@@ -274,7 +279,7 @@ def test_no_production_warnings(stack, airflow_up):
     # 2.11: the UI banners this project exists to remove
     # from another loopback address: logins are limited per client address, and this successful
     # one must not count against the limit test below
-    transport = httpx.HTTPTransport(local_address="127.0.0.5")
+    transport = httpx.HTTPTransport(local_address="127.0.0.5", verify=verify_for(settings))
     with httpx.Client(base_url=settings.api_url, timeout=30, transport=transport) as client:
         path, token = _login_page(client, settings.airflow_line)
         resp = client.post(path, data={"username": settings.admin_user, "password": settings.admin_password,
@@ -294,9 +299,9 @@ FORM_CLIENT = "127.0.0.6"
 def test_login_attempts_are_limited_in_redis_across_restarts(stack, airflow_up):
     settings = stack.settings()
     web = profiles.of(settings).web.name
-    limiter = redis_server.client(settings, db=1)  # over TLS where the session's Redis speaks it
+    limiter = redis_server.client(settings, db=1)  # through our Redis's socket, as the limiter counts
     with httpx.Client(base_url=settings.api_url, timeout=30,
-                      transport=httpx.HTTPTransport(local_address=FORM_CLIENT)) as client:
+                      transport=httpx.HTTPTransport(local_address=FORM_CLIENT, verify=verify_for(settings))) as client:
         path, token = _login_page(client, settings.airflow_line)
         codes = [client.post(path, data={"username": settings.admin_user, "password": "wrong",
                                          "csrf_token": token}).status_code for _ in range(6)]
@@ -312,7 +317,7 @@ def test_login_attempts_are_limited_in_redis_across_restarts(stack, airflow_up):
     stack.inv("stop", "-c", web)
     stack.inv(f"run.{EXECUTOR}")
     with httpx.Client(base_url=settings.api_url, timeout=30,
-                      transport=httpx.HTTPTransport(local_address=FORM_CLIENT)) as client:
+                      transport=httpx.HTTPTransport(local_address=FORM_CLIENT, verify=verify_for(settings))) as client:
         path, token = _login_page(client, settings.airflow_line)
         after = client.post(path, data={"username": settings.admin_user, "password": "wrong",
                                         "csrf_token": token}).status_code

@@ -225,8 +225,10 @@ def redis_bind_elsewhere(b):
 # ---- ports in use -----------------------------------------------------------------------------------
 @case("port {port} is in use", "STACK_REDIS_PORT")
 def redis_port_in_use(b):
+    """Our Redis needs its TCP port only for other machines (--bind beyond loopback): then a taken one is
+    refused before the bind is kept (without TCP it has no port to take: test_transport)."""
     b.values["port"] = b.hold_port()
-    return ["setup.redis", "--port", str(b.values["port"])], {}
+    return ["setup.redis", "--port", str(b.values["port"]), "--bind", "127.0.0.1 127.0.0.2"], {}
 
 
 @case("port {port} is taken", "STACK_PG_PORT")

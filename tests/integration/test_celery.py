@@ -54,10 +54,13 @@ def test_a_plain_up_keeps_the_celery_executor_it_runs(stack, airflow_up):
 
 def test_the_broker_refuses_clients_without_the_password(stack, airflow_up):
     settings = stack.settings()
-    with pytest.raises(redis.AuthenticationError):
-        redis.Redis(port=settings.redis_port, db=0, socket_timeout=5, **settings.redis_tls_params()).llen("default")
-    proc = stack.inv("run.worker", "--name", "intruder", check=False, env={"STACK_REDIS_PASSWORD": "wrong-password"})
-    assert_one_line_error(proc, "refused the password")
+    for where in (settings, settings.replace(redis_host=REMOTE_ADDRESS)):  # its socket, and TCP for other machines
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(db=0, socket_timeout=5, **redis_server.connection_params(where)).llen("default")
+    # a worker logs in as Airflow's ACL user (all a worker machine has): a wrong password for it is refused
+    proc = stack.inv("run.worker", "--name", "intruder", check=False,
+                     env={"STACK_REDIS_AIRFLOW_PASSWORD": "wrong-password"})
+    assert_one_line_error(proc, "refused the password", "STACK_REDIS_AIRFLOW_PASSWORD")
     assert supervisor.running(settings, "worker-intruder") is None
 
 
@@ -84,7 +87,7 @@ def test_a_worker_without_the_shared_secrets_is_told_what_to_copy(stack, airflow
     (tmp_path / ".env").write_text(f"STACK_PG_PASSWORD={stack.settings().pg_password}\n")
     proc = stack.inv("run.worker", "--name", "stranger", check=False,
                      env={"STACK_ENV_FILE": str(tmp_path / ".env"), "STACK_STATE_DIR": str(tmp_path)})
-    err = assert_one_line_error(proc, "AIRFLOW__CORE__FERNET_KEY", "copy the stack machine's .env")
+    err = assert_one_line_error(proc, "AIRFLOW__CORE__FERNET_KEY", "invoke worker.env", "copy the file it writes")
     assert "STACK_PG_PASSWORD" not in err  # it has that one
 
 

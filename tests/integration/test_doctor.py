@@ -46,10 +46,12 @@ def test_doctor_passes_on_a_healthy_stack(stack, airflow_up):
     settings = stack.settings()
     if EXECUTOR == "local":  # nothing opted in: nothing to encrypt
         assert (encryption["level"], encryption["detail"]) == ("pass", "nothing of ours listens beyond loopback")
-    elif settings.tls:  # Redis and PostgreSQL opted in over TLS; the API server for remote workers is HTTP
+    elif settings.tls:  # Redis, PostgreSQL and the API server over TLS; Airflow's log servers cannot be
         assert encryption["level"] == "warn", encryption
-        assert "Redis" not in encryption["detail"] and "PostgreSQL" not in encryption["detail"], encryption
-        assert "the API server on 0.0.0.0" in encryption["detail"] and "TLS proxy" in encryption["fix"]
+        assert not any(what in encryption["detail"] for what in ("Redis", "PostgreSQL", "API server")), encryption
+        assert f"Airflow's log servers on ports {settings.worker_log_port}, {settings.trigger_log_port} (HTTP: " \
+               "Airflow cannot serve them over TLS)" in encryption["detail"], encryption
+        assert "remote logging" in encryption["fix"], encryption
 
 
 def test_doctor_catches_a_world_readable_env_file(stack, airflow_up):

@@ -13,6 +13,7 @@ import pytest
 
 from airflow_stack.apache_airflow import profiles
 from airflow_stack.services import redis_server
+from tests.support.api_client import verify_for
 
 from .test_airflow import _login_page, status
 
@@ -24,7 +25,7 @@ FORM_KEY = "LIMITER/{client}/AuthDBView.login/5/40/second"  # the form's counter
 
 def client_from(settings, source: str) -> httpx.Client:
     return httpx.Client(base_url=settings.api_url, timeout=30, trust_env=False,
-                        transport=httpx.HTTPTransport(local_address=source))
+                        transport=httpx.HTTPTransport(local_address=source, verify=verify_for(settings)))
 
 
 def api_login(settings, source: str, password: str, path: str = "", headers: dict[str, str] | None = None) -> int:
@@ -46,7 +47,7 @@ def form_login(settings, source: str, password: str, headers: dict[str, str] | N
 
 
 def limiter(settings):
-    return redis_server.client(settings, db=1)  # our Redis, the limiter's DB (over TLS where the session's speaks it)
+    return redis_server.client(settings, db=1)  # our Redis, the limiter's DB (through its socket)
 
 
 def counted(settings, client: str) -> tuple[int, int]:

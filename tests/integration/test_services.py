@@ -5,6 +5,7 @@ from __future__ import annotations
 import stat
 import uuid
 from pathlib import Path
+from urllib.parse import quote, urlsplit
 
 import psutil
 import psycopg
@@ -14,6 +15,7 @@ import redis
 from airflow_stack import settings as settings_mod
 from airflow_stack.apache_airflow import config as airflow_config
 from airflow_stack.runtime import supervisor
+from airflow_stack.services import redis_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.once_per_line]
 
@@ -73,24 +75,28 @@ def test_setup_resyncs_a_changed_role_password(stack, services):
     psycopg.connect(**settings.pg_conninfo()).close()
 
 
+def ours(settings, **kw) -> redis.Redis:
+    """A client of our Redis where this machine's clients reach it: its Unix socket."""
+    return redis.Redis(socket_timeout=5, **redis_server.connection_params(settings), **kw)
+
+
 def test_redis_refuses_clients_without_the_password(stack, services):
-    port = stack.settings().redis_port
+    settings = stack.settings()
     with pytest.raises(redis.AuthenticationError):
-        redis.Redis(port=port, socket_timeout=5).ping()
+        ours(settings).ping()
     with pytest.raises(redis.AuthenticationError):
-        redis.Redis(port=port, password="wrong-password", socket_timeout=5).ping()
-    assert redis.Redis(port=port, password=stack.settings().redis_password).ping() is True
+        ours(settings, password="wrong-password").ping()
+    assert ours(settings, password=settings.redis_password).ping() is True
 
 
 def test_airflow_uses_a_redis_user_that_cannot_administer_or_wipe_it(stack, services):
     settings = stack.settings()
-    user = redis.Redis(port=settings.redis_port, username=settings_mod.REDIS_AIRFLOW_USER,
-                       password=settings.redis_airflow_password, socket_timeout=5)
+    user = ours(settings, username=settings_mod.REDIS_AIRFLOW_USER, password=settings.redis_airflow_password)
     # what Celery's broker and the limiter do
     assert user.lpush("airflow-stack-acl-test", "x") == 1 and user.rpop("airflow-stack-acl-test") == b"x"
     assert user.eval("return redis.call('incr', KEYS[1])", 1, "airflow-stack-acl-counter") >= 1
     # and what it must never do
-    admin = redis.Redis(port=settings.redis_port, password=settings.redis_password, socket_timeout=5)
+    admin = ours(settings, password=settings.redis_password)
     for command in (("CONFIG", "GET", "maxmemory"), ("FLUSHALL",), ("FLUSHDB",), ("ACL", "LIST"),
                     ("SHUTDOWN", "NOSAVE"), ("MONITOR",), ("DEBUG", "SLEEP", "0"), ("MODULE", "LIST")):
         # Redis's own verdict for that user, without running anything
@@ -103,24 +109,34 @@ def test_airflow_uses_a_redis_user_that_cannot_administer_or_wipe_it(stack, serv
         with pytest.raises(redis.exceptions.ResponseError):
             user.execute_command(*command)
     assert supervisor.running(settings, "redis") is not None  # SHUTDOWN was refused indeed
-    # every Airflow process gets that user in its broker and limiter URLs, not the default user
+    # every Airflow process gets that user in its broker and limiter URLs, not the default user, and reaches
+    # our Redis through its socket
     env = airflow_config.environment(settings)
-    for key in ("AIRFLOW__CELERY__BROKER_URL", "STACK_RATELIMIT_STORAGE_URI"):
-        assert env[key].startswith(f"redis://{settings_mod.REDIS_AIRFLOW_USER}:"), key
+    for key, scheme in (("AIRFLOW__CELERY__BROKER_URL", "redis+socket"), ("STACK_RATELIMIT_STORAGE_URI", "redis+unix")):
+        assert env[key].startswith(f"{scheme}://{settings_mod.REDIS_AIRFLOW_USER}:"), key
+        assert urlsplit(env[key]).path == quote(str(settings.paths.redis_socket)), key
     assert settings.redis_password not in " ".join(env.values())
 
 
-def test_redis_listens_on_loopback_only(stack, services):
+def test_redis_listens_on_no_tcp_port_only_on_its_private_socket(stack, services):
+    """Nothing beyond loopback is opted in: our Redis has no TCP port at all (a port freed while it restarts
+    gives a squatter nothing), and its socket is in a folder only this user can enter."""
     settings = stack.settings()
     proc = supervisor.running(settings, "redis")
-    listening = {conn.laddr.ip for conn in psutil.Process(proc.pid).net_connections(kind="inet")
-                 if conn.status == psutil.CONN_LISTEN}
-    assert listening and listening <= {"127.0.0.1", "::1"}
+    listening = [conn.laddr for conn in psutil.Process(proc.pid).net_connections(kind="inet")
+                 if conn.status == psutil.CONN_LISTEN]
+    sock = settings.paths.redis_socket  # (psutil names no path for it: it splits /proc/net/unix at the space)
+    assert listening == [] and stat.S_ISSOCK(sock.stat().st_mode), listening
+    assert ours(settings, password=settings.redis_password).ping() is True  # through it
+    modes = {path: stat.S_IMODE(path.stat().st_mode) for path in (sock, sock.parent, settings.state_dir)}
+    print(f"\n[figure] redis: TCP listeners {listening}; socket {sock} ({len(str(sock).encode())} bytes), "
+          f"modes {[oct(m) for m in modes.values()]}")
+    assert all(mode & 0o077 == 0 for mode in modes.values()), modes
 
 
 def test_redis_keeps_a_key_across_a_restart(stack, services):
     settings = stack.settings()
-    client = redis.Redis(port=settings.redis_port, password=settings.redis_password)
+    client = ours(settings, password=settings.redis_password)
     client.set("airflow-stack-test", "kept")
     first_pid = supervisor.running(settings, "redis").pid
     assert "redis: stopped" in stack.inv("stop", "-c", "redis").stdout

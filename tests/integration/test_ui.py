@@ -11,12 +11,12 @@ import time
 
 import psutil
 import pytest
-import redis
 from invoke import Context
 
 from airflow_stack.apache_airflow import profiles
 from airflow_stack.netutil import wait_until
-from airflow_stack.services import host
+from airflow_stack.services import host, redis_server
+from airflow_stack.settings import LIMITER_DB
 
 from .conftest import LINE
 from .test_airflow import status
@@ -34,11 +34,11 @@ def browser_paths(stack, airflow_up) -> tuple[str, str]:
 
 
 @pytest.fixture
-def browser(browser_paths, tmp_path):
-    from airflow_stack.ops.browser import Browser
+def browser(stack, browser_paths, tmp_path):
+    from airflow_stack.ops.browser import Browser, pins_for
 
     shots = tmp_path / "screenshots"
-    b = Browser(*browser_paths, shots)
+    b = Browser(*browser_paths, shots, pins=pins_for(stack.settings()))  # HTTPS in the Celery session
     try:
         yield b
     finally:
@@ -96,7 +96,7 @@ if profiles.get(LINE).ui.production_warnings:
 @pytest.mark.once_per_line
 def test_six_wrong_logins_in_the_browser_show_the_rate_limit_page_counted_in_redis(stack, browser):
     settings = stack.settings()
-    client = redis.Redis.from_url(settings.limiter_storage_uri)
+    client = redis_server.airflow_client(settings, db=LIMITER_DB)  # as the limiter counts: through the socket
     # the logins of the tests before count in the same window: start when no login counter is live
     deadline = time.monotonic() + 90
     while client.keys("LIMITS*") and time.monotonic() < deadline:

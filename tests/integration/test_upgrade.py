@@ -19,7 +19,7 @@ import pytest
 
 from airflow_stack.apache_airflow import install
 from airflow_stack.ops import scratch
-from tests.support.api_client import AirflowAPI
+from tests.support.api_client import AirflowAPI, verify_for
 
 from .conftest import LINE, TEST_DAGS, Stack
 from .test_bad_input import assert_one_line_error
@@ -73,7 +73,8 @@ def dag_runs(stack) -> int:
 
 def run_noop(stack) -> None:
     settings = stack.settings()
-    api = AirflowAPI(settings.api_url, settings.airflow_line, settings.admin_user, settings.admin_password)
+    api = AirflowAPI(settings.api_url, settings.airflow_line, settings.admin_user, settings.admin_password,
+                     verify=verify_for(settings))
     api.wait_for_dag("noop_forty")
     api.unpause("noop_forty")
     assert api.wait_for_run("noop_forty", api.trigger("noop_forty")) == "success"

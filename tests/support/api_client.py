@@ -2,24 +2,33 @@
 
 The line's profile says how: ``auth="token"``, a JWT from ``POST /auth/token`` (the FAB and the
 simple auth manager both issue one); ``auth="basic"``, user and password on every request (the stack
-enables that backend). Needs httpx, which the ``test`` and ``bench`` dependency groups install.
+enables that backend). Over HTTPS (STACK_TLS with the API beyond loopback) the server is verified with the
+stack's CA (``verify_for``). Needs httpx, which the ``test`` and ``bench`` dependency groups install.
 """
 
 from __future__ import annotations
 
+import ssl
 import time
 
 import httpx
 
 from airflow_stack.apache_airflow import profiles
+from airflow_stack.settings import Settings
+
+
+def verify_for(settings: Settings) -> ssl.SSLContext | bool:
+    """What httpx verifies the stack's API server with: the stack's CA when it serves HTTPS."""
+    return ssl.create_default_context(cafile=str(settings.tls_ca_file)) if settings.api_tls else True
 
 
 class AirflowAPI:
-    def __init__(self, base_url: str, line: str, user: str, password: str, timeout: float = 30) -> None:
+    def __init__(self, base_url: str, line: str, user: str, password: str, timeout: float = 30,
+                 verify: ssl.SSLContext | bool = True) -> None:
         self.rest = profiles.get(line).rest
         self.prefix = self.rest.prefix
         # the stack's own address: never through a proxy the environment names
-        self.client = httpx.Client(base_url=base_url, timeout=timeout, trust_env=False)
+        self.client = httpx.Client(base_url=base_url, timeout=timeout, trust_env=False, verify=verify)
         if self.rest.auth == "basic":
             self.client.auth = (user, password)
         else:
@@ -96,11 +105,12 @@ class AirflowAPI:
         return state
 
 
-def all_healthy(base_url: str, line: str, timeout: float = 2) -> bool:
+def all_healthy(base_url: str, line: str, timeout: float = 2, verify: ssl.SSLContext | bool = True) -> bool:
     """True when the API answers and every component its health endpoint lists is healthy
     (the metadatabase, scheduler, triggerer and, where it runs apart, the dag-processor)."""
     try:
-        resp = httpx.get(base_url + profiles.get(line).rest.health_path, timeout=timeout, trust_env=False)
+        resp = httpx.get(base_url + profiles.get(line).rest.health_path, timeout=timeout, trust_env=False,
+                         verify=verify)
         body = resp.json()
     except (httpx.HTTPError, ValueError):
         return False

@@ -272,14 +272,15 @@ class OurStack(Target):
         settings = self.sandbox.settings()
         # counted until the API itself answers that every component is healthy (as for standalone),
         # not only until our task returned
-        wait(lambda: api_client.all_healthy(settings.api_url, settings.airflow_line), 60,
+        verify = api_client.verify_for(settings)
+        wait(lambda: api_client.all_healthy(settings.api_url, settings.airflow_line, verify=verify), 60,
              f"the API reporting all healthy after invoke run.{self.executor}")
         return time.monotonic() - began
 
     def api(self) -> api_client.AirflowAPI:
         settings = self.sandbox.settings()
         return api_client.AirflowAPI(settings.api_url, settings.airflow_line, settings.admin_user,
-                                     settings.admin_password)
+                                     settings.admin_password, verify=api_client.verify_for(settings))
 
     def memory(self, sample: Sample) -> None:
         settings = self.sandbox.settings()

@@ -24,7 +24,9 @@ def test_3x_environment(settings):
     assert env["AIRFLOW__CORE__LOAD_EXAMPLES"] == "False"
     assert env["AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL"] == "5"
     assert env["AIRFLOW__API_AUTH__JWT_SECRET"] == "jwt-secret-value-5"
-    assert env["STACK_RATELIMIT_STORAGE_URI"] == "redis://airflow:redis-user-secret-value-7@127.0.0.1:6380/1"
+    # the login limiter counts in our Redis, reached through its Unix socket in the state dir
+    sock = settings.paths.redis_socket
+    assert env["STACK_RATELIMIT_STORAGE_URI"] == f"redis+unix://airflow:redis-user-secret-value-7@{sock}?db=1"
     assert not any(key.startswith("AIRFLOW__WEBSERVER__") for key in env)
 
 
@@ -71,7 +73,8 @@ def test_celery_result_backend_uses_db_plus_postgresql(settings):
     assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
     assert env["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql://airflow:")
     assert env["AIRFLOW__CELERY__RESULT_BACKEND"].endswith("@127.0.0.1:5432/airflow?sslmode=prefer")  # as every URL
-    assert env["AIRFLOW__CELERY__BROKER_URL"] == "redis://airflow:redis-user-secret-value-7@127.0.0.1:6380/0"
+    sock = settings.paths.redis_socket
+    assert env["AIRFLOW__CELERY__BROKER_URL"] == f"redis+socket://airflow:redis-user-secret-value-7@{sock}?virtual_host=0"
 
 
 def test_airflow_cfg_holds_no_secret(settings):

@@ -16,7 +16,7 @@ def test_fingerprint_keeps_settings_and_hides_secrets(settings):
     printed = supervisor.fingerprint(settings, env | {"PATH": "/usr/bin", "HOME": "/root"}, create_key=True)
     assert printed["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
     assert printed["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg://hmac:")
-    assert printed["STACK_RATELIMIT_STORAGE_URI"].startswith("redis://hmac:")
+    assert printed["STACK_RATELIMIT_STORAGE_URI"].startswith("redis+unix://hmac:")
     assert printed["AIRFLOW__CORE__FERNET_KEY"].startswith("hmac:")
     assert "PATH" not in printed and "HOME" not in printed
     assert not any(secret in value for value in printed.values() for secret in SECRETS)

@@ -31,9 +31,13 @@ def backup_dir(settings: Settings) -> Path:
     return settings.paths.backups
 
 
+# libpq's environment variable for each keyword of settings.pg_ssl_params
+LIBPQ_ENV = {"sslmode": "PGSSLMODE", "sslrootcert": "PGSSLROOTCERT", "require_auth": "PGREQUIREAUTH"}
+
+
 def _libpq_env(settings: Settings) -> dict[str, str]:
-    env = {"PGPASSWORD": settings.pg_password or "", "PGSSLMODE": settings.pg_ssl_mode}
-    return env | ({"PGSSLROOTCERT": settings.pg_ssl_root} if settings.pg_ssl_root else {})
+    return {"PGPASSWORD": settings.pg_password or ""} | {
+        LIBPQ_ENV[key]: value for key, value in settings.pg_ssl_params().items()}
 
 
 def _target(settings: Settings) -> str:

@@ -23,10 +23,20 @@ from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
 
 from ..apache_airflow import profiles
+from ..services import tls
+from ..settings import Settings
+
+
+def pins_for(settings: Settings) -> tuple[str, ...]:
+    """The stack's HTTPS (STACK_TLS, the API beyond loopback) for this headless browser on loopback, whose own
+    store does not hold the stack's CA: the public key of the server certificate the web component presents
+    (Chromium ignores certificate errors for a chain holding that key; made no stronger than that)."""
+    return (tls.spki_pin(settings.paths.tls_server_cert),) if settings.api_tls else ()
 
 
 class Browser:
-    def __init__(self, binary: str, driver: str, shots: Path, width: int = 1400, height: int = 900) -> None:
+    def __init__(self, binary: str, driver: str, shots: Path, width: int = 1400, height: int = 900,
+                 pins: tuple[str, ...] = ()) -> None:
         os.environ["SE_OFFLINE"] = "true"  # never let Selenium Manager fetch a browser or a driver
         options = webdriver.ChromeOptions()
         options.binary_location = binary
@@ -34,6 +44,8 @@ class Browser:
                     # the stack is on loopback: a proxy the environment names must not carry the UI's traffic
                     "--no-proxy-server", "--disable-gpu", "--disable-extensions"):
             options.add_argument(arg)
+        if pins:  # HTTPS with the stack's certificate: that key only (pins_for)
+            options.add_argument(f"--ignore-certificate-errors-spki-list={','.join(pins)}")
         self.driver = webdriver.Chrome(service=Service(driver), options=options)
         self.shots = shots
         self.shots.mkdir(parents=True, exist_ok=True)

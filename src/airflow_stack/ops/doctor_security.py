@@ -11,6 +11,7 @@ import contextlib
 import http.client
 import json
 import re
+import ssl
 import stat
 import urllib.parse
 
@@ -23,7 +24,7 @@ from ..apache_airflow import config
 from ..apache_airflow.profiles import RestAPI
 from ..errors import StackError
 from ..runtime import registry, supervisor
-from ..services import host, memcached_server, redis_server
+from ..services import host, limiter, memcached_server, redis_server
 from ..settings import Settings
 from .checks import Check, warning
 
@@ -50,7 +51,8 @@ AFTER_PASSWORD = "fix the redis password check first"
 def check_redis(settings: Settings, refused: bool = False) -> list[Check]:
     proc = supervisor.running(settings, redis_server.NAME)
     if proc is None:
-        return [Check("redis", False, f"our Redis is not running on port {settings.redis_port}", "invoke setup.redis")]
+        return [Check("redis", False, f"our Redis is not running ({redis_server.where(settings)})",
+                      "invoke setup.redis")]
     if refused:
         # not `invoke up` or `setup.redis` alone: they would restart our Redis with this password, and the
         # running Airflow processes keep the one they were started with
@@ -68,13 +70,30 @@ def check_redis(settings: Settings, refused: bool = False) -> list[Check]:
         checks.append(Check("redis password", False, f"Redis not answering ({exc.__class__.__name__})",
                             "invoke setup.redis"))
     checks.append(check_redis_acl(settings))
-    wanted = {addr.lstrip("-") for addr in settings.redis_bind.split()}
-    listening = _listening(proc.pid)
-    extra = listening - wanted - ({"0.0.0.0", "::"} if wanted & {"0.0.0.0", "::", "*"} else set())
-    checks.append(Check("redis listens", not extra and bool(listening),
-                        f"on {', '.join(sorted(listening)) or 'nothing'} (configured: {settings.redis_bind})",
-                        "" if not extra else "invoke setup.redis"))
+    checks.append(check_redis_listens(settings, proc.pid))
     return checks
+
+
+def check_redis_listens(settings: Settings, pid: int) -> Check:
+    """Our Redis is reached through its private Unix socket; on TCP only where other machines need it."""
+    name, fix = "redis listens", "invoke setup.redis"
+    listening = _listening(pid)
+    sock = settings.paths.redis_socket
+    private = sock.is_socket() and stat.S_IMODE(sock.stat().st_mode) & 0o077 == 0 if sock.exists() else False
+    if settings.redis_socket_fits and not private:
+        return Check(name, False, f"its Unix socket {sock} is " + ("open to others" if sock.exists() else "missing"),
+                     fix)
+    on_socket = f"on {sock} (only you)" if settings.redis_socket_fits else "on no Unix socket"
+    if not settings.redis_tcp:
+        return Check(name, not listening, f"{on_socket}; TCP " + (f"on {', '.join(sorted(listening))}, not off"
+                                                               if listening else "off"), fix if listening else "")
+    wanted = {addr.lstrip("-") for addr in settings.redis_bind.split()}
+    extra = listening - wanted - ({"0.0.0.0", "::"} if wanted & {"0.0.0.0", "::", "*"} else set())
+    detail = f"{on_socket}; TCP on {', '.join(sorted(listening)) or 'nothing'} (configured: {settings.redis_bind})"
+    if not extra and listening and not settings.redis_socket_fits:  # the path is too long: TCP on loopback instead
+        return warning(name, detail, "a shorter STACK_STATE_DIR (its socket path fits in "
+                                     f"{settings_mod.SUN_PATH_BYTES - 1} bytes), then invoke setup.redis")
+    return Check(name, not extra and bool(listening), detail, "" if not extra else fix)
 
 
 # what Airflow's Redis user must be refused, and what Celery's broker and the limiter need (ACL DRYRUN: the
@@ -140,16 +159,22 @@ def check_encryption(settings: Settings) -> Check:
             plain.append(f"PostgreSQL on {', '.join(remote)}")
     elif settings.pg_ssl_mode in ("disable", "allow", "prefer"):
         plain.append(f"PostgreSQL at {settings.pg_host} with sslmode={settings.pg_ssl_mode} (not verified)")
-    if settings.api_host not in settings_mod.LOOPBACK:
-        # Airflow's API server speaks HTTP here: its task tokens cross the network readable
+    if settings.api_host not in settings_mod.LOOPBACK and not settings.api_tls:
+        # without STACK_TLS the API server speaks HTTP here: logins and task tokens cross the network readable
         plain.append(f"the API server on {settings.api_host}:{settings.api_port} (HTTP)")
+    if settings.serve_logs:
+        # Airflow's log servers (serve-logs) have no TLS option in any release: log text travels readable
+        # (each request is signed with the shared secret)
+        ports = f"{settings.worker_log_port}, {settings.trigger_log_port}"
+        plain.append(f"Airflow's log servers on ports {ports} (HTTP: Airflow cannot serve them over TLS)")
         if len(plain) == 1:
-            fix = ("workers elsewhere reach the API server in plain HTTP: keep them on a network you trust, or "
-                   "put a TLS proxy in front and point their STACK_API_HOST at it")
+            fix = ("task logs cross the network readable: keep workers on a network you trust, or send task logs "
+                   "to remote logging ([logging] remote_logging) instead")
     if plain:
         return warning(name, f"plain text beyond loopback: {'; '.join(plain)}", fix)
     if settings.tls:
-        return Check(name, encrypted, f"Redis and PostgreSQL over TLS, verified with {settings.tls_ca_file}"
+        what = "Redis, PostgreSQL and the API server" if settings.api_tls else "Redis and PostgreSQL"
+        return Check(name, encrypted, f"{what} over TLS, verified with {settings.tls_ca_file}"
                      if encrypted else "the Airflow role's connection to PostgreSQL is not encrypted",
                      "" if encrypted else "invoke setup.postgres")
     return Check(name, True, "nothing of ours listens beyond loopback")
@@ -199,7 +224,7 @@ def check_limiter(settings: Settings, envs: dict[str, dict[str, str]], refused: 
         return Check("login rate limits", False, f"{web} keeps them in memory: each worker and restart "
                      "counts from zero", f"unset STACK_RATELIMIT_STORAGE_URI, then invoke stop -c {web} && invoke up")
     ours_memcached = scheme == memcached_server.SCHEME and memcached_server.managed(settings)
-    if scheme not in ("redis", "rediss") and not ours_memcached:
+    if scheme not in limiter.REDIS_SCHEMES and not ours_memcached:
         return Check("login rate limits", True, f"kept in {scheme} (shared storage you chose; not probed)")
     expected = supervisor.fingerprint(settings, {config.LIMITER_VAR: settings.limiter_storage_uri})
     if uri != expected[config.LIMITER_VAR]:
@@ -212,8 +237,7 @@ def check_limiter(settings: Settings, envs: dict[str, dict[str, str]], refused: 
             return sum(memcached_server.counter(settings, key) for key in memcached_server.keys(settings)
                        if _is_probe_counter(key))
     else:
-        db_path = urllib.parse.urlsplit(settings.limiter_storage_uri).path.strip("/")
-        limiter_db = int(db_path) if db_path.isdigit() else 0
+        limiter_db = limiter.redis_db(settings)
         client = redis_server.client(settings, db=limiter_db)
         where, fix = f"our Redis (DB {limiter_db})", "invoke up"
 
@@ -222,14 +246,14 @@ def check_limiter(settings: Settings, envs: dict[str, dict[str, str]], refused: 
             return sum(int(value) for value in client.mget(keys) if value) if keys else 0
     api = _api_login(line.rest)
     try:
-        _probe_login(settings, line.rest.login_path)
+        form = _probe_login(settings, line.rest.login_path)
         before = count()
         status = _probe_api_login(settings, line.rest)
         after = count()
     except (OSError, http.client.HTTPException, redis.RedisError) as exc:
         return Check("login rate limits", False, f"probe failed ({exc.__class__.__name__})", fix)
     if not before:
-        return Check("login rate limits", False, f"a login attempt left no counter in {where}",
+        return Check("login rate limits", False, f"a login attempt (HTTP {form}) left no counter in {where}",
                      f"invoke setup.airflow && invoke stop -c {web} && invoke up")
     # counted once more, or refused since the probe address's budget is spent (a window that ended between the
     # two reads starts again at 1)
@@ -252,8 +276,14 @@ def _api_login(rest: RestAPI) -> str:
 
 def _request(settings: Settings, method: str, path: str, body: str = "",
              headers: dict[str, str] | None = None) -> tuple[int, str, str]:
-    """One HTTP request to the web component from PROBE_ADDRESS: (status, Set-Cookie, body)."""
-    conn = http.client.HTTPConnection("127.0.0.1", settings.api_port, timeout=10, source_address=(PROBE_ADDRESS, 0))
+    """One HTTP request to the web component from PROBE_ADDRESS: (status, Set-Cookie, body); HTTPS, the server
+    verified with the stack's CA, when it serves TLS."""
+    where = {"host": "127.0.0.1", "port": settings.api_port, "timeout": 10, "source_address": (PROBE_ADDRESS, 0)}
+    if settings.api_tls:
+        context = ssl.create_default_context(cafile=str(settings.tls_ca_file))
+        conn: http.client.HTTPConnection = http.client.HTTPSConnection(**where, context=context)
+    else:
+        conn = http.client.HTTPConnection(**where)
     try:
         conn.request(method, path, body or None, headers or {})
         resp = conn.getresponse()
@@ -269,8 +299,10 @@ def _probe_login(settings: Settings, path: str) -> int:
     token = re.search(r'name="csrf_token"[^>]*value="([^"]+)"', page)
     body = urllib.parse.urlencode({"username": PROBE_USER, "password": "-",
                                    "csrf_token": token.group(1) if token else ""})
+    # the Referer a browser sends: over HTTPS Flask-WTF refuses a form POST without one (WTF_CSRF_SSL_STRICT)
+    referer = f"{'https' if settings.api_tls else 'http'}://127.0.0.1:{settings.api_port}{path}"
     status, _, _ = _request(settings, "POST", path, body, {"Content-Type": "application/x-www-form-urlencoded",
-                                                           "Cookie": cookie.split(";", 1)[0]})
+                                                           "Cookie": cookie.split(";", 1)[0], "Referer": referer})
     return status
 
 

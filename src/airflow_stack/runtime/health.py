@@ -6,6 +6,7 @@ import datetime as dt
 import functools
 import json
 import socket
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -21,14 +22,19 @@ from . import backup_schedule
 HEARTBEAT_THRESHOLD = 30.0
 
 
-# The probes dial the stack's own addresses: never through a proxy the user's shell sets (http_proxy),
-# which urlopen would otherwise use even for 127.0.0.1
-_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+@functools.lru_cache(maxsize=4)
+def _opener(ca_file: str) -> urllib.request.OpenerDirector:
+    """The probes dial the stack's own addresses: never through a proxy the user's shell sets (http_proxy),
+    which urlopen would otherwise use even for 127.0.0.1; HTTPS verified with ``ca_file`` (the stack's CA)."""
+    handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
+    if ca_file:
+        handlers.append(urllib.request.HTTPSHandler(context=ssl.create_default_context(cafile=ca_file)))
+    return urllib.request.build_opener(*handlers)
 
 
-def http_get(url: str, timeout: float = 3.0) -> tuple[int, bytes]:
+def http_get(url: str, timeout: float = 3.0, ca_file: str = "") -> tuple[int, bytes]:
     try:
-        with _DIRECT.open(url, timeout=timeout) as resp:
+        with _opener(ca_file).open(url, timeout=timeout) as resp:
             return resp.status, resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
@@ -38,7 +44,7 @@ def warm_up(probe: Probe, settings: Settings, timeout: float = 60.0) -> tuple[bo
     """GET the probe's warm-up path: (answered 200, one-line detail)."""
     url = probe.url(settings, probe.warmup)
     try:
-        status, _ = http_get(url, timeout=timeout)
+        status, _ = http_get(url, timeout=timeout, ca_file=probe.ca_file(settings))
     except OSError as exc:
         return False, f"warm-up {probe.warmup}: no answer ({getattr(exc, 'reason', exc)})"
     return status == 200, f"warm-up {probe.warmup}: HTTP {status}"
@@ -75,8 +81,9 @@ def _celery_app(broker_url: str):
 
 
 def celery_ping(settings: Settings, nodes: list[str], timeout: float = 1.5) -> dict[str, bool]:
-    """Ping Celery nodes (NAME@host) through the broker; node -> answered."""
-    app = _celery_app(settings.redis_url(0))
+    """Ping Celery nodes (NAME@host) through the broker, as the workers reach it (the ACL user; a worker
+    machine has no other Redis password); node -> answered."""
+    app = _celery_app(settings.airflow_redis_url(0))
     try:
         replies = app.control.ping(destination=nodes, timeout=timeout, limit=len(nodes))
     except Exception as exc:  # kombu raises several transport-specific errors
@@ -97,7 +104,7 @@ def _check_celery(name: str, settings: Settings) -> tuple[bool, str]:
 def _check_http(probe: Probe, settings: Settings) -> tuple[bool, str]:
     url = probe.url(settings)
     try:
-        status, body = http_get(url)
+        status, body = http_get(url, ca_file=probe.ca_file(settings))
     except OSError as exc:
         return False, f"no answer ({getattr(exc, 'reason', exc)})"
     if status != 200:

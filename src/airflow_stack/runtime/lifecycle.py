@@ -20,6 +20,7 @@ from .. import settings as settings_mod
 from ..apache_airflow import config, install, profiles
 from ..components import BACKUPS, WORKER, WORKER_PREFIX, Component, worker_command
 from ..errors import StackError
+from ..services import tls
 from ..settings import Settings
 from . import backup_schedule, health, preflight, registry, supervisor
 
@@ -33,6 +34,7 @@ class StartReport:
     already: list[str] = field(default_factory=list)
     restarted: list[str] = field(default_factory=list)  # stopped first: they ran another Airflow release
     seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)  # what was made for them (the web component's certificate)
 
 
 def start(c: Context, settings: Settings, executor: str, live: dict[str, supervisor.Running],
@@ -68,6 +70,8 @@ def start(c: Context, settings: Settings, executor: str, live: dict[str, supervi
         for comp in to_start:  # what a killed component left behind would hold its ports
             supervisor.collect(settings, comp.name, whole_session=comp.reap_session)
         preflight.check_ports(settings, to_start, executor)
+        if settings.api_tls and profile.web in to_start:  # its certificate: made once, issued again for a new name
+            report.notes += tls.ensure(settings)
         registry.record(settings, executor, profile.release)
         report.started += [comp.name for comp in to_start]
     _launch(c, settings, [(comp.name, comp, None) for comp in to_start]
@@ -93,7 +97,8 @@ def _launch(c: Context, settings: Settings, named: list[tuple[str, Component, li
 
     def launch(name: str, comp: Component, argv: list[str] | None) -> supervisor.Launch:
         return supervisor.Launch(name, argv or comp.command(airflow, settings), profile.preload_for(comp),
-                                 comp.reap_session, version, build, comp.probe.liveness_url(settings))
+                                 comp.reap_session, version, build, comp.probe.liveness_url(settings),
+                                 comp.probe.ca_file(settings))
 
     launch_airflow(c, settings, [launch(*item) for item in named if item[1].own_env is None], env)
     for name, comp, argv in named:

@@ -177,6 +177,7 @@ class Launch:
     version: str | None = None  # the Airflow release it runs, kept in its record
     build: str | None = None  # what its venv held (release, constraints, project requirements), kept too
     liveness: str = ""  # a URL the resident launcher GETs: failing for STACK_LIVENESS_SECONDS, it is restarted
+    liveness_ca: str = ""  # the CA an https liveness URL is verified with
 
 
 def start_many(c: Context, settings: Settings, launches: list[Launch], environ: Mapping[str, str],
@@ -203,6 +204,7 @@ def start_many(c: Context, settings: Settings, launches: list[Launch], environ: 
                           "pidfile": str(settings.paths.pid_file(launch.name)),
                           "metafile": str(settings.paths.meta_file(launch.name)), "env": launched_env,
                           "boot": _boot_time(), "reap_session": launch.reap_session, "liveness": launch.liveness,
+                          "liveness_ca": launch.liveness_ca,
                           "record": {key: value for key, value in (("version", launch.version),
                                                                     ("build", launch.build)) if value}})
     spec = settings.paths.launch_spec(os.getpid())

@@ -1,9 +1,12 @@
 """Our own Redis: installed through the host, its config file in the state dir, its command line, and
 its clients. It is started, waited for and stopped as a component of the running stack (runtime).
 
-It listens on its own port (6380 by default) on loopback only, with a password and append-only
-persistence. A Redis the user already runs (the distribution's on 6379) is never reconfigured,
-stopped or even connected to. DB 0 is the Celery broker, DB 1 the login rate limits.
+Airflow's processes and the stack reach it through a Unix socket in the 0700 state dir (mode 0700 itself),
+with a password and append-only persistence. It listens on TCP (its own port, 6380 by default) only for
+other machines (STACK_REDIS_BIND beyond loopback; TLS only with STACK_TLS), or when the socket's path is too
+long for a socket address: a port freed while it restarts gives a squatter no password. A Redis the user
+already runs (the distribution's on 6379) is never reconfigured, stopped or even connected to. DB 0 is the
+Celery broker, DB 1 the login rate limits.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from redis.retry import Retry
 
 from .. import netutil
 from ..errors import StackError
-from ..settings import PROJECT_DIR, REDIS_AIRFLOW_USER, Settings
+from ..settings import PROJECT_DIR, REDIS_AIRFLOW_USER, SUN_PATH_BYTES, Settings
 from ..statedir import write_private
 from . import tls
 from .host import Platform
@@ -46,18 +49,35 @@ def conf_value(value: str, setting: str) -> str:
 
 
 def listen_lines(settings: Settings) -> str:
-    """Plain text on the port; with STACK_TLS only TLS there (no plain-text port at all), verified by
-    clients against the stack's CA. Clients authenticate with passwords, not certificates."""
+    """The Unix socket (0700) when its path fits; TCP only when settings.redis_tcp: plain text on the port, or
+    with STACK_TLS only TLS there (no plain-text port at all), verified by clients against the stack's CA.
+    Clients authenticate with passwords, not certificates."""
+    lines = []
+    if settings.redis_socket_fits:
+        path = conf_value(str(settings.paths.redis_socket), "STACK_STATE_DIR")
+        lines += [f"unixsocket {path}", "unixsocketperm 700"]
+    if not settings.redis_tcp:
+        return "\n".join([*lines, "port 0"])
     if not settings.tls:
-        return f"port {settings.redis_port}"
+        return "\n".join([*lines, f"port {settings.redis_port}"])
     files = tls.Files.of(settings)
     return "\n".join([
-        "port 0", f"tls-port {settings.redis_port}",
+        *lines, "port 0", f"tls-port {settings.redis_port}",
         f"tls-cert-file {conf_value(str(files.cert), 'STACK_STATE_DIR')}",
         f"tls-key-file {conf_value(str(files.key), 'STACK_STATE_DIR')}",
         f"tls-ca-cert-file {conf_value(str(files.ca), 'STACK_STATE_DIR')}",
         "tls-auth-clients no",
     ])
+
+
+def socket_note(settings: Settings) -> str:
+    """Said once when the socket's path is too long for a socket address ("": it fits)."""
+    if settings.redis_socket_fits:
+        return ""
+    size = len(str(settings.paths.redis_socket).encode())
+    return (f"warning: {settings.paths.redis_socket} is {size} bytes, longer than a Unix socket address holds "
+            f"({SUN_PATH_BYTES - 1}): our Redis listens on TCP {settings.redis_port} on loopback instead, "
+            f"which another local user could take while it restarts; a shorter STACK_STATE_DIR keeps it off TCP")
 
 
 def check_bind(bind: str) -> None:
@@ -91,14 +111,23 @@ def render_conf(settings: Settings) -> str:
     )
 
 
+def connection_params(settings: Settings) -> dict[str, object]:
+    """redis-py's keywords that say where our Redis is: its socket here, else host and port (TLS with STACK_TLS,
+    the server verified against the stack's CA, its host name checked)."""
+    if settings.redis_via_socket:
+        return {"unix_socket_path": str(settings.paths.redis_socket)}
+    tls_params = {"ssl": True, "ssl_ca_certs": str(settings.tls_ca_file), "ssl_cert_reqs": "required",
+                  "ssl_check_hostname": True} if settings.tls else {}
+    return {"host": settings.redis_host, "port": settings.redis_port, **tls_params}
+
+
 def client(settings: Settings, password: str | None = "use-settings", db: int = 0,
            username: str | None = None) -> redis.Redis:
     pw = settings.redis_password if password == "use-settings" else password
     # one attempt: redis-py retries a refused or missing password like a lost connection, with back-off
     # (~4-10 s), and every caller here (probes, doctor, setup) wants the answer now
-    return redis.Redis(host=settings.redis_host, port=settings.redis_port, username=username, password=pw, db=db,
-                       socket_connect_timeout=2, socket_timeout=5, retry=Retry(NoBackoff(), 0),
-                       **settings.redis_tls_params())
+    return redis.Redis(username=username, password=pw, db=db, socket_connect_timeout=2, socket_timeout=5,
+                       retry=Retry(NoBackoff(), 0), **connection_params(settings))
 
 
 def airflow_client(settings: Settings, db: int = 0) -> redis.Redis:
@@ -111,17 +140,17 @@ def ping(settings: Settings, as_airflow: bool = False) -> tuple[bool, str]:
     Airflow's processes log in as (all a worker machine has)."""
     user = f"Airflow's Redis user ({REDIS_AIRFLOW_USER})" if as_airflow else "Redis"
     secret = "STACK_REDIS_AIRFLOW_PASSWORD" if as_airflow else "STACK_REDIS_PASSWORD"
+    where = settings.redis_address
     try:
         (airflow_client(settings) if as_airflow else client(settings)).ping()
         return True, ""
     except redis.AuthenticationError:
-        return False, (f"{user} at {settings.redis_host}:{settings.redis_port} refused the password "
-                       f"({secret} in {settings.env_file.name})")
+        return False, f"{user} at {where} refused the password ({secret} in {settings.env_file.name})"
     except redis.RedisError as exc:
-        if settings.tls and not settings.tls_ca_file.exists():
+        if settings.tls and not settings.redis_via_socket and not settings.tls_ca_file.exists():
             return False, f"STACK_TLS is on but {settings.tls_ca_file} is missing (the stack's CA, from its state dir)"
-        return False, (f"Redis at {settings.redis_host}:{settings.redis_port} is not answering "
-                       f"({exc.__class__.__name__}{', over TLS' if settings.tls else ''})")
+        over = ", over TLS" if settings.tls and not settings.redis_via_socket else ""
+        return False, f"Redis at {where} is not answering ({exc.__class__.__name__}{over})"
 
 
 @dataclass
@@ -139,21 +168,43 @@ def prepare(c: Context, platform: Platform, settings: Settings, ours_running: bo
     """Install redis-server when missing and write our config; ``ours_running``: our Redis runs now (a
     taken port is then ours). Refuses a port another program holds before anything is written."""
     server, done = platform.ensure_installed(c, "redis-server", platform.redis_server_bin, platform.redis_install)
-    settings.paths.redis.mkdir(parents=True, exist_ok=True)
+    settings.paths.make_private()  # the socket's folder: only this user may even look for it
+    settings.paths.redis.mkdir(mode=0o700, exist_ok=True)
+    settings.paths.redis.chmod(0o700)
     if settings.tls:
         done += tls.ensure(settings)
     conf = conf_path(settings)
     text = render_conf(settings)
     changed = not conf.exists() or conf.read_text() != text
-    ours_on_port = ours_running and _conf_port(conf) == settings.redis_port
-    # decide before touching anything: a taken port must not cost the user their running Redis
-    if not ours_on_port and netutil.port_open(settings.redis_port):
-        raise StackError(f"port {settings.redis_port} is in use by another program; "
-                         f"set STACK_REDIS_PORT to a free port")
+    check_port(settings, ours_running)
     if changed:
         write_private(conf, text)  # holds requirepass: 0600
         done.append(f"wrote {conf}")
-    return Prepared([server, str(conf)], changed, done, f"Redis on 127.0.0.1:{settings.redis_port}")
+        done += [note] if (note := socket_note(settings)) else []
+    return Prepared([server, str(conf)], changed, done, f"Redis on {where(settings)}")
+
+
+def check_port(settings: Settings, ours_running: bool) -> None:
+    """When our Redis needs a TCP port, one another program holds is refused, before anything is kept or
+    written: a taken port must not cost the user their running Redis. Without TCP no port matters."""
+    ours_on_port = ours_running and _conf_port(conf_path(settings)) == settings.redis_port
+    if settings.redis_tcp and not ours_on_port and netutil.port_open(settings.redis_port):
+        raise StackError(f"port {settings.redis_port} is in use by another program; "
+                         f"set STACK_REDIS_PORT to a free port")
+
+
+def where(settings: Settings) -> str:
+    """Where our Redis listens: its socket, and its TCP port when it has one."""
+    found = [str(settings.paths.redis_socket)] if settings.redis_socket_fits else []
+    if settings.redis_tcp:
+        hosts = [a.removeprefix("-") for a in settings.redis_bind.split()]
+        found.append(f"{'TLS ' if settings.tls else ''}port {settings.redis_port} ({', '.join(hosts)})")
+    return " and ".join(found)
+
+
+def conf_listens_tcp(settings: Settings) -> bool:
+    """The config our Redis runs with (or last ran with) opens a TCP port."""
+    return _conf_port(conf_path(settings)) is not None
 
 
 def _conf_port(conf: Path) -> int | None:

@@ -1,16 +1,19 @@
 """The stack's own certificate authority, for workers on other machines (STACK_TLS).
 
-One CA per stack (STATE/tls/ca.pem, its key beside it, 0600) signs one server certificate that our Redis
-and PostgreSQL present. It names every address and host name a client may use to reach this machine, so
-clients verify it fully (Redis: hostname checked; libpq: sslmode=verify-full). A worker machine needs only
-ca.pem, which is not a secret. The server certificate is issued again (by the same CA, so workers keep
-theirs) when a name it must cover is missing or its end is near; the CA itself is never replaced.
+One CA per stack (STATE/tls/ca.pem, its key beside it, 0600) signs one server certificate that our Redis,
+PostgreSQL and the API server (webserver on 2.x) present; the API server presents it followed by the CA's
+(server-chain.pem). It names every address and host name a client may use to reach this machine, so
+clients verify it fully (Redis: hostname checked; libpq: sslmode=verify-full; HTTPS: the host of the URL).
+A worker machine needs only ca.pem, which is not a secret. The server certificate is issued again (by the
+same CA, so workers keep theirs; with the names it had, so that no server's copy loses one) when a name it
+must cover is missing or its end is near; the CA itself is never replaced.
 
 Made with ``cryptography`` (Airflow depends on it too), never by hand-written ASN.1 or a shelled-out openssl.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import ipaddress
 import socket
@@ -38,22 +41,22 @@ class Files:
     ca_key: Path
     cert: Path
     key: Path
+    chain: Path  # cert, then ca: what the API server presents (a client with only ca.pem verifies it)
 
     @classmethod
     def of(cls, settings: Settings) -> Files:
         paths = settings.paths
-        return cls(paths.tls_ca, paths.tls_ca_key, paths.tls_server_cert, paths.tls_server_key)
+        return cls(paths.tls_ca, paths.tls_ca_key, paths.tls_server_cert, paths.tls_server_key, paths.tls_server_chain)
 
 
 def server_names(settings: Settings, listen: str = "") -> list[str]:
-    """What the server certificate must cover: loopback, this machine's names, the addresses Redis and
-    PostgreSQL listen on (``listen``: PostgreSQL's listen_addresses), and STACK_TLS_NAMES."""
+    """What the server certificate must cover: loopback, this machine's names, the addresses Redis, PostgreSQL
+    (``listen``: its listen_addresses) and the API server listen on, and STACK_TLS_NAMES."""
     names = ["localhost", "127.0.0.1", "::1", socket.gethostname(), socket.getfqdn()]
     names += [addr.removeprefix("-") for addr in settings.redis_bind.split()]
     names += [addr.strip() for addr in listen.split(",")]
     names += [name.strip() for name in settings.tls_names.split(",")]
-    if settings.redis_host not in WILDCARDS:
-        names.append(settings.redis_host)
+    names += [host for host in (settings.redis_host, settings.api_host) if host not in WILDCARDS]
     seen: list[str] = []
     for name in names:
         if name and name not in WILDCARDS and name not in seen:
@@ -112,15 +115,19 @@ def _make_server(files: Files, names: list[str]) -> None:
     files.cert.write_text(cert.public_bytes(serialization.Encoding.PEM).decode())
 
 
-def covered(cert_file: Path, names: list[str]) -> list[str]:
-    """The names of ``names`` the certificate in ``cert_file`` lacks."""
+def names_in(cert_file: Path) -> list[str]:
+    """The host names and addresses a certificate covers."""
     cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
     try:
         sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
-        return names
-    have = {str(value) for value in sans.get_values_for_type(x509.IPAddress)}
-    have |= set(sans.get_values_for_type(x509.DNSName))
+        return []
+    return [*sans.get_values_for_type(x509.DNSName), *map(str, sans.get_values_for_type(x509.IPAddress))]
+
+
+def covered(cert_file: Path, names: list[str]) -> list[str]:
+    """The names of ``names`` the certificate in ``cert_file`` lacks."""
+    have = set(names_in(cert_file))
     return [name for name in names if str(_normal(name)) not in have]
 
 
@@ -158,9 +165,25 @@ def ensure(settings: Settings, listen: str = "") -> list[str]:
         cert = x509.load_pem_x509_certificate(files.cert.read_bytes())
         stale = bool(covered(files.cert, names)) or cert.not_valid_after_utc - _now() < RENEW_BEFORE
     if stale:
+        if files.cert.exists() and signed_by(files.cert.read_bytes(), files.ca):  # keep what it covered
+            wanted = {_normal(name) for name in names}
+            names += [name for name in names_in(files.cert) if name not in wanted]
         _make_server(files, names)
         done.append(f"issued the server certificate for {', '.join(names)}")
+    chain = files.cert.read_text() + files.ca.read_text()
+    if not files.chain.exists() or files.chain.read_text() != chain:
+        files.chain.write_text(chain)
     return done
+
+
+def spki_pin(cert_file: Path) -> str:
+    """base64 of the SHA-256 of a certificate's public key (SubjectPublicKeyInfo): the pin Chromium's
+    --ignore-certificate-errors-spki-list takes, so that a test browser accepts that one key only."""
+    cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
+    der = cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    digest = hashes.Hash(hashes.SHA256())
+    digest.update(der)
+    return base64.b64encode(digest.finalize()).decode()
 
 
 def reachability(settings: Settings, what: str, where: str) -> str:

@@ -8,10 +8,12 @@ from .model import (
     AIRFLOW_LINES_HELP,
     DSN_FIELDS,
     EXECUTORS,
+    LIMITER_DB,
     LOOPBACK,
     PROJECT_DIR,
     REDIS_AIRFLOW_USER,
     SSLMODES,
+    SUN_PATH_BYTES,
     Settings,
     Spec,
     help_for,
@@ -31,8 +33,8 @@ from .secrecy import (
 )
 
 __all__ = [
-    "AIRFLOW_LINES", "AIRFLOW_LINES_HELP", "DSN_FIELDS", "EXECUTORS", "GENERATORS", "LOOPBACK", "PROJECT_DIR",
-    "REDIS_AIRFLOW_USER", "SSLMODES", "Settings", "Spec", "defaults", "ensure_secrets", "environment_of",
-    "generated_names", "given", "help_for", "is_secret", "load", "missing_shared_secrets", "parse_interval", "persist",
-    "redact", "secret_values", "shared_secret_names", "specs",
+    "AIRFLOW_LINES", "AIRFLOW_LINES_HELP", "DSN_FIELDS", "EXECUTORS", "GENERATORS", "LIMITER_DB", "LOOPBACK",
+    "PROJECT_DIR", "REDIS_AIRFLOW_USER", "SSLMODES", "SUN_PATH_BYTES", "Settings", "Spec", "defaults",
+    "ensure_secrets", "environment_of", "generated_names", "given", "help_for", "is_secret", "load",
+    "missing_shared_secrets", "parse_interval", "persist", "redact", "secret_values", "shared_secret_names", "specs",
 ]

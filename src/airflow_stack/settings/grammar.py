@@ -6,6 +6,7 @@ wrong and what to write instead (settings load turns that into one line naming t
 
 from __future__ import annotations
 
+import ipaddress
 import re
 
 # an interval setting: one or more NUMBER+UNIT (90s, 15m, 6h, 1d, 1h30m), or "off"
@@ -32,3 +33,17 @@ def interval(text: str) -> str:
     """An interval setting's check (Spec.parse): the text as used (lower case, trimmed), or ValueError."""
     parse_interval(text)
     return text.strip().lower()
+
+
+def ip_networks(text: str) -> str:
+    """A comma-separated list of IP addresses and networks, written the way uvicorn and ipaddress read them."""
+    found = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        try:
+            found.append(str(ipaddress.ip_network(part, strict=False) if "/" in part else ipaddress.ip_address(part)))
+        except ValueError:
+            raise ValueError(f"{part!r} is not an IP address or network; name your proxies, "
+                             f"e.g. STACK_TRUSTED_PROXIES=127.0.0.2,10.0.0.0/24") from None
+    return ",".join(found)

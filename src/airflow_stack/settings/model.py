@@ -11,7 +11,6 @@ Values that are derived (URLs, the sslmode in effect) are properties, never type
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,8 +18,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from ..statedir import ENV_FILE_VAR, USER_STATE_DEFAULT, StateDir, UserStateDir
-from .grammar import interval, parse_interval
+from ..statedir import ENV_FILE_VAR, SUN_PATH_BYTES, USER_STATE_DEFAULT, StateDir, UserStateDir
+from .grammar import interval, ip_networks, parse_interval
 
 PROJECT_DIR = Path(__file__).resolve().parents[3]
 
@@ -31,27 +30,16 @@ AIRFLOW_LINES = ("3.3", "3.2", "3.1", "3.0", "2.11", "2.10")
 AIRFLOW_LINES_HELP = f"Airflow minor: {', '.join(AIRFLOW_LINES)}"
 # the Redis ACL user of Airflow's processes; the stack's own operations use Redis's default user
 REDIS_AIRFLOW_USER = "airflow"
+LIMITER_DB = 1  # our Redis's DB the login limiter counts in (Celery's broker: DB 0)
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 # what STACK_PG_DSN fills in, libpq keyword -> setting
 DSN_FIELDS = {"host": "pg_host", "port": "pg_port", "dbname": "pg_database", "user": "pg_user",
               "password": "pg_password", "sslmode": "pg_sslmode", "sslrootcert": "pg_sslrootcert"}
+
+
 def _cpu_count() -> int:
     return os.cpu_count() or 2
-
-
-def ip_networks(text: str) -> str:
-    """A comma-separated list of IP addresses and networks, written the way uvicorn and ipaddress read them."""
-    found = []
-    for part in (p.strip() for p in text.split(",")):
-        if not part:
-            continue
-        try:
-            found.append(str(ipaddress.ip_network(part, strict=False) if "/" in part else ipaddress.ip_address(part)))
-        except ValueError:
-            raise ValueError(f"{part!r} is not an IP address or network; name your proxies, "
-                             f"e.g. STACK_TRUSTED_PROXIES=127.0.0.2,10.0.0.0/24") from None
-    return ",".join(found)
 
 
 @dataclass(frozen=True)
@@ -214,13 +202,13 @@ class Settings:
 
     # TLS for workers on other machines
     tls: bool = _spec("STACK_TLS", False, kind=bool, worker=True,
-                      help="our Redis speaks only TLS, and PostgreSQL (when this machine runs it) serves TLS, with "
-                           "certificates from a CA the stack makes in STATE/tls; every client verifies them. A worker "
-                           "machine needs .env and STATE/tls/ca.pem")
+                      help="TLS only, from a CA the stack makes in STATE/tls, verified by every client: Redis's TCP "
+                           "port, PostgreSQL (when this machine runs it), and the API server / webserver with "
+                           "STACK_API_HOST beyond loopback (HTTPS). A worker machine needs STATE/tls/ca.pem too")
     tls_names: str = _spec("STACK_TLS_NAMES", "",
                            help="more host names or IP addresses (comma-separated) the server certificate covers, as "
-                                "workers reach this machine; loopback, this machine's name and the addresses Redis "
-                                "and PostgreSQL listen on always are")
+                                "workers reach this machine; loopback, this machine's name, STACK_API_HOST and the "
+                                "addresses Redis and PostgreSQL listen on always are")
 
     # Redis
     redis_port: int = _spec("STACK_REDIS_PORT", 6380, kind=int, worker=True,
@@ -232,9 +220,9 @@ class Settings:
         help=f"password of the Redis ACL user {REDIS_AIRFLOW_USER!r} Airflow's processes log in as (Celery's broker, "
              f"the login limiter): no administrative or destructive commands")
     redis_host: str = _spec("STACK_REDIS_HOST", "127.0.0.1",
-                            help="where Airflow reaches our Redis (a worker machine: the stack's address)")
+                            help="where Airflow reaches our Redis (loopback: its Unix socket; a worker: the stack's)")
     redis_bind: str = _spec("STACK_REDIS_BIND", "127.0.0.1 -::1",
-                            help="interfaces our Redis listens on; opt in to more for workers elsewhere")
+                            help="where our Redis listens on TCP, for workers elsewhere (loopback only: no TCP)")
 
     # Celery
     worker_concurrency: int = _airflow_spec("AIRFLOW__CELERY__WORKER_CONCURRENCY", max(8, 2 * _cpu_count()), kind=int,
@@ -304,8 +292,10 @@ class Settings:
         return self.pg_sslrootcert or (str(self.tls_ca_file) if self.pg_tls_ours else "")
 
     def pg_ssl_params(self) -> dict[str, str]:
-        """libpq's TLS keywords for the Airflow role's connections."""
-        return {"sslmode": self.pg_ssl_mode} | ({"sslrootcert": self.pg_ssl_root} if self.pg_ssl_root else {})
+        """libpq's TLS keywords for the Airflow role's connections; to the stack's TLS server over the network also
+        libpq 16+'s require_auth=scram-sha-256 (not on loopback: README, "A worker on another machine")."""
+        params = {"sslmode": self.pg_ssl_mode} | ({"sslrootcert": self.pg_ssl_root} if self.pg_ssl_root else {})
+        return params | ({"require_auth": "scram-sha-256"} if self.pg_tls_ours and self.pg_host not in LOOPBACK else {})
 
     def pg_conninfo(self, **extra: Any) -> dict[str, Any]:
         """Keyword arguments for psycopg.connect as the Airflow role."""
@@ -320,37 +310,56 @@ class Settings:
                 f"@{_url_host(self.pg_host)}:{self.pg_port}/{quote(self.pg_database, safe='')}"
                 f"?{urlencode(self.pg_ssl_params(), quote_via=quote)}")
 
-    def _redis_url(self, user: str, password: str | None, db: int) -> str:
-        url = (f"{'rediss' if self.tls else 'redis'}://{user}:{quote(password or '', safe='')}"
-               f"@{_url_host(self.redis_host)}:{self.redis_port}/{db}")
+    @property
+    def redis_socket_fits(self) -> bool:
+        """The socket's path fits in a Unix socket address (else our Redis listens on TCP loopback instead)."""
+        return len(os.fsencode(str(self.paths.redis_socket))) < SUN_PATH_BYTES
+
+    @property
+    def redis_tcp(self) -> bool:
+        """Our Redis has a TCP port: for other machines (a bind beyond loopback), or if its socket path is too long."""
+        return any(a.removeprefix("-") not in LOOPBACK for a in self.redis_bind.split()) or not self.redis_socket_fits
+
+    @property
+    def redis_via_socket(self) -> bool:
+        """Clients here reach our Redis through its Unix socket (0700 in the 0700 state dir), a worker its TCP port."""
+        return self.redis_host in LOOPBACK and self.redis_socket_fits
+
+    @property
+    def redis_address(self) -> str:
+        """Where clients here reach our Redis, for messages."""
+        return str(self.paths.redis_socket) if self.redis_via_socket else f"{self.redis_host}:{self.redis_port}"
+
+    def _redis_url(self, user: str, password: str | None, db: int, socket_scheme: str) -> str:
+        """Through the socket (kombu's redis+socket, limits' redis+unix), else TCP (TLS with STACK_TLS)."""
+        auth = f"{user}:{quote(password or '', safe='')}"
+        if self.redis_via_socket:
+            db_key = "virtual_host" if socket_scheme == "redis+socket" else "db"
+            return f"{socket_scheme}://{auth}@{quote(str(self.paths.redis_socket))}?{db_key}={db}"
+        url = f"{'rediss' if self.tls else 'redis'}://{auth}@{_url_host(self.redis_host)}:{self.redis_port}/{db}"
         if self.tls:  # redis-py reads these from the URL: the server is verified against the stack's CA
             url += "?" + urlencode({"ssl_cert_reqs": "required", "ssl_ca_certs": str(self.tls_ca_file)},
                                    quote_via=quote)
         return url
 
-    def redis_url(self, db: int) -> str:
-        """Our Redis as its default user: the stack's own operations (setup, probes, doctor)."""
-        return self._redis_url("", self.redis_password, db)
-
     def airflow_redis_url(self, db: int) -> str:
-        """Our Redis as the ACL user Airflow's processes log in as (no CONFIG, DEBUG, FLUSHALL ...)."""
-        return self._redis_url(REDIS_AIRFLOW_USER, self.redis_airflow_password, db)
-
-    def redis_tls_params(self) -> dict[str, Any]:
-        """redis-py's keywords for our Redis over TLS (empty without STACK_TLS)."""
-        if not self.tls:
-            return {}
-        return {"ssl": True, "ssl_ca_certs": str(self.tls_ca_file), "ssl_cert_reqs": "required",
-                "ssl_check_hostname": True}
+        """Celery's broker URL (and the stack's pings): the ACL user Airflow logs in as (no CONFIG, FLUSHALL ...)."""
+        return self._redis_url(REDIS_AIRFLOW_USER, self.redis_airflow_password, db, "redis+socket")
 
     @property
     def limiter_storage_uri(self) -> str:
-        return self.ratelimit_storage_uri or self.airflow_redis_url(1)
+        return self.ratelimit_storage_uri or self._redis_url(REDIS_AIRFLOW_USER, self.redis_airflow_password,
+                                                             LIMITER_DB, "redis+unix")
+
+    @property
+    def api_tls(self) -> bool:
+        """The web component serves HTTPS (the stack's certificate): STACK_TLS and STACK_API_HOST beyond loopback."""
+        return self.tls and self.api_host not in LOOPBACK
 
     @property
     def api_url(self) -> str:
         host = "127.0.0.1" if self.api_host in ("0.0.0.0", "::", "") else self.api_host
-        return f"http://{_url_host(host)}:{self.api_port}"
+        return f"{'https' if self.api_tls else 'http'}://{_url_host(host)}:{self.api_port}"
 
     @staticmethod
     def url_host(host: str) -> str:

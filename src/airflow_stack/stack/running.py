@@ -70,6 +70,7 @@ class Running(StackBase):
         s, executor = self.settings, self.executor
         env, _ = self.write_config()
         report = lifecycle.start(self.c, s, executor, live, env, timeout=timeout, extras=extras)
+        self.say(*(f"tls: {line}" for line in report.notes))
         if report.restarted:
             self.say(*(f"run: {line} (it ran code the venv no longer holds: another Airflow release or "
                        f"requirements.txt)" for line in report.restarted))
@@ -77,8 +78,9 @@ class Running(StackBase):
             self.say(f"run: already running ({', '.join(report.already)}), Airflow {self.release}, {executor}")
         else:
             self.say(f"run: started {', '.join(report.started)}; all healthy in {report.seconds:.1f} s")
+        trust = f" ; its certificate is from the stack's CA: trust {s.tls_ca_file}" if s.api_tls else ""
         self.say(f"run: Airflow UI and API ({profiles.of(s).web.name}) at {s.api_url}/ ; user {s.admin_user}, "
-                 f"password: _AIRFLOW_WWW_USER_PASSWORD in {s.env_file}")
+                 f"password: _AIRFLOW_WWW_USER_PASSWORD in {s.env_file}{trust}")
         if "flower" in extras:
             self.say(f"run: Flower at http://127.0.0.1:{s.flower_port}/ ; user {s.admin_user}, password: "
                      f"STACK_FLOWER_PASSWORD in {s.env_file}")
@@ -87,7 +89,7 @@ class Running(StackBase):
     def add_worker(self, name: str, queues: str, concurrency: int | None,
                    timeout: float = lifecycle.HEALTH_TIMEOUT) -> None:
         """Add a Celery worker ``worker-NAME``, here or on another machine that has the stack's .env."""
-        from .runtime import preflight
+        from ..runtime import preflight
 
         with self._exclusive("invoke run.worker"):
             s = self.settings

@@ -7,7 +7,7 @@ from ..apache_airflow import config, install, releases, schema
 from ..components import MEMCACHED, REDIS
 from ..errors import StackError
 from ..project import folder, objects
-from ..runtime import checkouts, lifecycle, supervisor
+from ..runtime import checkouts, lifecycle, registry, supervisor
 from ..services import host, memcached_server, pg_access, pg_database, postgres, redis_server, tls
 from ..settings import LOOPBACK
 from .base import StackBase
@@ -60,11 +60,15 @@ class SetupSteps(StackBase):
                 f"{self.settings.pg_host}:{self.settings.pg_port}"))
 
     def setup_redis(self, bind: str | None = None, tls_flag: bool = False) -> list[str]:
-        """Install redis-server if needed and run our own password-protected Redis (loopback by default)."""
+        """Install redis-server if needed and run our own password-protected Redis (its Unix socket only by
+        default; TCP for the addresses ``bind`` names beyond loopback)."""
         if bind is not None:
             redis_server.check_bind(bind)
 
         def run() -> list[str]:
+            # the TCP port the bind asks for must be free (or ours) before the bind is kept
+            redis_server.check_port(self.settings.replace(redis_bind=bind or self.settings.redis_bind),
+                                    supervisor.running(self.settings, REDIS.name) is not None)
             changes = self._secrets()
             switched = self._keep_tls(tls_flag)
             changes += switched
@@ -76,16 +80,20 @@ class SetupSteps(StackBase):
                                                 f"password required)", ", ".join(remote)))
             s = self.settings
             before = supervisor.running(s, REDIS.name)
+            had_tcp = redis_server.conf_listens_tcp(s)
             prepared = redis_server.prepare(self.c, self.host, s, ours_running=before is not None)
             changes += prepared.done
             changes += lifecycle.run_service(self.c, s, REDIS, prepared.argv, prepared.config_changed,
                                              prepared.label, redis_server.READY_TIMEOUT)
+            if had_tcp and not s.redis_tcp and registry.running(s):  # a stack set up before the socket
+                changes.append("the running Airflow processes still dial its TCP port, which is closed now: "
+                               "invoke stop && invoke up")
             if supervisor.running(s, REDIS.name) != before and not switched:  # (re)started: clients lost it
                 changes += lifecycle.wait_workers_reconnected(s)  # (after a switch to TLS they cannot)
             return changes
 
         with self._exclusive("invoke setup.redis"):
-            return self._step("redis", run, lambda: f"already running on 127.0.0.1:{self.settings.redis_port}")
+            return self._step("redis", run, lambda: f"already running on {redis_server.where(self.settings)}")
 
     def setup_memcached(self) -> list[str]:
         """Run our memcached for the login limiter, when STACK_RATELIMIT_STORAGE_URI names one on this machine."""

@@ -25,11 +25,11 @@ def screenshots(c: Context, output: str | None = None) -> None:
     if found is None:
         raise StackError("no headless browser found; install one: invoke setup.browser")
     try:
-        from ..ops.browser import Browser
+        from ..ops.browser import Browser, pins_for
     except ImportError:
         raise StackError("Selenium is not in the tooling venv; scripts/up installs it (the dev group)") from None
     folder = Path(output).resolve() if output else PROJECT_DIR / "docs" / "img"
-    browser = Browser(*found, folder)
+    browser = Browser(*found, folder, pins=pins_for(settings))
     try:
         if browser.login(settings.api_url, settings.airflow_line, settings.admin_user, settings.admin_password):
             raise StackError("the login was rate limited; wait a minute and run this again")

@@ -29,12 +29,13 @@ def postgres_(c: Context, host: str | None = None, port: int | None = None, sslm
 
 
 @task(help={"port": help_for("redis_port"),
-            "bind": "opt in: interfaces to listen on, e.g. '0.0.0.0 ::' for Celery workers on other machines "
-                    "(kept in .env as STACK_REDIS_BIND; the password still applies)",
+            "bind": "opt in: interfaces to listen on over TCP, e.g. '0.0.0.0 ::' for Celery workers on other "
+                    "machines (kept in .env as STACK_REDIS_BIND; the password still applies; this machine's own "
+                    "processes keep using the Unix socket)",
             "tls": "speak only TLS, with the stack's certificate (STACK_TLS=true; for workers on other machines)"})
 @one_line_errors
 def redis(c: Context, port: int | None = None, bind: str | None = None, tls: bool = False) -> None:
-    """Install redis-server if needed and run our own password-protected Redis on loopback."""
+    """Install redis-server if needed and run our own password-protected Redis (a Unix socket; TCP opt-in)."""
     stack(c, redis_port=port).setup_redis(bind, tls)
 
 

@@ -8,8 +8,10 @@ The standard library only, loaded by the launcher by its path (it runs on Airflo
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
+import ssl
 import time
 import urllib.request
 from typing import Any
@@ -35,16 +37,24 @@ def rotate(path: str, max_bytes: int, keep: int) -> bool:
 
 LIVENESS_EVERY = 10.0  # seconds between GETs of each child's liveness URL
 KILL_AFTER = 15.0  # a hung child that ignores SIGTERM this long gets SIGKILL
-# the stack's own addresses: never through a proxy the environment names
-_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-def answers(url: str, timeout: float = 5.0) -> bool:
+@functools.lru_cache(maxsize=4)
+def _opener(ca_file: str) -> urllib.request.OpenerDirector:
+    """The stack's own addresses: never through a proxy the environment names; HTTPS verified with
+    ``ca_file`` (the stack's CA: the API server serves HTTPS with STACK_TLS for workers elsewhere)."""
+    handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
+    if ca_file:
+        handlers.append(urllib.request.HTTPSHandler(context=ssl.create_default_context(cafile=ca_file)))
+    return urllib.request.build_opener(*handlers)
+
+
+def answers(url: str, timeout: float = 5.0, ca_file: str = "") -> bool:
     """The URL answers 200 (a health endpoint: the process behind it is not hung)."""
     try:
-        with _DIRECT.open(url, timeout=timeout) as resp:
+        with _opener(ca_file).open(url, timeout=timeout) as resp:
             return resp.status == 200
-    except Exception:  # refused, timed out, HTTP 503 ...: not alive, whatever the reason
+    except Exception:  # refused, timed out, HTTP 503, a certificate it cannot verify ...: not alive
         return False
 
 
@@ -62,7 +72,7 @@ def watch_liveness(children: list[Any], after: float, now: float) -> None:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(child.pid, signal.SIGKILL)
             continue
-        if answers(url):
+        if answers(url, ca_file=child.proc.get("liveness_ca", "")):
             child.failing_since = None
             continue
         child.failing_since = child.failing_since or now

@@ -8,7 +8,7 @@ import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ...components import FLOWER, TRIGGERER, WORKER, Component, Probe
+from ...components import FLOWER, TRIGGERER, WORKER, Component, Probe, web_tls_options
 from .. import releases
 from . import AirflowLine, RestAPI, WebUI
 
@@ -45,6 +45,8 @@ def environment(settings: Settings, profile: AirflowLine) -> dict[str, str]:
         # scheduler hangs; the scheduler is probed through its heartbeat in the job table instead
         "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
     }
+    if settings.api_tls:  # the webserver serves HTTPS (web_tls_options): its session cookie only over HTTPS too
+        env["AIRFLOW__WEBSERVER__COOKIE_SECURE"] = "True"
     if profile.gunicorn_control_socket:
         # gunicorn >= 24 opens a control socket in ~/.gunicorn by default: two stacks would share it
         env["GUNICORN_CMD_ARGS"] = f"--control-socket {shlex.quote(str(settings.paths.gunicorn_control))}"
@@ -76,7 +78,7 @@ PROFILE = AirflowLine(
         # gunicorn starts the UI's workers as new processes: nothing to share with the launcher
         Component("webserver", ("webserver",),
                   Probe("http", port_setting="api_port", path="/health", json_key="metadatabase"),
-                  ports=("api_port",)),
+                  ports=("api_port",), options=web_tls_options),
         # A task's raw process (in a process group of its own) is supervised by its `tasks run --local`
         # parent, in the scheduler's group: once that is reaped, Airflow retries the task, and a raw
         # process still there would only linger (seen in the kill -9 test) or run beside its retry.

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ...components import FLOWER, TRIGGERER, WORKER, Component, Probe
+from ...components import FLOWER, TRIGGERER, WORKER, Component, Probe, web_tls_options
 from .. import releases
 from . import AirflowLine, RestAPI, WebUI
 
@@ -35,7 +35,7 @@ READS = {
 
 
 def environment(settings: Settings, profile: AirflowLine) -> dict[str, str]:
-    return profile.dag_refresh_env() | {
+    env = profile.dag_refresh_env() | {
         "AIRFLOW__CORE__AUTH_MANAGER": AUTH_MANAGER,
         # tasks report back over HTTP; without this they dial :8080 and fail with ConnectError
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{settings.api_url}/execution/",
@@ -43,11 +43,21 @@ def environment(settings: Settings, profile: AirflowLine) -> dict[str, str]:
         # one API server process: 3.0 starts 4 by default (3.1 and later 1), each loading the whole app
         "AIRFLOW__API__WORKERS": "1",
     }
+    if settings.api_tls:
+        # The API server serves HTTPS with its certificate and key from its command line (web_tls_options).
+        # Task processes verify it with the CA the Task SDK's client loads: on every 3.x it adds the file
+        # [api] ssl_cert names to its trust (3.0-3.2 know no [api] ssl_ca_file, and pass certifi's bundle as the
+        # CA file, so SSL_CERT_FILE is ignored; SSL_CERT_FILE would also replace the trust of every HTTPS call
+        # of DAG code). ca.pem is on every machine that runs tasks; a non-empty ssl_cert also marks the login
+        # cookies Secure.
+        env["AIRFLOW__API__SSL_CERT"] = str(settings.tls_ca_file)
+    return env
 
 
 def api_server_options(settings: Settings) -> tuple[str, ...]:
-    # behind a reverse proxy the stack was told of: the client it names is the one the login limit counts
-    return ("--proxy-headers",) if settings.trusted_proxies else ()
+    # behind a reverse proxy the stack was told of: the client it names is the one the login limit counts;
+    # HTTPS with the stack's certificate where other machines connect (web_tls_options)
+    return (("--proxy-headers",) if settings.trusted_proxies else ()) + web_tls_options(settings)
 
 
 def web_listen_env(host: str, port: int, url: str) -> dict[str, str]:
