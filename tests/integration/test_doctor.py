@@ -73,11 +73,11 @@ def test_a_killed_component_comes_back_by_itself(stack, airflow_up):
     began = time.monotonic()
     assert wait_until(lambda: (p := supervisor.running(settings, "triggerer")) is not None and p.pid != victim.pid,
                       30), "the triggerer was not started again within 30 s"
-    assert wait_until(lambda: {r["name"]: r for r in json.loads(stack.inv("status", "--json", check=False).stdout)}
+    assert wait_until(lambda: stack.status()
                       ["triggerer"]["healthy"], 60)
     back = time.monotonic() - began
     print(f"\n[figure] kill -9 triggerer: healthy again by itself after {back:.1f} s")
-    status = {r["name"]: r for r in json.loads(stack.inv("status", "--json", check=False).stdout)}
+    status = stack.status()
     assert (status["triggerer"]["restarts"], status["triggerer"]["last_exit"]) == (1, -9), status["triggerer"]
     assert "restarted 1x, last exit -9" in status["triggerer"]["detail"]
     assert_doctor_passes(stack)
@@ -88,7 +88,7 @@ def test_doctor_catches_a_stopped_component_and_up_heals_it(stack, airflow_up):
     time.sleep(2)
     proc = stack.inv("status", check=False)
     assert proc.returncode == 1 and proc.stderr.strip() == "status: triggerer is down", proc.stderr
-    status = {r["name"]: r for r in json.loads(stack.inv("status", "--json", check=False).stdout)}
+    status = stack.status()
     assert not status["triggerer"]["up"] and status["triggerer"]["detail"] == "not running"
     code, checks = doctor(stack)
     assert code != 0 and not checks["triggerer"]["ok"] and checks["triggerer"]["fix"] == "invoke up"

@@ -8,7 +8,6 @@ figure the line profile holds (task_pss_mib)."""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import time
@@ -28,10 +27,6 @@ pytestmark = pytest.mark.integration
 DAG_ID = "fault_recovery"  # tests/integration/dags: three 10 s tasks at once, then one after them
 HOLDS = 3
 NOT_DONE = {"scheduled", "queued", "running", "up_for_retry", "up_for_reschedule", "restarting", "deferred"}
-
-
-def status(stack) -> dict[str, dict]:
-    return {row["name"]: row for row in json.loads(stack.inv("status", "--json", check=False).stdout)}
 
 
 def task_instances(settings, run_id: str) -> list[tuple[str, str | None, int, int | None]]:
@@ -107,12 +102,12 @@ def test_a_run_in_flight_finishes_after_its_killed_component_came_back_by_itself
     def back() -> bool:  # started again by its supervisor, no command run, and healthy
         if (proc := supervisor.running(settings, name)) is None or proc.pid == victim.pid:
             return False  # not started again yet: asked in-process, `invoke status` costs 0.8 s of CPU a call
-        row = status(stack)[name]
+        row = stack.status()[name]
         return row["healthy"] and row["pid"] not in (None, victim.pid)
 
-    assert wait_until(back, 60), status(stack)[name]
+    assert wait_until(back, 60), stack.status()[name]
     healed = time.monotonic() - killed
-    row = status(stack)[name]
+    row = stack.status()[name]
     assert (row["restarts"], row["last_exit"]) == (1, -9), row
     assert procgroup.members(victim.pid) == []  # what it left in its process group was reaped
 

@@ -8,7 +8,6 @@ port) and drops afterwards: the shared server, and whatever else it serves, is n
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -60,14 +59,10 @@ def pg_stack(cluster, tmp_path_factory):
         assert not survivors, f"processes survived invoke stop: {survivors}"
 
 
-def rows(stack) -> dict[str, dict]:
-    return {row["name"]: row for row in json.loads(stack.inv("status", "--json", check=False).stdout)}
-
-
 def test_every_component_and_a_run_in_flight_come_back_by_themselves_after_postgresql_restarts(pg_stack, cluster):
     version, name, _ = cluster
     settings = pg_stack.settings()
-    before = rows(pg_stack)
+    before = pg_stack.status()
     assert all(row["healthy"] for row in before.values()), before
     api = airflow_api(settings)
     api.wait_for_dag(DAG_ID, timeout=90)
@@ -80,13 +75,13 @@ def test_every_component_and_a_run_in_flight_come_back_by_themselves_after_postg
     assert wait_until(lambda: len(running()) == HOLDS, 90), task_instances(settings, run_id)
     subprocess.run(["pg_ctlcluster", version, name, "stop", "-m", "fast"], check=True, stdin=subprocess.DEVNULL)
     time.sleep(10)  # down long enough for every component to notice, and for the tasks to end their sleep
-    down = rows(pg_stack)
+    down = pg_stack.status()
     subprocess.run(["pg_ctlcluster", version, name, "start"], check=True, stdin=subprocess.DEVNULL)
     started = time.monotonic()
-    assert wait_until(lambda: all(row["up"] and row["healthy"] for row in rows(pg_stack).values()), 120), \
-        rows(pg_stack)
+    assert wait_until(lambda: all(row["up"] and row["healthy"] for row in pg_stack.status().values()), 120), \
+        pg_stack.status()
     healed = time.monotonic() - started
-    after = rows(pg_stack)
+    after = pg_stack.status()
     came_back = sorted(n for n in after if after[n]["pid"] != before[n]["pid"] or after[n]["restarts"])
     noticed = sorted(n for n, row in down.items() if not row["healthy"])
     # the run that was in flight ends in success, no command run, every task instance done
@@ -126,13 +121,13 @@ def test_a_hung_component_is_stopped_and_started_again_by_its_supervisor(pg_stac
         # the wait asks the registry (in-process), not `invoke status` (0.8 s of CPU a call, taken from the
         # components being restarted); status is asked once it is back
         assert wait_until(lambda: (p := supervisor.running(settings, name)) is not None and p.pid != victim.pid,
-                          240), rows(pg_stack)[name]
+                          240), pg_stack.status()[name]
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(victim.pid, signal.SIGCONT)
-    assert wait_until(lambda: rows(pg_stack)[name]["healthy"], 90), rows(pg_stack)[name]
+    assert wait_until(lambda: pg_stack.status()[name]["healthy"], 90), pg_stack.status()[name]
     healed = time.monotonic() - stopped
-    row = rows(pg_stack)[name]
+    row = pg_stack.status()[name]
     assert row["last_exit"] in (-15, -9) and row["restarts"] >= 1, row
     assert "has not answered" in settings.paths.log_file(name).read_text()
     print(f"\n[figure] a hung {name} (SIGSTOP; liveness {settings.liveness_seconds} s): working again by itself "

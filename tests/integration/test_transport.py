@@ -25,10 +25,6 @@ from .test_bad_input import assert_one_line_error
 pytestmark = pytest.mark.integration
 
 
-def status(stack) -> dict[str, dict]:
-    return {row["name"]: row for row in json.loads(stack.inv("status", "--json", check=False).stdout)}
-
-
 def run_dag(stack, dag_id: str) -> str:
     api = airflow_api(stack.settings())
     api.wait_for_dag(dag_id)
@@ -57,7 +53,7 @@ def test_the_api_speaks_https_only_and_a_client_without_the_stacks_ca_is_refused
     url, ca_file = web.probe.liveness_url(settings), web.probe.ca_file(settings)
     assert url.startswith("https://") and upkeep.answers(url, ca_file=ca_file) and not upkeep.answers(url)
     # the stack's probes are green over HTTPS (invoke status), the API server never restarted for failing them
-    rows = status(stack)
+    rows = stack.status()
     print(f"\n[figure] over HTTPS: {web.name} {rows[web.name]['detail']!r}")
     assert all(row["healthy"] for row in rows.values()), rows
     assert rows[web.name]["restarts"] == 0 and "has not answered" not in settings.paths.log_file(web.name).read_text()
@@ -125,7 +121,7 @@ def test_a_process_that_takes_the_redis_port_while_redis_restarts_receives_nothi
     squatter = Squatter(settings.redis_port)
     began = time.monotonic()
     try:
-        down = status(stack)
+        down = stack.status()
         assert not down["redis"]["up"]
         # a wrong login, from an address of its own: the login limiter reaches for its storage in Redis
         transport = httpx.HTTPTransport(local_address="127.0.0.8", verify=verify_for(settings))
@@ -142,7 +138,7 @@ def test_a_process_that_takes_the_redis_port_while_redis_restarts_receives_nothi
         if EXECUTOR == "celery":
             assert "Celery workers reconnected" in out
         state = run_dag(stack, "noop_forty")
-        up = status(stack)
+        up = stack.status()
     finally:
         squatter.close()
         stack.inv("setup.redis")  # back for what follows, whatever happened ("already running" when it is)

@@ -7,7 +7,6 @@ processes."""
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import subprocess
@@ -57,10 +56,6 @@ def old(tmp_path_factory, services):
         assert not survivors, f"processes survived invoke stop: {survivors}"
 
 
-def status(stack) -> dict[str, dict]:
-    return {row["name"]: row for row in json.loads(stack.inv("status", "--json", check=False).stdout)}
-
-
 def schema_mark(stack) -> str:
     with psycopg.connect(**stack.settings().pg_conninfo()) as conn:
         return conn.execute("SELECT obj_description('alembic_version'::regclass, 'pg_class')").fetchone()[0]
@@ -81,7 +76,7 @@ def run_noop(stack) -> None:
 
 
 def airflow_rows(stack) -> dict[str, dict]:
-    return {name: row for name, row in status(stack).items() if name not in ("postgresql", "redis", "backups")}
+    return {name: row for name, row in stack.status().items() if name not in ("postgresql", "redis", "backups")}
 
 
 def test_a_failed_upgrade_goes_back_to_the_previous_release(old):
@@ -117,7 +112,7 @@ def untouched(stack) -> dict[str, object]:
         return hashlib.sha256(path.read_bytes()).hexdigest()
 
     return {"revision": revision, "mark": schema_mark(stack), "rows": scratch.rows_of(settings),
-            "pids": {name: row["pid"] for name, row in status(stack).items()}, "env": digest(settings.env_file),
+            "pids": {name: row["pid"] for name, row in stack.status().items()}, "env": digest(settings.env_file),
             "airflow.cfg": digest(settings.paths.airflow_home / "airflow.cfg"),
             "venv": (install.installed_version(settings), install.installed_build(settings)),
             "state dir": sorted(p.name for p in settings.state_dir.iterdir()), "scratch databases": scratches}

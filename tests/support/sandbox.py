@@ -9,6 +9,7 @@ Every task runs as a user runs it: ``python -m invoke ...`` in the repo, with no
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import subprocess
@@ -102,6 +103,10 @@ class Sandbox:
         if check:
             assert proc.returncode == 0, f"invoke {' '.join(args)} exited {proc.returncode}:\n{out[-3000:]}"
         return proc
+
+    def status(self) -> dict[str, dict]:
+        """``invoke status --json`` as name -> row (it exits 1 while a component is down: not checked)."""
+        return {row["name"]: row for row in json.loads(self.inv("status", "--json", check=False).stdout)}
 
     def secrets_in_logs(self) -> list[str]:
         """Every log file under the state dir (components', Airflow's task and DAG-processor logs, setup
