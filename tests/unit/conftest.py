@@ -24,9 +24,11 @@ def forced_platform(request, monkeypatch, tmp_path_factory):
 
 @pytest.fixture
 def env(tmp_path) -> dict[str, str]:
-    """A clean environment whose .env, state dir and machine-wide folder live in tmp_path."""
+    """A clean environment whose .env, state dir, machine-wide folder and project (an empty one) live in
+    tmp_path: nothing read from this checkout's own .env, which holds a stack's settings once scripts/up ran."""
+    (tmp_path / "project").mkdir()
     return {"STACK_ENV_FILE": str(tmp_path / ".env"), "STACK_STATE_DIR": str(tmp_path / "state"),
-            "STACK_USER_STATE_DIR": str(tmp_path / "user-state")}
+            "STACK_USER_STATE_DIR": str(tmp_path / "user-state"), "STACK_PROJECT_DIR": str(tmp_path / "project")}
 
 
 @pytest.fixture

@@ -64,7 +64,7 @@ def commands(c: MockContext) -> list[str]:
 
 # ---- the folder ----------------------------------------------------------------------------
 def test_the_project_defaults_to_the_repo_and_its_folders_follow_it(env, proj_settings):
-    default = settings_mod.load(environ=env)
+    default = settings_mod.load(environ={k: v for k, v in env.items() if k != "STACK_PROJECT_DIR"})
     assert default.project_dir == settings_mod.PROJECT_DIR and default.dags_folder == settings_mod.PROJECT_DIR / "dags"
     assert proj_settings.dags_folder == proj_settings.project_dir / "dags"
     assert proj_settings.plugins_folder == proj_settings.project_dir / "plugins"
