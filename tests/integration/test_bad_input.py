@@ -123,6 +123,10 @@ class Bench:
         shutil.copy2(settings.env_file, home / ".env")
         (home / install.venv(settings).name).symlink_to(install.venv(settings))
         shutil.copy2(settings.paths.airflow_home / ".airflow-stack-migrated.json", home / "airflow")
+        # its Redis answers (the running stack's, through a link where its own socket would be): our Redis has
+        # no TCP port to share, and the start must get past Redis's check to the ports
+        (home / "redis").mkdir(mode=0o700)
+        (home / "redis" / settings.paths.redis_socket.name).symlink_to(settings.paths.redis_socket)
         self.guarded.append(home / ".env")
         self.values["home"] = home
         return {"STACK_ENV_FILE": str(home / ".env"), "STACK_STATE_DIR": str(home)} | {

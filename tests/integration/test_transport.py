@@ -32,10 +32,13 @@ def run_dag(stack, dag_id: str) -> str:
     return api.wait_for_run(dag_id, api.trigger(dag_id))
 
 
+# the Celery session's stack opts in to TLS (STACK_TLS, the API on 0.0.0.0); the LocalExecutor's listens on
+# loopback only, in plain HTTP: these two run in the Celery session alone (deselected elsewhere, not skipped)
+@pytest.mark.celery
 def test_the_api_speaks_https_only_and_a_client_without_the_stacks_ca_is_refused(stack, airflow_up):
     settings = stack.settings()
-    if not settings.api_tls:
-        pytest.skip("the API server listens on loopback only here (plain HTTP); the Celery session opts in to TLS")
+    if not settings.api_tls:  # never in CI, which runs as root
+        pytest.skip("not root or no pg_createcluster: this Celery session runs without STACK_TLS (conftest)")
     web = profiles.of(settings).web
     health = profiles.of(settings).rest.health_path
     # with the stack's CA: verified, on loopback and at the address other machines use (the certificate names it)
@@ -59,10 +62,13 @@ def test_the_api_speaks_https_only_and_a_client_without_the_stacks_ca_is_refused
     assert rows[web.name]["restarts"] == 0 and "has not answered" not in settings.paths.log_file(web.name).read_text()
 
 
+@pytest.mark.celery
 def test_tasks_reach_the_execution_api_over_https(stack, airflow_up):
     settings = stack.settings()
-    if not settings.api_tls or profiles.of(settings).major != "3":
-        pytest.skip("Airflow 3's tasks call the API server; over HTTPS only with STACK_TLS (the Celery session)")
+    if not settings.api_tls:  # never in CI, which runs as root
+        pytest.skip("not root or no pg_createcluster: this Celery session runs without STACK_TLS (conftest)")
+    if profiles.of(settings).major != "3":
+        pytest.skip("only Airflow 3's tasks call the API server (a 2.x Celery session is not part of CI)")
     began = time.monotonic()
     assert run_dag(stack, "env_probe") == "success"
     seen_file = settings.dags_folder / "env_probe.json"

@@ -30,11 +30,12 @@ def members(ident: int, kind: str = "group") -> list[psutil.Process]:
     return found
 
 
-# Seconds what a dead leader left gets between SIGTERM and SIGKILL. Short: the scheduler's LocalExecutor workers
-# ignore SIGTERM (they inherit a handler that acts only in the scheduler itself), so a long grace only delayed
-# the supervisor's restart of a killed scheduler (10 s, measured); a uvicorn or gunicorn worker ends in well
-# under it.
-REAP_GRACE = 3.0
+# Seconds what a dead leader left gets between SIGTERM and SIGKILL: a killed scheduler's LocalExecutor workers
+# ignore SIGTERM (they inherit a handler that acts only in the scheduler itself), and the tasks they run are
+# given these seconds to finish and report (test_faults: a run in flight finishes). At 3 s they were killed
+# mid-task and stayed "running" until the new scheduler's orphan check (every 300 s); the price is the
+# restart of a killed scheduler waiting up to this long.
+REAP_GRACE = 10.0
 
 
 def reap(pgid: int, whole_session: bool = False, timeout: float = REAP_GRACE) -> int:
