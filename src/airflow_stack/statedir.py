@@ -70,8 +70,8 @@ ENV_FILE_VAR = "STACK_ENV_FILE"
 SUN_PATH_BYTES = 104 if sys.platform == "darwin" else 108  # a Unix socket's path, with its NUL, at most (sun_path)
 USER_STATE_DEFAULT = Path(platformdirs.user_state_dir("airflow-stack", appauthor=False))
 ENV_HEADER = ("# airflow-stack settings and secrets: written by `invoke setup`, kept out of git (mode 0600).\n"
-              "# Values you set here win; missing secrets are generated once. Copy the whole file to a\n"
-              "# machine that runs a Celery worker for this stack.\n")
+              "# Values you set here win; missing secrets are generated once. A machine that runs a Celery\n"
+              "# worker for this stack gets what it needs from `invoke worker.env`, not this file.\n")
 
 
 class Under:
