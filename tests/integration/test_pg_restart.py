@@ -7,6 +7,7 @@ port) and drops afterwards: the shared server, and whatever else it serves, is n
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import os
 import shutil
@@ -155,3 +156,28 @@ def test_a_database_gone_from_the_server_is_explained_not_recreated_empty(pg_sta
                             (settings.pg_database,)).fetchone()[0] == 0  # not re-made
     out = pg_stack.inv("setup.postgres", "--new-database").stdout
     assert f"created database {settings.pg_database}" in out
+
+
+def test_two_stacks_that_find_the_server_stopped_set_up_at_once(services, tmp_path_factory):
+    """Two stacks whose machine-wide locks live apart (CI's two test lanes: each a user state folder of its own)
+    both find the server stopped and start it at the same moment; the loser's pg_ctlcluster fails on the
+    winner's postmaster.pid (CI, 2026-12-07: a whole session failed at its first setup). Both must set up
+    on the server the winner started. A race, so a few rounds: before the fix, 3 of 3 lost one side."""
+    if not can_make_clusters():
+        pytest.skip("needs root and Debian's postgresql-common (pg_createcluster) for a cluster of its own")
+    with own_cluster("s") as (version, name, port):
+        # nested state dirs: each sandbox's user state folder is its parent's, so the two are apart
+        bases = [tmp_path_factory.mktemp(f"race{side}") for side in "ab"]
+        stacks = [Stack.create(base / "state", LINE, "local", base, f"ast_race{side}_{os.getpid()}",
+                               {"STACK_PG_PORT": str(port)}) for base, side in zip(bases, "ab", strict=True)]
+        try:
+            for _ in range(3):
+                subprocess.run(["pg_ctlcluster", version, name, "stop"], check=True, capture_output=True,
+                               stdin=subprocess.DEVNULL)
+                with concurrent.futures.ThreadPoolExecutor(2) as pool:
+                    runs = list(pool.map(lambda s: s.inv("setup.postgres", check=False), stacks))
+                for run in runs:
+                    assert run.returncode == 0, (run.stdout + run.stderr)[-2000:]
+        finally:
+            for stack in stacks:
+                stack.teardown()

@@ -207,6 +207,28 @@ def test_a_server_another_checkout_is_starting_is_waited_for_not_started_again(s
     assert not any("start" in cmd for cmd in commands(c))
 
 
+LOST_RACE = Result(stderr="The PostgreSQL server failed to start. Please check the log output:\n"
+                          "FATAL:  lock file \"postmaster.pid\" already exists\n", exited=1)
+
+
+def test_a_start_that_loses_the_race_to_another_starter_uses_the_server_it_started(settings, ready_after_start):
+    """Two stacks with user state folders of their own (CI's two test lanes, 2026-12-07) both start the stopped
+    server: the loser's pg_ctlcluster fails on the winner's postmaster.pid while the winner's server comes up."""
+    c = ctx({"pg_lsclusters -h": DOWN, "pg_ctlcluster 15 main start": LOST_RACE})
+    on_command(c, "pg_ctlcluster 15 main start", lambda: ready_after_start.update(started=True))
+    assert postgres.ensure_server(c, host.AptPgCtlcluster(""), settings) == []  # it started nothing itself
+
+
+def test_a_start_that_fails_with_no_server_coming_up_is_its_own_one_line_error(settings, ready_after_start,
+                                                                                monkeypatch):
+    monkeypatch.setattr(postgres, "RACE_WAIT", 0.3)
+    c = ctx({"pg_lsclusters -h": DOWN, "pg_ctlcluster 15 main start": LOST_RACE})
+    with pytest.raises(StackError) as err:
+        postgres.ensure_server(c, host.AptPgCtlcluster(""), settings)
+    assert str(err.value) == ('pg_ctlcluster start failed (FATAL:  lock file "postmaster.pid" already exists); '
+                              "see /var/log/postgresql/postgresql-15-main.log")
+
+
 def test_a_port_held_by_something_that_is_not_postgresql_is_refused(settings, monkeypatch):
     monkeypatch.setattr(postgres, "_pg_isready", lambda c, p, s: 2)  # no PostgreSQL answer
     monkeypatch.setattr(postgres.netutil, "port_open", lambda *a, **k: True)

@@ -24,6 +24,7 @@ from ..settings import Settings, redact
 from .host import Platform, WholeStdin
 
 READY_TIMEOUT = 30.0
+RACE_WAIT = 10.0  # after a failed start: how long another starter's server may take to answer
 
 
 # ---- the server ----------------------------------------------------------------------------
@@ -66,7 +67,15 @@ def ensure_server(c: Context, platform: Platform, settings: Settings) -> list[st
                 return done
             raise StackError(f"port {settings.pg_port} is taken by a program that is not a ready PostgreSQL; "
                              f"free it or set STACK_PG_PORT to the port of your PostgreSQL")
-        platform.pg_start(c, settings.pg_port, settings.pg_version)
+        try:
+            platform.pg_start(c, settings.pg_port, settings.pg_version)
+        except StackError:
+            # a starter the lock does not order (a boot's service manager, a stack with a user state folder of its
+            # own) may have won the race: pg_ctlcluster then fails on the winner's postmaster.pid, and the server
+            # answers a moment later; ours has nothing left to do. Anything else is the start's own error
+            if netutil.wait_until(lambda: is_ready(c, platform, settings), RACE_WAIT):
+                return done
+            raise
         if not netutil.wait_until(lambda: is_ready(c, platform, settings), READY_TIMEOUT):
             raise StackError(f"PostgreSQL did not accept connections on {settings.pg_host}:{settings.pg_port} "
                              f"within {READY_TIMEOUT:.0f} s; see its log (pg_lsclusters / brew services info)")
