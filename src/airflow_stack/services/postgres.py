@@ -12,6 +12,7 @@ cannot be, and Homebrew's is the login user.
 from __future__ import annotations
 
 import shlex
+import time
 from dataclasses import dataclass, field
 
 import psycopg
@@ -24,7 +25,7 @@ from ..settings import Settings, redact
 from .host import Platform, WholeStdin
 
 READY_TIMEOUT = 30.0
-RACE_WAIT = 10.0  # after a failed start: how long another starter's server may take to answer
+RACE_WAIT = 10.0  # how long another starter's server may stay silent before it answers
 
 
 # ---- the server ----------------------------------------------------------------------------
@@ -40,9 +41,20 @@ def is_ready(c: Context, platform: Platform, settings: Settings) -> bool:
     return _pg_isready(c, platform, settings) == 0
 
 
-def is_starting(c: Context, platform: Platform, settings: Settings) -> bool:
-    """A PostgreSQL answers but rejects connections: it is starting up (or shutting down)."""
-    return _pg_isready(c, platform, settings) == 1
+def started_by_another(c: Context, platform: Platform, settings: Settings) -> bool:
+    """Whether a server someone else is starting (a boot's service manager, a stack whose machine-wide lock lives
+    apart) comes up: waited for READY_TIMEOUT while it answers as a starting PostgreSQL, and RACE_WAIT while
+    nothing answers at all: a postmaster that has just bound the port is silent for a moment (seconds on a
+    loaded machine, CI 2026-12-07), and only a port that stays silent is another program's."""
+    began = time.monotonic()
+    while True:
+        answer = _pg_isready(c, platform, settings)
+        if answer == 0:
+            return True
+        waited = time.monotonic() - began
+        if waited >= READY_TIMEOUT or (answer == 2 and waited >= RACE_WAIT):
+            return False
+        time.sleep(0.5)
 
 
 def ensure_server(c: Context, platform: Platform, settings: Settings) -> list[str]:
@@ -61,19 +73,16 @@ def ensure_server(c: Context, platform: Platform, settings: Settings) -> list[st
         if is_ready(c, platform, settings):
             return done
         if netutil.port_open(settings.pg_port):
-            # started by someone else a moment ago (a boot, the platform's service manager)
-            if is_starting(c, platform, settings) and netutil.wait_until(
-                    lambda: is_ready(c, platform, settings), READY_TIMEOUT):
+            if started_by_another(c, platform, settings):
                 return done
             raise StackError(f"port {settings.pg_port} is taken by a program that is not a ready PostgreSQL; "
                              f"free it or set STACK_PG_PORT to the port of your PostgreSQL")
         try:
             platform.pg_start(c, settings.pg_port, settings.pg_version)
         except StackError:
-            # a starter the lock does not order (a boot's service manager, a stack with a user state folder of its
-            # own) may have won the race: pg_ctlcluster then fails on the winner's postmaster.pid, and the server
-            # answers a moment later; ours has nothing left to do. Anything else is the start's own error
-            if netutil.wait_until(lambda: is_ready(c, platform, settings), RACE_WAIT):
+            # a starter the lock does not order may have won the race: pg_ctlcluster then fails on the winner's
+            # postmaster.pid, and the winner's server answers a moment later. Anything else is the start's own error
+            if started_by_another(c, platform, settings):
                 return done
             raise
         if not netutil.wait_until(lambda: is_ready(c, platform, settings), READY_TIMEOUT):
