@@ -1,6 +1,7 @@
 """PostgreSQL restarted under a running stack, with a DAG run in flight: every component comes back by
 itself, no command run, and the run ends in success; and a database the stack migrated that is gone from
-the server is explained, never re-made empty.
+the server is explained, never re-made empty; and two stacks that find the server stopped both set up on it
+when they start it at the same moment.
 
 Done against a PostgreSQL cluster the test creates for itself (Debian's pg_createcluster, on a free
 port) and drops afterwards: the shared server, and whatever else it serves, is never restarted."""
