@@ -43,18 +43,13 @@ def is_ready(c: Context, platform: Platform, settings: Settings) -> bool:
 
 def started_by_another(c: Context, platform: Platform, settings: Settings) -> bool:
     """Whether a server someone else is starting (a boot's service manager, a stack whose machine-wide lock lives
-    apart) comes up: waited for READY_TIMEOUT while it answers as a starting PostgreSQL, and RACE_WAIT while
-    nothing answers at all: a postmaster that has just bound the port is silent for a moment (seconds on a
-    loaded machine, CI 2026-12-07), and only a port that stays silent is another program's."""
+    apart) comes up within READY_TIMEOUT. A postmaster that has just bound the port is silent for a moment
+    (seconds on a loaded machine, CI 2026-12-07): a port that stays silent for RACE_WAIT is another program's."""
     began = time.monotonic()
-    while True:
-        answer = _pg_isready(c, platform, settings)
-        if answer == 0:
-            return True
-        waited = time.monotonic() - began
-        if waited >= READY_TIMEOUT or (answer == 2 and waited >= RACE_WAIT):
-            return False
-        time.sleep(0.5)
+    if not netutil.wait_until(lambda: _pg_isready(c, platform, settings) != 2, RACE_WAIT):
+        return False
+    left = READY_TIMEOUT - (time.monotonic() - began)
+    return netutil.wait_until(lambda: is_ready(c, platform, settings), left)
 
 
 def ensure_server(c: Context, platform: Platform, settings: Settings) -> list[str]:
