@@ -14,7 +14,7 @@ import secrets
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -195,6 +195,16 @@ def own_cluster(label: str) -> Iterator[tuple[str, str, int]]:
         yield version, name, port
     finally:
         subprocess.run(["pg_dropcluster", "--stop", version, name], capture_output=True, stdin=subprocess.DEVNULL)
+
+
+@pytest.fixture(scope="session")
+def clusters(services) -> Callable[[str], contextlib.AbstractContextManager[tuple[str, str, int]]]:
+    """``own_cluster``, for the tests that stop, restart or reconfigure a server; asked after ``services`` set
+    PostgreSQL up (pg_createcluster comes with it): a check at collection would skip these on a machine whose
+    PostgreSQL the tests install."""
+    if not can_make_clusters():
+        pytest.skip("needs root and Debian's postgresql-common (pg_createcluster) for a cluster of its own")
+    return own_cluster
 
 
 def write_project(root: Path) -> Path:

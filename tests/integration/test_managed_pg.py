@@ -23,7 +23,7 @@ from airflow_stack.ops import scratch
 from airflow_stack.runtime import backup_schedule
 from airflow_stack.services import tls
 
-from .conftest import LINE, TEST_DAGS, Stack, airflow_api, can_make_clusters, own_cluster
+from .conftest import LINE, TEST_DAGS, Stack, airflow_api
 
 pytestmark = [pytest.mark.integration, pytest.mark.once_per_line]
 MANAGED_ADDRESS = "127.0.0.3"
@@ -36,11 +36,9 @@ def as_admin(port: int, statement: str, dbname: str = "postgres") -> str:
 
 
 @pytest.fixture(scope="module")
-def managed(services, tmp_path_factory):
+def managed(clusters, tmp_path_factory):
     """The managed server, its CA file (what the provider hands out) and the DSN of the role its admin made."""
-    if not can_make_clusters():
-        pytest.skip("needs root and Debian's postgresql-common (pg_createcluster) for a server of its own")
-    with own_cluster("m") as (version, name, port):
+    with clusters("m") as (version, name, port):
         provider = tmp_path_factory.mktemp("provider ca")
         # the provider's CA and server certificate (made with the stack's own tls module, in a folder of its own)
         made = settings_mod.load(environ={"STACK_ENV_FILE": str(provider / ".env"), "STACK_STATE_DIR": str(provider),

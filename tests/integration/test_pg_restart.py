@@ -23,7 +23,7 @@ from airflow_stack.apache_airflow import profiles
 from airflow_stack.netutil import wait_until
 from airflow_stack.runtime import supervisor
 
-from .conftest import LINE, TEST_DAGS, Stack, airflow_api, can_make_clusters, own_cluster
+from .conftest import LINE, TEST_DAGS, Stack, airflow_api
 from .test_bad_input import assert_one_line_error
 from .test_faults import DAG_ID, HOLDS, run_state, task_instances
 
@@ -31,11 +31,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.once_per_line]
 
 
 @pytest.fixture(scope="module")
-def cluster(services):
+def cluster(clusters):
     """A cluster of the installed major version, of our own, started on a free port."""
-    if not can_make_clusters():
-        pytest.skip("needs root and Debian's postgresql-common (pg_createcluster) for a cluster of its own")
-    with own_cluster("r") as made:
+    with clusters("r") as made:
         yield made
 
 
@@ -159,14 +157,12 @@ def test_a_database_gone_from_the_server_is_explained_not_recreated_empty(pg_sta
     assert f"created database {settings.pg_database}" in out
 
 
-def test_two_stacks_that_find_the_server_stopped_set_up_at_once(services, tmp_path_factory):
+def test_two_stacks_that_find_the_server_stopped_set_up_at_once(clusters, tmp_path_factory):
     """Two stacks whose machine-wide locks live apart (CI's two test lanes: each a user state folder of its own)
     both find the server stopped and start it at the same moment; the loser's pg_ctlcluster fails on the
     winner's postmaster.pid (CI, 2026-12-07: a whole session failed at its first setup). Both must set up
     on the server the winner started. A race, so a few rounds: before the fix, 3 of 3 lost one side."""
-    if not can_make_clusters():
-        pytest.skip("needs root and Debian's postgresql-common (pg_createcluster) for a cluster of its own")
-    with own_cluster("s") as (version, name, port):
+    with clusters("s") as (version, name, port):
         # nested state dirs: each sandbox's user state folder is its parent's, so the two are apart
         bases = [tmp_path_factory.mktemp(f"race{side}") for side in "ab"]
         stacks = [Stack.create(base / "state", LINE, "local", base, f"ast_race{side}_{os.getpid()}",

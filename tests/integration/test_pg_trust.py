@@ -18,14 +18,11 @@ from airflow_stack.ops import doctor_security
 from airflow_stack.services import host, pg_access, pg_database, postgres
 from tests.support.homebrew import HOMEBREW_HBA
 
-from .conftest import can_make_clusters, own_cluster
-
-pytestmark = [pytest.mark.integration, pytest.mark.once_per_line,
-              pytest.mark.skipif(not can_make_clusters(), reason="needs root and pg_createcluster")]
+pytestmark = [pytest.mark.integration, pytest.mark.once_per_line]
 
 
-def test_doctor_is_red_on_homebrews_trust_and_the_scram_lines_close_it(tmp_path):
-    with own_cluster("h") as (version, name, port):
+def test_doctor_is_red_on_homebrews_trust_and_the_scram_lines_close_it(clusters, tmp_path):
+    with clusters("h") as (version, name, port):
         hba = Path(f"/etc/postgresql/{version}/{name}/pg_hba.conf")
         hba.write_text(HOMEBREW_HBA)
         subprocess.run(["pg_ctlcluster", version, name, "reload"], check=True, capture_output=True)
